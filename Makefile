@@ -1,0 +1,31 @@
+# Two entry points on a fresh machine: `make demo` (default DAG) and `make test` (the test suite).
+# Both create .venv and install everything they need on first use.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo smoke test lint report clean-results
+
+$(STAMP): pyproject.toml scripts/setup-venv.sh
+	bash scripts/setup-venv.sh $(VENV) $(PY)
+	touch $(STAMP)
+
+demo: $(STAMP)  ## run the default DAG (data -> tokenizer -> training -> evaluation -> fits -> analysis)
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+smoke: $(STAMP)  ## the same DAG on config/smoke.yaml (about a minute)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+test: $(STAMP)  ## the test suite (includes an end-to-end smoke workflow run)
+	$(BIN)/python -m pytest -ra
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+clean-results:
+	rm -rf results .snakemake

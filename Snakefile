@@ -1,0 +1,31 @@
+# tokenscale: token-level decomposition of LM scaling laws.
+# Thin entry point: config, schema validation, includes, the final target. Logic lives in src/tokenscale.
+from snakemake.utils import min_version, validate
+
+from tokenscale.workflow import check_config
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+check_config(config)  # one readable line naming a bad key or type, before Snakemake's full report
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,327 @@
+"""The ``tokenscale`` command line. Every workflow rule calls one of these subcommands.
+
+Errors the user can fix (bad config key/type, missing file, corrupt HDF5) print one line to stderr,
+``tokenscale: error: ...``, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import TokenscaleError, __version__
+
+
+def _load_cfg(args) -> dict:
+    from .config import load_config, validate_config
+
+    if getattr(args, "spec", None):
+        try:
+            return validate_config(json.loads(args.spec))
+        except json.JSONDecodeError as e:
+            raise TokenscaleError(f"--spec is not valid JSON: {e.msg}") from None
+    if not getattr(args, "config", None):
+        raise TokenscaleError("give --config FILE or --spec JSON")
+    return load_config(args.config)
+
+
+def _add_cfg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="workflow config YAML (validated against the schema)")
+    p.add_argument("--spec", help="config as a JSON string (what the workflow passes); overrides --config")
+
+
+# --------------------------------------------------------------------------------------------- commands
+def cmd_check_config(args) -> int:
+    from .config import run_configs
+
+    cfg = _load_cfg(args)
+    for name, r in run_configs(cfg).items():
+        print(f"{name}: axis={r.axis} steps={r.total_steps} checkpoints={len(r.checkpoint_steps())} engine={r.engine}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .model import describe_presets
+
+    rows = describe_presets(args.vocab_size, args.seq_len)
+    print(f"{'preset':<12} {'total':>10} {'active':>10} {'non-emb active':>15} {'GFLOPs/token':>13}")
+    for r in rows:
+        print(f"{r['preset']:<12} {r['total_params']/1e6:>9.2f}M {r['active_params']/1e6:>9.2f}M "
+              f"{r['nonembedding_active_params']/1e6:>14.2f}M {r['flops_per_token']/1e9:>13.4f}")
+    return 0
+
+
+def cmd_prepare_data(args) -> int:
+    from .data import build_corpus, tokenize_corpus, train_tokenizer
+
+    cfg = _load_cfg(args)["data"]
+    out = Path(args.out)
+    stages = ["corpus", "tokenizer", "tokens"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        print(f"prepare-data: {stage} ...", file=sys.stderr, flush=True)
+        if stage == "corpus":
+            m = build_corpus(cfg, out / "corpus")
+            n = {s: sum(v["docs"] for v in m["splits"][s].values()) for s in m["splits"]}
+            print(f"prepare-data: corpus {m['corpus_sha256'][:12]} train={n['train']} docs valid={n['valid']} docs "
+                  f"domains={','.join(m['domains'])}", file=sys.stderr)
+        elif stage == "tokenizer":
+            train_tokenizer(out / "corpus" / "train.jsonl", out / "tokenizer", vocab_size=cfg["vocab_size"], min_frequency=cfg["min_frequency"])
+        else:
+            meta = tokenize_corpus(out / "corpus", out / "tokenizer", out, seq_len=cfg["seq_len"], valid_sequences=cfg["valid_sequences"])
+            print(f"prepare-data: {meta['n_tokens']:,} training tokens, {meta['n_samples']:,} samples of {meta['seq_len']}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import run_configs
+
+    cfg = _load_cfg(args)
+    runs = run_configs(cfg)
+    if args.run not in runs:
+        raise TokenscaleError(f"--run: no run named {args.run!r} in the config (have: {', '.join(runs)})")
+    run = runs[args.run]
+    nproc = args.nproc or run.nproc
+    if nproc > 1 and "RANK" not in os.environ:
+        return _relaunch(nproc, args)
+    from .train import Trainer
+
+    out = Path(args.out) if args.out else Path(cfg["results"]) / "runs" / run.name
+    data = Path(args.data) if args.data else Path(cfg["results"]) / "data"
+    trainer = Trainer(run, data, out, threads=args.threads or cfg["threads"], sampler_weights=args.sampler_weights,
+                      init_from=args.init_from, progress=not args.quiet)
+    s = trainer.train()
+    if trainer.dist.main:
+        print(f"[{run.name}] done: {s['steps']} steps, {s['tokens_per_s']:,.0f} tokens/s, {s['wall_s']:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _relaunch(nproc: int, args) -> int:
+    """Re-run this command under torchrun with ``nproc`` ranks on this node (CPU ranks use gloo)."""
+    # The worker argv travels in an environment variable: torchrun's own parser would otherwise claim
+    # options such as --run (it prefix-matches --run-path).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "tokenscale.cli"]
+    env = dict(os.environ)
+    env[_WORKER_ARGV] = json.dumps(sys.argv[1:])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    print(f"tokenscale: launching {nproc} ranks: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    import signal
+
+    def fwd(signum, frame):  # forward SIGTERM so every rank saves state
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, fwd)
+    return proc.wait()
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_evaluate(args) -> int:
+    import time
+
+    from .evaluate import evaluate_checkpoint
+
+    _threads(args.threads)
+    t0 = time.time()
+    out = evaluate_checkpoint(args.checkpoint, args.tokens, args.out, batch_size=args.batch_size, device=_device(args.device))
+    print(f"evaluate: {args.checkpoint} -> {out} in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_external_tokens(args) -> int:
+    from .data import build_token_set, load_tokenizer, read_documents, tokenizer_sha256
+    from .evaluate import discover_checkpoints
+
+    tok_path = args.tokenizer or str(discover_checkpoints(args.series)[0][1])
+    tok = load_tokenizer(tok_path)
+    docs = read_documents(args.docs)
+    build_token_set(docs, tok, args.out, seq_len=args.seq_len, n_seqs=args.n_seqs, kind="validation",
+                    attrs={"tokenizer_sha256": tokenizer_sha256(tok_path), "series": str(args.series)})
+    return 0
+
+
+def cmd_assemble(args) -> int:
+    from .io import shard_ranges, token_set_info, write_trajectory_shard
+
+    n = token_set_info(args.tokens, sha256=False)["n_tokens"]
+    if not 0 <= args.shard < args.n_shards:
+        raise TokenscaleError(f"--shard {args.shard} is outside [0, {args.n_shards})")
+    rng = shard_ranges(n, args.n_shards)[args.shard]
+    write_trajectory_shard(args.evals, args.tokens, args.out, token_range=rng, shard_index=args.shard,
+                           shard_count=args.n_shards, attrs={"run": args.run, "config_sha256": args.config_hash})
+    print(f"assemble: shard {args.shard}/{args.n_shards} tokens {rng[0]}..{rng[1]} x {len(args.evals)} checkpoints", file=sys.stderr)
+    return 0
+
+
+def cmd_fit(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .fit import fit_sigmoids, save_fits
+    from .io import read_trajectories
+
+    _threads(args.threads)
+    losses, axis, meta = read_trajectories(args.trajectories)
+    t0 = time.time()
+    res = fit_sigmoids(losses, np.asarray(axis[args.axis], dtype=np.float64), transform=args.transform, device=_device(args.device))
+    dt = time.time() - t0
+    attrs = {"trajectories": str(args.trajectories), "axis_name": args.axis, "token_index_first": int(meta["token_index"][0]) if len(meta["token_index"]) else 0}
+    save_fits(args.out, res, attrs=attrs, token_index=meta["token_index"])
+    conv = float(np.mean(res.status == 0)) if len(res) else float("nan")
+    print(f"fit: {len(res):,} trajectories x {losses.shape[1]} points in {dt:.2f}s ({len(res) / max(dt, 1e-9):,.0f}/s), "
+          f"converged {conv:.3f}", file=sys.stderr)
+    return 0
+
+
+def cmd_fit_table(args) -> int:
+    from .fit import concat_fits, load_fits, save_fits
+
+    parts = [load_fits(p) for p in args.fits]
+    save_fits(args.out, concat_fits(parts), attrs={"shards": [str(p) for p in args.fits]})
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .config import validate_config
+    from .figures import make_figures
+    from .fit import load_fits
+    from .io import read_run_trajectories
+    from .spectrum import analyze, write_summary
+
+    opts = validate_config({"analysis": json.loads(args.options)})["analysis"]
+    losses, axis, meta = read_run_trajectories(args.trajectories)
+    fit = load_fits(args.fits)
+    if len(fit) != losses.shape[0]:
+        raise TokenscaleError(f"{args.fits}: {len(fit)} fits but {losses.shape[0]} trajectories; rerun the fit rules")
+    res = analyze(losses, fit, n_bins=opts["n_bins"], n_boot=opts["n_boot"], seed=opts["seed"])
+    write_summary(res, args.summary, extra={"run": args.run, "config_sha256": meta["attrs"].get("config_sha256", "")})
+    figs = make_figures(res, fit, losses, args.figures, axis_label=args.axis_label, run_name=args.run)
+    print(f"analyze: {args.run}: {len(figs)} figures -> {args.figures}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tokenscale", description="Token-level decomposition of LM scaling laws.")
+    ap.add_argument("--version", action="version", version=f"tokenscale {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check-config", help="validate a config and print the runs it declares")
+    _add_cfg(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("models", help="list model size presets with parameters and FLOPs/token")
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("prepare-data", help="build corpus + split, train the BPE tokenizer, write token files")
+    _add_cfg(p)
+    p.add_argument("--out", required=True, help="data folder (corpus/, tokenizer/, train_tokens.bin, valid_tokens.h5)")
+    p.add_argument("--stage", choices=["corpus", "tokenizer", "tokens", "all"], default="all")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("train", help="train one run with dense checkpoints (resumes from its own folder)")
+    _add_cfg(p)
+    p.add_argument("--run", required=True, help="run name from the config's runs list")
+    p.add_argument("--data", help="prepared data folder (default: <results>/data)")
+    p.add_argument("--out", help="run folder (default: <results>/runs/<run>)")
+    p.add_argument("--threads", type=int, help="CPU threads in total (split over ranks)")
+    p.add_argument("--nproc", type=int, help="ranks on this node (default: the run's nproc)")
+    p.add_argument("--sampler-weights", help=".npy of per-training-sample weights (reweighted sampling)")
+    p.add_argument("--init-from", help="start from these weights (a checkpoint folder) instead of random init")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-token loss of a token set under one checkpoint -> eval HDF5")
+    p.add_argument("--checkpoint", required=True, help="HF checkpoint folder (own runs need the COMPLETE marker)")
+    p.add_argument("--tokens", required=True, help="token set HDF5 (docs/formats.md)")
+    p.add_argument("--out", required=True, help="output eval HDF5 (written atomically)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("external-tokens", help="token set for an external checkpoint series, with its own tokenizer")
+    p.add_argument("--series", required=True, help="folder of step-numbered checkpoints")
+    p.add_argument("--tokenizer", default="", help="tokenizer folder or tokenizer.json (default: first checkpoint)")
+    p.add_argument("--docs", required=True, help="validation documents (corpus/valid.jsonl)")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--n-seqs", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_external_tokens)
+
+    p = sub.add_parser("assemble", help="per-checkpoint evals -> one trajectory shard (tokens x checkpoints)")
+    p.add_argument("--evals", nargs="+", required=True, help="eval HDF5 files, one per checkpoint (any order)")
+    p.add_argument("--tokens", required=True, help="the token set they were evaluated on")
+    p.add_argument("--shard", type=int, required=True, help="shard index")
+    p.add_argument("--n-shards", type=int, required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--config-hash", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_assemble)
+
+    p = sub.add_parser("fit", help="sigmoid fit of every token trajectory in a shard -> fits HDF5")
+    p.add_argument("--trajectories", required=True, help="trajectory shard HDF5")
+    p.add_argument("--out", required=True)
+    p.add_argument("--axis", choices=["step", "tokens"], default="step")
+    p.add_argument("--transform", choices=["log10", "linear"], default="log10")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("fit-table", help="concatenate per-shard fits into one table per run")
+    p.add_argument("--fits", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_fit_table)
+
+    p = sub.add_parser("analyze", help="spectrum, shared pulse, reconstruction, power law -> summary.json + figures")
+    p.add_argument("--trajectories", nargs="+", required=True, help="trajectory shards of one run")
+    p.add_argument("--fits", required=True, help="the run's fit table (fit-table output)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--options", default="{}", help="JSON of the config's analysis section")
+    p.add_argument("--axis-label", default="training step")
+    p.add_argument("--summary", required=True, help="output summary.json")
+    p.add_argument("--figures", required=True, help="output folder for PNG + SVG figures")
+    p.set_defaults(func=cmd_analyze)
+    return ap
+
+
+_WORKER_ARGV = "TOKENSCALE_WORKER_ARGV"
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and _WORKER_ARGV in os.environ and "RANK" in os.environ:
+        argv = json.loads(os.environ[_WORKER_ARGV])
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TokenscaleError as e:
+        print(f"tokenscale: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

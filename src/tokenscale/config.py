@@ -1,0 +1,217 @@
+"""Typed configuration, validated up front against one JSON Schema.
+
+The schema (``config.schema.yaml`` in this package; the workflow validates against the same file) gives
+every key a type, a description and a default, and rejects unknown keys. :func:`load_config` and
+:func:`validate_config` fill defaults and turn the first schema violation into one readable line that names
+the key, e.g. ``config: unknown key 'runs[0].lrr' (allowed: axis, batch_size, ...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import yaml
+
+from . import TokenscaleError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _fill_defaults(instance: Any, schema: dict) -> None:
+    """Insert schema defaults into ``instance`` in place (recursively, objects and arrays)."""
+    if isinstance(instance, dict) and schema.get("type") == "object":
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub)
+    elif isinstance(instance, list) and "items" in schema:
+        for item in instance:
+            _fill_defaults(item, schema["items"])
+
+
+def _path_str(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _one_line(err: jsonschema.ValidationError) -> str:
+    where = _path_str(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        bad = ", ".join(f"{(where + '.') if err.absolute_path else ''}{k}" for k in extra)
+        return f"config: unknown key '{bad}' (allowed: {', '.join(allowed)})"
+    if err.validator == "type":
+        want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
+        return f"config: {where} must be of type {want}, got {err.instance!r} ({type(err.instance).__name__})"
+    if err.validator == "required":
+        return f"config: {where} is missing required key: {err.message.split(' ')[0]}"
+    if err.validator == "enum":
+        return f"config: {where} must be one of {err.validator_value}, got {err.instance!r}"
+    return f"config: {where}: {err.message}"
+
+
+def validate_config(cfg: dict | None) -> dict:
+    """Validate ``cfg`` against the schema and return a defaults-filled deep copy.
+
+    Raises :class:`TokenscaleError` with one line naming the first bad key.
+    """
+    cfg = copy.deepcopy(cfg) if cfg is not None else {}
+    if not isinstance(cfg, dict):
+        raise TokenscaleError(f"config: top level must be a mapping, got {type(cfg).__name__}")
+    schema = load_schema()
+    _fill_defaults(cfg, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise TokenscaleError(_one_line(errors[0]))
+    names = [r["name"] for r in cfg["runs"]]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise TokenscaleError(f"config: runs has duplicate name(s): {', '.join(dup)}")
+    for i, r in enumerate(cfg["runs"]):
+        from .model import PRESETS  # local import: model imports torch lazily only
+
+        if r["model"]["preset"] not in PRESETS:
+            raise TokenscaleError(
+                f"config: runs[{i}].model.preset: unknown preset {r['model']['preset']!r} "
+                f"(known: {', '.join(sorted(PRESETS))})"
+            )
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise TokenscaleError(f"config: file not found: {path}")
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise TokenscaleError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if overrides:
+        cfg = deep_update(cfg, overrides)
+    return validate_config(cfg)
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON form of a config slice (key order independent)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- typed views
+@dataclass(frozen=True)
+class DataConfig:
+    builtin: bool
+    builtin_domains: tuple[str, ...]
+    builtin_max_chars: int | None
+    corpora: tuple[dict, ...]
+    valid_fraction: float
+    split_seed: int
+    vocab_size: int
+    min_frequency: int
+    seq_len: int
+    valid_sequences: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        d = validate_config({"data": d})["data"]
+        return cls(
+            builtin=d["builtin"],
+            builtin_domains=tuple(d["builtin_domains"]),
+            builtin_max_chars=d["builtin_max_chars"],
+            corpora=tuple(d["corpora"]),
+            valid_fraction=d["valid_fraction"],
+            split_seed=d["split_seed"],
+            vocab_size=d["vocab_size"],
+            min_frequency=d["min_frequency"],
+            seq_len=d["seq_len"],
+            valid_sequences=d["valid_sequences"],
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run, fully resolved (defaults filled). ``spec`` is the validated dict it came from."""
+
+    name: str
+    axis: str
+    model: dict
+    tokens: int
+    batch_size: int
+    micro_batch_size: int | None
+    lr: float
+    weight_decay: float
+    grad_clip: float | None
+    schedule: dict
+    seed: int
+    checkpoints: dict
+    state_every: int
+    engine: str
+    deepspeed_config: str
+    nproc: int
+    precision: str
+    device: str
+    seq_len: int
+    spec: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, run: dict, seq_len: int) -> "RunConfig":
+        cfg = validate_config({"runs": [run], "data": {"seq_len": seq_len}})
+        r = cfg["runs"][0]
+        return cls(**{k: r[k] for k in r}, seq_len=seq_len, spec={**r, "seq_len": seq_len})
+
+    @property
+    def total_steps(self) -> int:
+        steps = self.tokens // (self.batch_size * self.seq_len)
+        if steps < 1:
+            raise TokenscaleError(
+                f"run {self.name}: tokens={self.tokens} is less than one batch "
+                f"({self.batch_size} x {self.seq_len} tokens)"
+            )
+        return steps
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.spec)
+
+    def checkpoint_steps(self) -> list[int]:
+        return checkpoint_steps(self.total_steps, self.checkpoints["count"], self.checkpoints["first_step"])
+
+
+def checkpoint_steps(total_steps: int, count: int, first_step: int = 1) -> list[int]:
+    """Log-spaced checkpoint steps from ``first_step`` to ``total_steps`` (always included), deduplicated."""
+    first = min(max(1, first_step), total_steps)
+    steps = np.unique(np.round(np.geomspace(first, total_steps, count)).astype(np.int64))
+    steps = sorted(set(int(s) for s in steps) | {int(total_steps)})
+    return steps
+
+
+def run_configs(cfg: dict) -> dict[str, RunConfig]:
+    """Typed views of every run in a validated config, keyed by name."""
+    return {r["name"]: RunConfig.from_dict(r, cfg["data"]["seq_len"]) for r in cfg["runs"]}

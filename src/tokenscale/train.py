@@ -1,0 +1,441 @@
+"""Training: one linear loop, two engines (plain PyTorch, DeepSpeed), dense atomic checkpoints, resumable.
+
+Run folder layout (``results/runs/{run}/``)::
+
+    checkpoints/step{step:08d}/   HF model + tokenizer + tokenscale.json, COMPLETE written last (atomic rename)
+    state/                        resumable trainer state (model, optimizer, scheduler, RNG, data position)
+    log.jsonl                     one line per optimizer step: step, loss, lr, tokens_seen, tokens_per_s, grad_norm
+    val_loss.csv                  step, tokens_seen, val_loss at every checkpoint
+    train.json                    written at the end: summary (params, FLOPs/token, wall time, tokens/s)
+
+Data order: sample indices come from a position-indexed sampler (:mod:`tokenscale.sampler`); the global batch
+at step ``s`` is positions ``[s*B, (s+1)*B)``, split contiguously over ranks, so the order is independent of
+the number of ranks and resuming needs only the step. A run killed at any point (SIGKILL included) and
+restarted continues from the last saved state and reproduces the uninterrupted loss curve bit for bit on CPU.
+SIGTERM (what SLURM sends at the time limit) saves state at the end of the current step and exits 143.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import TokenscaleError, __version__
+from .config import RunConfig
+from .data import TrainTokens, load_tokenizer
+from .model import build_model, model_stats
+from .sampler import load_sampler, rank_slice
+
+SIGTERM_EXIT = 143
+
+try:  # checkpoints are written dozens of times per run: no per-save progress bars
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()
+except ImportError:  # pragma: no cover
+    pass
+
+
+# --------------------------------------------------------------------------------------------- schedule
+def lr_lambda(schedule: dict, total_steps: int):
+    """Multiplier of the peak lr at optimizer step ``s`` (0-based, applied to the update of step s+1)."""
+    warm = int(round(schedule["warmup_frac"] * total_steps))
+    kind = schedule["kind"]
+    decay = int(round(schedule.get("decay_frac", 0.0) * total_steps)) if kind == "wsd" else 0
+    final = schedule.get("final_lr_frac", 0.0)
+
+    def f(s: int) -> float:
+        if warm and s < warm:
+            return (s + 1) / warm
+        if kind == "wsd" and decay and s >= total_steps - decay:
+            frac = (s - (total_steps - decay) + 1) / decay
+            return 1.0 - (1.0 - final) * frac
+        return 1.0
+
+    return f
+
+
+# --------------------------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def mean(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item() / self.world)
+
+
+def dist_from_env() -> Dist:
+    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(name: str, dist: Dist) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TokenscaleError("device: cuda requested but torch.cuda.is_available() is False")
+        return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------- state I/O
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, data_dir: str | Path, run_dir: str | Path, *, threads: int | None = None,
+                 sampler_weights: str | Path | None = None, init_from: str | Path | None = None, progress: bool = True):
+        self.run, self.data_dir, self.run_dir = run, Path(data_dir), Path(run_dir)
+        self.dist = dist_from_env()
+        self.progress = progress and self.dist.main
+        if run.engine == "plain" and self.dist.world > 1:
+            raise TokenscaleError(f"run {run.name}: engine 'plain' is single-process; use engine: deepspeed for nproc > 1")
+        if threads:
+            torch.set_num_threads(max(1, threads // max(1, self.dist.world)))
+        self.device = pick_device(run.device, self.dist)
+        self.tokens = TrainTokens(self.data_dir)
+        if self.tokens.seq_len != run.seq_len:
+            raise TokenscaleError(f"run {run.name}: seq_len {run.seq_len} differs from the prepared data ({self.tokens.seq_len})")
+        self.sampler = load_sampler(len(self.tokens), run.seed, sampler_weights)
+        self.total = run.total_steps
+        self.ckpt_steps = set(run.checkpoint_steps())
+        self.micro = run.micro_batch_size or run.batch_size // self.dist.world
+        self.local_batch = rank_slice(run.batch_size, self.dist.rank, self.dist.world)
+        per_rank = run.batch_size // self.dist.world
+        if per_rank % self.micro:
+            raise TokenscaleError(f"run {run.name}: micro_batch_size={self.micro} does not divide the per-rank batch {per_rank}")
+        self.accum = per_rank // self.micro
+        self.init_from = Path(init_from) if init_from else None
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ setup
+    def _build(self):
+        run = self.run
+        self.model = build_model(run.model, self.tokens.vocab_size, run.seq_len, run.seed)
+        if self.init_from is not None:
+            self._load_weights(self.init_from)
+        self.model.to(self.device)
+        self.stats = model_stats(self.model, run.seq_len)
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
+        groups = [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW(groups, lr=run.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(run.schedule, self.total))
+        self.engine = None
+        if run.engine == "deepspeed":
+            self._init_deepspeed()
+        valid = self.data_dir / "valid_tokens.h5"
+        from .evaluate import load_token_set
+
+        self.valid_ids = torch.as_tensor(load_token_set(valid)["input_ids"], dtype=torch.long)
+        self.tokenizer = load_tokenizer(self.data_dir / "tokenizer")
+
+    def _load_weights(self, path: Path):
+        from safetensors.torch import load_file
+
+        f = path / "model.safetensors" if path.is_dir() else path
+        if not f.is_file():
+            raise TokenscaleError(f"init_from: no model.safetensors in {path}")
+        missing, unexpected = self.model.load_state_dict(load_file(str(f)), strict=False)
+        bad = [k for k in missing if "lm_head" not in k] + list(unexpected)
+        if bad:
+            raise TokenscaleError(f"init_from: {f} does not match the run's architecture (e.g. {bad[0]})")
+
+    def _init_deepspeed(self):
+        import deepspeed
+
+        p = Path(self.run.deepspeed_config)
+        if not p.is_file():
+            raise TokenscaleError(f"run {self.run.name}: deepspeed_config not found: {p}")
+        ds = json.loads(p.read_text())
+        stage = ds.get("zero_optimization", {}).get("stage", 0)
+        if stage > 2:
+            raise TokenscaleError(f"{p}: ZeRO stage {stage} is not supported (checkpoints need full weights on rank 0); use 0-2")
+        ds.update(
+            train_batch_size=self.run.batch_size,
+            train_micro_batch_size_per_gpu=self.micro,
+            gradient_accumulation_steps=self.accum,
+            gradient_clipping=self.run.grad_clip or 0.0,
+            steps_per_print=10**9,
+        )
+        ds.setdefault("wall_clock_breakdown", False)
+        if not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            deepspeed.init_distributed(dist_backend=backend)
+        self.engine, self.opt, _, self.sched = deepspeed.initialize(
+            model=self.model, optimizer=self.opt, lr_scheduler=self.sched, config=ds
+        )
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "state"
+
+    def _save_state(self, step: int):
+        tmp = self.run_dir / "state.tmp"
+        if self.dist.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.dist.barrier()
+        meta = {"step": step, "run_hash": self.run.hash, "position": step * self.run.batch_size,
+                "sampler": self.sampler.state(), "engine": self.run.engine, "world": self.dist.world}
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(tmp), tag="ds", client_state={"step": step})
+        elif self.dist.main:
+            torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                        "rng": _rng_state()}, tmp / "trainer.pt")
+        self.dist.barrier()
+        if self.dist.main:
+            _atomic_json(tmp / "trainer.json", meta)
+            _fsync_dir(tmp)
+            old = self.run_dir / "state.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.state_dir.exists():
+                os.replace(self.state_dir, old)
+            os.replace(tmp, self.state_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        self.dist.barrier()
+
+    def _load_state(self) -> int:
+        d = self.state_dir
+        if not (d / "trainer.json").is_file():
+            old = self.run_dir / "state.old"  # killed between the two renames of _save_state
+            if (old / "trainer.json").is_file():
+                d = old
+            else:
+                return 0
+        meta = json.loads((d / "trainer.json").read_text())
+        if meta["run_hash"] != self.run.hash:
+            raise TokenscaleError(
+                f"run {self.run.name}: saved state in {d} was written by a different run config; "
+                "delete that folder to start over or restore the config"
+            )
+        if meta["engine"] != self.run.engine:
+            raise TokenscaleError(f"run {self.run.name}: state in {d} is from engine {meta['engine']!r}, not {self.run.engine!r}")
+        if self.engine is not None:
+            _, client = self.engine.load_checkpoint(str(d), tag="ds")
+            if client is None:
+                raise TokenscaleError(f"run {self.run.name}: DeepSpeed state in {d} could not be loaded")
+        else:
+            st = torch.load(d / "trainer.pt", map_location=self.device, weights_only=False)
+            self.model.load_state_dict(st["model"])
+            self.opt.load_state_dict(st["opt"])
+            self.sched.load_state_dict(st["sched"])
+            _set_rng_state(st["rng"])
+        return int(meta["step"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def _val_loss(self) -> float:
+        from .evaluate import mean_loss
+
+        return mean_loss(self.model, self.valid_ids, device=self.device)
+
+    def _save_checkpoint(self, step: int, val_loss: float):
+        final = self.run_dir / "checkpoints" / f"step{step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        _atomic_json(tmp / "tokenscale.json", {
+            "run": self.run.name, "step": step, "tokens_seen": step * self.run.batch_size * self.run.seq_len,
+            "val_loss": val_loss, "config_sha256": self.run.hash, "tokenscale_version": __version__,
+            "model_stats": self.stats.as_dict(),
+        })
+        (tmp / "COMPLETE").write_text(f"{step}\n")
+        _fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+
+    def _write_val_csv(self):
+        rows = []
+        for d in sorted((self.run_dir / "checkpoints").glob("step*")):
+            if (d / "COMPLETE").is_file():
+                m = json.loads((d / "tokenscale.json").read_text())
+                rows.append(f"{m['step']},{m['tokens_seen']},{m['val_loss']:.9g}")
+        p = self.run_dir / "val_loss.csv"
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text("step,tokens_seen,val_loss\n" + "".join(r + "\n" for r in rows))
+        os.replace(tmp, p)
+
+    def _clean_after(self, step: int):
+        """Remove anything a killed run left beyond ``step``: temp dirs, later checkpoints, later log lines."""
+        ck = self.run_dir / "checkpoints"
+        if ck.is_dir():
+            for d in ck.iterdir():
+                if d.name.endswith(".tmp") or not (d / "COMPLETE").is_file():
+                    shutil.rmtree(d, ignore_errors=True)
+                elif d.name.startswith("step") and int(d.name[4:]) > step:
+                    shutil.rmtree(d, ignore_errors=True)
+        log = self.run_dir / "log.jsonl"
+        if log.is_file():
+            keep = []
+            for line in log.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line)
+                except (json.JSONDecodeError, KeyError):
+                    break  # a torn last line from a kill
+            tmp = log.with_name("log.jsonl.tmp")
+            tmp.write_text("".join(k + "\n" for k in keep))
+            os.replace(tmp, log)
+
+    # ------------------------------------------------------------------ loop
+    def _forward_loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (b, T+1) -> (training loss incl. router aux loss, CE) scalars."""
+        inp, tgt = ids[:, :-1], ids[:, 1:]  # (b, T), (b, T)
+        model = self.engine if self.engine is not None else self.model
+        is_moe = hasattr(self.model.config, "num_experts")
+        kw = {"output_router_logits": True} if is_moe else {}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.run.precision == "bf16" and self.device.type == "cuda"):
+            out = model(input_ids=inp, **kw)
+        logits = out.logits.float()  # (b, T, V)
+        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1))
+        loss = ce
+        aux = getattr(out, "aux_loss", None)
+        if aux is not None:
+            loss = ce + self.model.config.router_aux_loss_coef * aux.float()
+        return loss, ce
+
+    def _on_sigterm(self, signum, frame):
+        self.stop_requested = True
+
+    def train(self) -> dict:
+        run = self.run
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._build()
+        start = self._load_state()
+        if self.dist.main:
+            self._clean_after(start)
+        self.dist.barrier()
+        if start == 0 and self.dist.main:
+            (self.run_dir / "log.jsonl").write_text("")
+        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        log = open(self.run_dir / "log.jsonl", "a") if self.dist.main else None
+        t_begin = time.time()
+        tokens_per_step = run.batch_size * run.seq_len
+        if self.progress:
+            print(f"[{run.name}] {self.stats.total_params/1e6:.2f}M params ({self.stats.active_params/1e6:.2f}M active), "
+                  f"{self.total} steps, engine={run.engine}, world={self.dist.world}, device={self.device}, "
+                  f"{'resuming at step ' + str(start) if start else 'from scratch'}", file=sys.stderr, flush=True)
+        model = self.engine if self.engine is not None else self.model
+        model.train()
+        try:
+            for step in range(start, self.total):
+                t0 = time.time()
+                idx = self.sampler.indices(step * run.batch_size, run.batch_size)[self.local_batch]  # (B/W,)
+                batch = torch.from_numpy(self.tokens.batch(idx)).to(self.device)  # (B/W, T+1)
+                ce_sum = 0.0
+                for m in range(self.accum):
+                    loss, ce = self._forward_loss(batch[m * self.micro:(m + 1) * self.micro])
+                    if self.engine is not None:
+                        self.engine.backward(loss)
+                        self.engine.step()
+                    else:
+                        (loss / self.accum).backward()
+                    ce_sum += ce.item()
+                lr = self.opt.param_groups[0]["lr"]
+                if self.engine is None:
+                    gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), run.grad_clip or float("inf")).item()
+                    self.opt.step()
+                    self.sched.step()
+                    self.opt.zero_grad(set_to_none=True)
+                else:
+                    gn = float(self.engine.get_global_grad_norm() or float("nan"))
+                loss_val = self.dist.mean(ce_sum / self.accum)
+                done = step + 1
+                dt = time.time() - t0
+                if log is not None:
+                    log.write(json.dumps({"step": done, "loss": loss_val, "lr": lr, "tokens_seen": done * tokens_per_step,
+                                          "tokens_per_s": tokens_per_step / max(dt, 1e-9), "grad_norm": gn}) + "\n")
+                    log.flush()
+                if not math.isfinite(loss_val):
+                    raise TokenscaleError(f"run {run.name}: loss is {loss_val} at step {done}; lower lr or check the data")
+                if done in self.ckpt_steps:
+                    model.eval()
+                    if self.dist.main:
+                        val = self._val_loss()
+                        self._save_checkpoint(done, val)
+                        self._write_val_csv()
+                    model.train()
+                    self._save_state(done)
+                    if self.progress:
+                        el = time.time() - t_begin
+                        print(f"[{run.name}] step {done}/{self.total} loss {loss_val:.4f} val {val:.4f} lr {lr:.2e} "
+                              f"{(done - start) * tokens_per_step / el:,.0f} tok/s", file=sys.stderr, flush=True)
+                elif done % run.state_every == 0:
+                    self._save_state(done)
+                if self.stop_requested:
+                    self._save_state(done)
+                    if self.progress:
+                        print(f"[{run.name}] SIGTERM: state saved at step {done}; exiting", file=sys.stderr, flush=True)
+                    raise SystemExit(SIGTERM_EXIT)
+        finally:
+            if log is not None:
+                log.close()
+            signal.signal(signal.SIGTERM, old_handler)
+        wall = time.time() - t_begin
+        summary = {
+            "run": run.name, "axis": run.axis, "steps": self.total, "tokens": self.total * tokens_per_step,
+            "resumed_from": start, "wall_s": wall,
+            "tokens_per_s": (self.total - start) * tokens_per_step / max(wall, 1e-9),
+            "engine": run.engine, "world": self.dist.world, "device": str(self.device),
+            "checkpoints": sorted(self.ckpt_steps), "config_sha256": run.hash, "model_stats": self.stats.as_dict(),
+            "arch": run.model, "tokenscale_version": __version__,
+        }
+        if self.dist.main:
+            _atomic_json(self.run_dir / "train.json", summary)
+        self.dist.barrier()
+        return summary
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    p = Path(run_dir) / "log.jsonl"
+    if not p.is_file():
+        raise TokenscaleError(f"training log not found: {p}")
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]

@@ -1,0 +1,32 @@
+# Decomposition of each run's loss curve: spectrum p(tau), shared pulse g, reconstruction, power law, figures.
+
+
+rule analyze:
+    input:
+        trajectories=trajectory_shards,
+        fits=rules.fit_table.output.table,
+    output:
+        summary=f"{RESULTS}/runs/{{run}}/analysis/summary.json",
+        figures=report(
+            directory(f"{RESULTS}/runs/{{run}}/analysis/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Decomposition",
+            subcategory="{run}",
+        ),
+    params:
+        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        axis_label=lambda w: "training step" if CFG["fit"]["axis"] == "step" else "tokens seen",
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/analyze/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/analyze/{{run}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "tokenscale analyze --trajectories {input.trajectories} --fits {input.fits} --run {wildcards.run} "
+        "--options {params.analysis:q} --axis-label {params.axis_label:q} --summary {output.summary} "
+        "--figures {output.figures} > {log} 2>&1"

@@ -1,0 +1,71 @@
+# Per-token loss of every validation token at every checkpoint, then trajectory shards (tokens x checkpoints).
+
+
+rule external_token_set:
+    # An external checkpoint series is evaluated on the same validation documents, tokenized with its tokenizer.
+    input:
+        docs=rules.prepare_corpus.output.valid,
+    output:
+        tokens=f"{RESULTS}/runs/{{run}}/valid_tokens.h5",
+    params:
+        series=lambda w: EXTERNAL[w.run]["path"],
+        tokenizer=lambda w: EXTERNAL[w.run]["tokenizer"] or "",
+        seq_len=lambda w: EXTERNAL[w.run]["seq_len"] or CFG["data"]["seq_len"],
+        n_seqs=CFG["data"]["valid_sequences"],
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/external_token_set/{{run}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "tokenscale external-tokens --series {params.series:q} --tokenizer {params.tokenizer:q} --docs {input.docs} "
+        "--seq-len {params.seq_len} --n-seqs {params.n_seqs} --out {output.tokens} > {log} 2>&1"
+
+
+rule evaluate_checkpoint:
+    input:
+        ready=checkpoint_ready,
+        tokens=token_set,
+    output:
+        evals=f"{RESULTS}/runs/{{run}}/evals/step{{step}}.h5",
+    params:
+        checkpoint=checkpoint_dir,
+        batch_size=CFG["eval"]["batch_size"],
+        device=CFG["eval"]["device"],
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/evaluate/{{run}}/step{{step}}.log",
+    threads: CFG["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "tokenscale evaluate --checkpoint {params.checkpoint:q} --tokens {input.tokens} --out {output.evals} "
+        "--batch-size {params.batch_size} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule assemble_shard:
+    input:
+        evals=eval_files,
+        tokens=token_set,
+    output:
+        shard=f"{RESULTS}/runs/{{run}}/trajectories/shard-{{shard}}.h5",
+    params:
+        n_shards=CFG["eval"]["shards"],
+        config_hash=lambda w: RUNS[w.run].hash if w.run in RUNS else "external",
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/assemble/{{run}}/shard-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/assemble/{{run}}/shard-{{shard}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "tokenscale assemble --evals {input.evals} --tokens {input.tokens} --shard {wildcards.shard} "
+        "--n-shards {params.n_shards} --run {wildcards.run} --config-hash {params.config_hash} "
+        "--out {output.shard} > {log} 2>&1"

@@ -1,0 +1,41 @@
+# Sigmoid fit of every token trajectory, one job per shard, then one table per run.
+
+
+rule fit_shard:
+    input:
+        shard=rules.assemble_shard.output.shard,
+    output:
+        fits=f"{RESULTS}/runs/{{run}}/fits/shard-{{shard}}.h5",
+    params:
+        axis=CFG["fit"]["axis"],
+        transform=CFG["fit"]["transform"],
+        device=CFG["fit"]["device"],
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/fit/{{run}}/shard-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fit/{{run}}/shard-{{shard}}.tsv"
+    threads: CFG["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "tokenscale fit --trajectories {input.shard} --out {output.fits} --axis {params.axis} "
+        "--transform {params.transform} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule fit_table:
+    input:
+        fits=fit_shards,
+    output:
+        table=f"{RESULTS}/runs/{{run}}/fits.h5",
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/fit/{{run}}/table.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "tokenscale fit-table --fits {input.fits} --out {output.table} > {log} 2>&1"

@@ -1,0 +1,28 @@
+# One job per run. The trainer resumes from results/runs/{run}/state when the job is rerun or requeued,
+# and saves state on SIGTERM (SLURM's time-limit signal) before exiting.
+rule train:
+    input:
+        tokens=rules.tokenize.output.train,
+        meta=rules.tokenize.output.meta,
+        valid=rules.tokenize.output.valid,
+        tokenizer=rules.train_tokenizer.output.tokenizer,
+    output:
+        summary=f"{RESULTS}/runs/{{run}}/train.json",
+    params:
+        spec=lambda w: run_spec(w.run),
+        data=lambda w, input: Path(input.meta).parent,
+        out=lambda w, output: Path(output.summary).parent,
+        nproc=lambda w: RUNS[w.run].nproc,
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/train/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+    threads: CFG["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+    shell:
+        "tokenscale train --spec {params.spec:q} --run {wildcards.run} --data {params.data} --out {params.out} "
+        "--threads {threads} --nproc {params.nproc} > {log} 2>&1"
