@@ -15,6 +15,7 @@ Stages (each a CLI step and a workflow rule):
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -66,9 +67,13 @@ def _docstrings(source: str) -> list[str]:
 
 
 def builtin_documents(domains: Iterable[str], max_chars: int | None = None) -> list[dict]:
-    """Documents of the builtin corpus, in a deterministic order. Each: {id, domain, source, text}."""
+    """Documents of the builtin corpus, in a deterministic order. Each: {domain, source, text}."""
+    return [dict(d) for d in _builtin_documents(tuple(domains), max_chars)]
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin_documents(domains: tuple[str, ...], max_chars: int | None) -> tuple[dict, ...]:
     docs: list[dict] = []
-    domains = list(domains)
     if "docs" in domains:
         import pydoc_data.topics as topics
 
@@ -90,7 +95,7 @@ def builtin_documents(domains: Iterable[str], max_chars: int | None = None) -> l
                 if ds:
                     ds_part.append({"domain": "docstrings", "source": f"stdlib:{rel}:docstrings", "text": "\n\n".join(ds)})
         docs += _cap(ds_part, max_chars) + _cap(code_part, max_chars)
-    return docs
+    return tuple(docs)
 
 
 def _cap(docs: list[dict], max_chars: int | None) -> list[dict]:

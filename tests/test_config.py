@@ -1,0 +1,88 @@
+import pytest
+
+from tokenscale import TokenscaleError
+from tokenscale.config import RunConfig, checkpoint_steps, load_config, run_configs, validate_config
+
+from conftest import REPO, run_cli, tiny_config, write_config
+
+
+def test_defaults_filled_and_typed():
+    cfg = validate_config({})
+    assert cfg["data"]["vocab_size"] == 4096 and cfg["eval"]["shards"] == 2
+    (run,) = run_configs(cfg).values()
+    assert isinstance(run, RunConfig) and run.schedule["kind"] == "constant" and run.checkpoints["count"] == 40
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(REPO / "config" / name)
+    for run in run_configs(cfg).values():
+        assert run.total_steps > 10 and len(run.checkpoint_steps()) >= 8
+
+
+def test_misspelled_key_names_the_key():
+    with pytest.raises(TokenscaleError, match=r"^config: unknown key 'data\.vocab_sze' \(allowed: .*vocab_size"):
+        validate_config({"data": {"vocab_sze": 100}})
+
+
+def test_misspelled_run_key_names_the_index():
+    with pytest.raises(TokenscaleError, match=r"unknown key 'runs\[0\]\.lrr'"):
+        validate_config({"runs": [{"name": "a", "axis": "T", "lrr": 1}]})
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(TokenscaleError, match=r"^config: data\.seq_len must be of type integer, got 'long' \(str\)$"):
+        validate_config({"data": {"seq_len": "long"}})
+
+
+def test_bad_enum_and_missing_required():
+    with pytest.raises(TokenscaleError, match=r"runs\[0\]\.axis must be one of \['T', 'D', 'M'\], got 'Q'"):
+        validate_config({"runs": [{"name": "a", "axis": "Q"}]})
+    with pytest.raises(TokenscaleError, match=r"runs\[0\] is missing required key: 'axis'"):
+        validate_config({"runs": [{"name": "a"}]})
+
+
+def test_unknown_preset_and_duplicate_runs():
+    with pytest.raises(TokenscaleError, match=r"runs\[0\]\.model\.preset: unknown preset 'moe-huge'"):
+        validate_config({"runs": [{"name": "a", "axis": "T", "model": {"preset": "moe-huge"}}]})
+    with pytest.raises(TokenscaleError, match=r"duplicate name\(s\): a"):
+        validate_config({"runs": [{"name": "a", "axis": "T"}, {"name": "a", "axis": "D"}]})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(TokenscaleError, match=r"config: file not found: .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_checkpoint_plan_is_log_spaced_and_ends_at_final_step():
+    s = checkpoint_steps(2000, 40)
+    assert s[0] == 1 and s[-1] == 2000 and s == sorted(set(s))
+    gaps = [b / a for a, b in zip(s[10:], s[11:])]
+    assert max(gaps) / min(gaps) < 1.2  # log spacing once rounding no longer merges steps
+    assert checkpoint_steps(7, 40) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_tokens_below_one_batch_is_an_error():
+    run = RunConfig.from_dict({"name": "a", "axis": "T", "tokens": 10, "batch_size": 4}, seq_len=16)
+    with pytest.raises(TokenscaleError, match=r"run a: tokens=10 is less than one batch"):
+        run.total_steps
+
+
+def test_cli_bad_config_prints_one_line(tmp_path):
+    cfg = tiny_config()
+    cfg["runs"][0]["bacth_size"] = 4
+    p = run_cli("check-config", "--config", write_config(tmp_path / "c.yaml", cfg), check=False)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines == ["tokenscale: error: config: unknown key 'runs[0].bacth_size' (allowed: axis, batch_size, "
+                     "checkpoints, deepspeed_config, device, engine, grad_clip, lr, micro_batch_size, model, name, nproc, "
+                     "precision, schedule, seed, state_every, tokens, weight_decay)"]
+
+
+def test_cli_help_for_every_command():
+    from tokenscale.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:
+        p = run_cli(name, "--help")
+        assert "usage: tokenscale " + name in p.stdout
