@@ -1,0 +1,522 @@
+"""HDF5 I/O for token sets, per-checkpoint evaluations and token-loss trajectory shards.
+
+Layouts are documented in ``docs/formats.md`` (token sets, checkpoints) and
+``docs/trajectories.md`` (per-checkpoint evals and trajectory shards).
+
+This is an analysis module: it imports neither torch nor deepspeed.
+
+Atomicity: every writer writes ``<out>.tmp``, flushes + fsyncs it and then ``os.replace``-s it onto
+``<out>``.  A killed job therefore leaves at most a ``*.tmp`` file, which no reader ever opens; and
+every reader validates the required datasets and their shapes, so a truncated/corrupted final file is
+rejected with a one-line :class:`tokenscale.TokenscaleError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from tokenscale import TokenscaleError, __version__
+
+__all__ = [
+    "sha256_file",
+    "read_token_set",
+    "token_set_info",
+    "write_eval_file",
+    "read_eval_header",
+    "read_eval_losses",
+    "write_trajectory_shards",
+    "write_trajectory_shard",
+    "read_trajectories",
+    "read_run_trajectories",
+    "shard_ranges",
+]
+
+TOKEN_SET_DATASETS = ("input_ids", "token_id", "doc_id", "doc_pos", "domain")
+META_DATASETS = ("doc_id", "doc_pos", "domain", "token_id")
+EVAL_FORMAT = "tokenscale-eval-v1"
+TRAJ_FORMAT = "tokenscale-trajectories-v1"
+CHUNK_ROWS = 4096
+_BLOCK_BYTES = 256 * 2**20  # row-block budget when assembling shards
+
+
+# ----------------------------------------------------------------------------- helpers
+def _one_line(x: Any) -> str:
+    return " ".join(str(x).split())
+
+
+def _err(path: os.PathLike | str, msg: str) -> TokenscaleError:
+    return TokenscaleError(_one_line(f"{path}: {msg}"))
+
+
+@contextlib.contextmanager
+def _guard(path: os.PathLike | str, what: str) -> Iterator[None]:
+    """Turn h5py failures raised while *reading* ``path`` into a one-line TokenscaleError.
+
+    Only wrap reads with this: an error raised inside is attributed to ``path``.
+    """
+    p = Path(path)
+    try:
+        yield
+    except TokenscaleError:
+        raise
+    except KeyError as e:  # missing dataset / attribute
+        raise _err(p, f"not a valid {what} file (missing {e.args[0] if e.args else e})") from None
+    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        raise _err(p, f"cannot read {what} file (truncated or corrupt?): {e}") from None
+
+
+def _open(path: os.PathLike | str, what: str) -> h5py.File:
+    p = Path(path)
+    if not p.is_file():
+        raise _err(p, f"{what} file not found")
+    with _guard(p, what):
+        return h5py.File(p, "r")
+
+
+@contextlib.contextmanager
+def _reading(path: os.PathLike | str, what: str) -> Iterator[h5py.File]:
+    """Open an HDF5 file for reading inside :func:`_guard`; the body must only read."""
+    f = _open(path, what)
+    try:
+        with _guard(path, what):
+            yield f
+    finally:
+        f.close()
+
+
+def _attr_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _attrs_dict(obj: h5py.AttributeManager, json_keys: Iterable[str] = ()) -> dict:
+    out = {k: _attr_value(obj[k]) for k in obj.keys()}
+    for k in json_keys:
+        if k in out and isinstance(out[k], str):
+            try:
+                out[k] = json.loads(out[k])
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def _to_attr(v: Any) -> Any:
+    """Make a value storable as an HDF5 attribute (containers and None become JSON strings)."""
+    if v is None or isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    if isinstance(v, (str, Path)):  # str subclasses (np.str_, TorchVersion) -> plain str
+        return str(v)
+    if isinstance(v, (bool, int, float, np.generic)):
+        return v
+    return str(v)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_path(out: Path) -> Path:
+    return out.with_name(out.name + ".tmp")
+
+
+@contextlib.contextmanager
+def _atomic_h5(out_path: os.PathLike | str) -> Iterator[h5py.File]:
+    """Write an HDF5 file to ``out.tmp``, fsync, then ``os.replace`` it to ``out``.
+
+    On an exception the tmp file is removed; on a hard kill it is left behind, and readers never
+    look at ``*.tmp``.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(out)
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def sha256_file(path: os.PathLike | str, *, bufsize: int = 1 << 22) -> str:
+    p = Path(path)
+    h = hashlib.sha256()
+    try:
+        with open(p, "rb") as fh:
+            while True:
+                b = fh.read(bufsize)
+                if not b:
+                    break
+                h.update(b)
+    except OSError as e:
+        raise _err(p, f"cannot read file: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- token sets
+def _check_token_set(f: h5py.File, p: Path) -> tuple[int, int]:
+    for name in TOKEN_SET_DATASETS:
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise _err(p, f"not a valid token set (missing dataset '{name}')")
+    ids = f["input_ids"]
+    if ids.ndim != 2 or ids.shape[1] < 2:
+        raise _err(p, f"not a valid token set (input_ids shape {ids.shape}, expected (S, T+1) with T >= 1)")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise _err(p, f"not a valid token set (input_ids dtype {ids.dtype} is not integer)")
+    S, T = ids.shape[0], ids.shape[1] - 1
+    for name in TOKEN_SET_DATASETS[1:]:
+        if f[name].shape != (S, T):
+            raise _err(p, f"not a valid token set ({name} shape {f[name].shape} != {(S, T)})")
+    if "sample_index" in f and f["sample_index"].shape != (S,):
+        raise _err(p, f"not a valid token set (sample_index shape {f['sample_index'].shape} != {(S,)})")
+    if "seq_len" in f.attrs and int(f.attrs["seq_len"]) != T:
+        raise _err(p, f"not a valid token set (attribute seq_len={int(f.attrs['seq_len'])} but input_ids has T={T})")
+    return S, T
+
+
+def read_token_set(path: os.PathLike | str, *, datasets: Sequence[str] | None = None) -> dict:
+    """Read a token-set HDF5 (docs/formats.md).
+
+    Returns ``{"input_ids", "token_id", "doc_id", "doc_pos", "domain", ["sample_index"],
+    "attrs": {...} (domain_names decoded to a list), "path": Path, "n_seqs": S, "seq_len": T}``.
+    ``datasets`` restricts which arrays are loaded (all by default).  The file is fully validated
+    (required datasets, shapes, ``token_id == input_ids[:, 1:]`` when both are loaded).
+    """
+    p = Path(path)
+    with _reading(p, "token set") as f:
+        S, T = _check_token_set(f, p)
+        names = list(TOKEN_SET_DATASETS) + (["sample_index"] if "sample_index" in f else [])
+        if datasets is not None:
+            unknown = [d for d in datasets if d not in names]
+            if unknown:
+                raise _err(p, f"token set has no dataset {unknown[0]!r}")
+            names = [d for d in names if d in datasets]
+        out: dict[str, Any] = {name: f[name][()] for name in names}
+        out["attrs"] = _attrs_dict(f.attrs, json_keys=("domain_names",))
+    if "input_ids" in out and "token_id" in out and not np.array_equal(out["token_id"], out["input_ids"][:, 1:]):
+        raise _err(p, "not a valid token set (token_id != input_ids[:, 1:])")
+    out.update(path=p, n_seqs=S, seq_len=T)
+    return out
+
+
+def token_set_info(path: os.PathLike | str, *, sha256: bool = True) -> dict:
+    """Shape and attributes of a token set without loading its arrays (plus its sha256)."""
+    p = Path(path)
+    with _reading(p, "token set") as f:
+        S, T = _check_token_set(f, p)
+        attrs = _attrs_dict(f.attrs, json_keys=("domain_names",))
+    info = {"path": p, "n_seqs": S, "seq_len": T, "n_tokens": S * T, "attrs": attrs}
+    if sha256:
+        info["sha256"] = sha256_file(p)
+    return info
+
+
+# ----------------------------------------------------------------------------- per-checkpoint evals
+def write_eval_file(out_path: os.PathLike | str, losses: np.ndarray, attrs: dict) -> Path:
+    """Atomically write a per-checkpoint eval file: dataset ``loss`` (N,) float32 + attrs.
+
+    ``losses`` may be (S, T) or (N,); it is stored flattened row-major (token instance ``s*T+t``).
+    ``attrs`` must contain ``step`` and ``tokens_seen``.
+    """
+    out = Path(out_path)
+    loss = np.ascontiguousarray(losses, dtype=np.float32).reshape(-1)
+    for key in ("step", "tokens_seen"):
+        if key not in attrs or attrs[key] is None:
+            raise _err(out, f"eval attrs need '{key}'")
+    with _atomic_h5(out) as f:
+        f.create_dataset("loss", data=loss, chunks=(min(max(loss.size, 1), 1 << 16),) if loss.size else None)
+        f.attrs["format"] = EVAL_FORMAT
+        f.attrs["package_version"] = __version__
+        f.attrs["n_tokens"] = int(loss.size)
+        for k, v in attrs.items():
+            f.attrs[k] = _to_attr(v)
+    return out
+
+
+def read_eval_header(path: os.PathLike | str) -> dict:
+    """Validate a per-checkpoint eval file and return its attrs (+ ``path``, ``n_tokens``)."""
+    p = Path(path)
+    with _reading(p, "eval") as f:
+        if "loss" not in f or not isinstance(f["loss"], h5py.Dataset):
+            raise _err(p, "not a valid eval file (missing dataset 'loss')")
+        d = f["loss"]
+        if d.ndim != 1 or d.dtype != np.float32:
+            raise _err(p, f"not a valid eval file (loss shape {d.shape} dtype {d.dtype}, expected (N,) float32)")
+        attrs = _attrs_dict(f.attrs)
+        for key in ("step", "tokens_seen", "n_tokens"):
+            if key not in attrs:
+                raise _err(p, f"not a valid eval file (missing attribute '{key}')")
+        if int(attrs["n_tokens"]) != d.shape[0]:
+            raise _err(p, f"not a valid eval file (loss has {d.shape[0]} rows, n_tokens={attrs['n_tokens']})")
+    attrs["path"] = p
+    return attrs
+
+
+def read_eval_losses(path: os.PathLike | str) -> tuple[np.ndarray, dict]:
+    """Read a per-checkpoint eval file: ``(loss (N,) float32, attrs)``."""
+    attrs = read_eval_header(path)
+    with _reading(path, "eval") as f:
+        loss = f["loss"][()]
+    return loss, attrs
+
+
+# ----------------------------------------------------------------------------- trajectory shards
+def shard_ranges(n_tokens: int, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous, as-even-as-possible token ranges ``[lo, hi)`` covering ``range(n_tokens)``."""
+    if n_shards < 1:
+        raise TokenscaleError(f"number of shards must be >= 1, got {n_shards}")
+    b = [(i * n_tokens) // n_shards for i in range(n_shards + 1)]
+    return [(b[i], b[i + 1]) for i in range(n_shards)]
+
+
+def _collect_evals(eval_paths: Sequence[os.PathLike | str], n_tokens: int, ts_sha: str) -> list[dict]:
+    if not eval_paths:
+        raise TokenscaleError("write_trajectory_shards: no eval files given")
+    headers = [read_eval_header(p) for p in eval_paths]
+    headers.sort(key=lambda h: int(h["step"]))
+    seen: dict[int, Path] = {}
+    for h in headers:
+        step = int(h["step"])
+        if step in seen:
+            raise _err(h["path"], f"duplicate step {step} (also in {seen[step]})")
+        seen[step] = h["path"]
+        if int(h["n_tokens"]) != n_tokens:
+            raise _err(h["path"], f"eval has {h['n_tokens']} tokens but the token set has {n_tokens}")
+        other = h.get("token_set_sha256")
+        if other and other != ts_sha:
+            raise _err(h["path"], f"evaluated on a different token set (sha256 {other[:12]}… != {ts_sha[:12]}…)")
+    return headers
+
+
+def _shard_attrs(attrs: dict, headers: list[dict], ts: dict) -> dict:
+    latest = headers[-1]  # defaults come from the latest checkpoint
+    base = {
+        "run": attrs.get("run", latest.get("run", "")),
+        "model": attrs.get("model", latest.get("model", "")),
+        "config_sha256": attrs.get("config_sha256", latest.get("config_sha256", "")),
+    }
+    out = {**base, **{k: v for k, v in attrs.items() if k not in base}}
+    out.update(
+        format=TRAJ_FORMAT,
+        package_version=__version__,
+        checkpoints=[str(h.get("checkpoint", "")) for h in headers],
+        eval_files=[str(h["path"]) for h in headers],
+        token_set=str(ts["path"]),
+        token_set_sha256=ts["sha256"],
+        seq_len=int(ts["seq_len"]),
+        n_seqs=int(ts["n_seqs"]),
+        n_tokens_total=int(ts["n_tokens"]),
+        domain_names=ts["attrs"].get("domain_names", []),
+        token_set_kind=ts["attrs"].get("kind", ""),
+    )
+    return out
+
+
+def _write_one_shard(
+    out: Path, headers: list[dict], ts: dict, lo: int, hi: int, attrs: dict, shard_index: int, shard_count: int,
+    *, compression: str = "gzip",
+) -> None:
+    n, K, T = hi - lo, len(headers), int(ts["seq_len"])
+    steps = np.array([int(h["step"]) for h in headers], dtype=np.int64)
+    tokens = np.array([int(h["tokens_seen"]) for h in headers], dtype=np.int64)
+    chunk_rows = max(1, min(n, CHUNK_ROWS))
+    # rows per block: a multiple of the chunk height so every chunk is written exactly once
+    block = max(chunk_rows, (_BLOCK_BYTES // (4 * K)) // chunk_rows * chunk_rows)
+    comp = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compression == "gzip" else {"compression": compression}
+    with _atomic_h5(out) as f, contextlib.ExitStack() as stack:
+        dset = f.create_dataset(
+            "loss", shape=(n, K), dtype=np.float32, chunks=(chunk_rows, K) if n else None, **(comp if n else {})
+        )
+        f.create_dataset("axis/step", data=steps)
+        f.create_dataset("axis/tokens", data=tokens)
+        f.create_dataset("token_index", data=np.arange(lo, hi, dtype=np.int64))
+        # metadata: read only the token-set rows covering [lo, hi)
+        s0, s1 = lo // T, -(-hi // T)
+        with _reading(ts["path"], "token set") as tf:
+            meta = {name: (tf[name][s0:s1] if hi > lo else tf[name][0:0]) for name in META_DATASETS}
+        for name, rows in meta.items():
+            f.create_dataset(f"meta/{name}", data=rows.reshape(-1)[lo - s0 * T : hi - s0 * T])
+        del meta
+        evals = []
+        for h in headers:
+            ef = _open(h["path"], "eval")
+            stack.callback(ef.close)
+            evals.append(ef)
+        buf = np.empty((min(block, n), K), dtype=np.float32)
+        for b0 in range(0, n, block):
+            b1 = min(n, b0 + block)
+            for k, (ef, h) in enumerate(zip(evals, headers)):
+                with _guard(h["path"], "eval"):
+                    ef["loss"].read_direct(buf, np.s_[lo + b0 : lo + b1], np.s_[: b1 - b0, k])
+            dset[b0:b1] = buf[: b1 - b0]
+        full = _shard_attrs(attrs, headers, ts)
+        full.update(shard_index=int(shard_index), shard_count=int(shard_count), token_start=int(lo), token_stop=int(hi))
+        for k, v in full.items():
+            f.attrs[k] = _to_attr(v)
+
+
+def write_trajectory_shards(
+    eval_paths: Sequence[os.PathLike | str],
+    token_set_path: os.PathLike | str,
+    out_paths: Sequence[os.PathLike | str],
+    *,
+    attrs: dict,
+    compression: str = "gzip",
+) -> None:
+    """Assemble per-checkpoint eval files into ``len(out_paths)`` trajectory shards.
+
+    Checkpoints are ordered by step (K of them); token rows 0..N-1 are split into contiguous,
+    even ranges, shard ``i`` -> ``out_paths[i]``.  Memory is bounded by one row block
+    (~256 MiB) per shard; the N×K matrix is never materialised.  Each shard is written atomically;
+    all shards are written to ``*.tmp`` first and only then renamed.
+    """
+    if not out_paths:
+        raise TokenscaleError("write_trajectory_shards: no output paths given")
+    outs = [Path(p) for p in out_paths]
+    if len(set(outs)) != len(outs):
+        raise TokenscaleError("write_trajectory_shards: duplicate output paths")
+    ts = token_set_info(token_set_path)
+    headers = _collect_evals(eval_paths, ts["n_tokens"], ts["sha256"])
+    ranges = shard_ranges(ts["n_tokens"], len(outs))
+    # write every shard under a private name, then rename them all: a crash never leaves a
+    # partial set of *final* shard files from this call.
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for i, (out, (lo, hi)) in enumerate(zip(outs, ranges)):
+            staging = out.with_name(out.name + ".part")
+            _write_one_shard(staging, headers, ts, lo, hi, attrs, i, len(outs), compression=compression)
+            staged.append((staging, out))
+        for staging, out in staged:
+            os.replace(staging, out)
+        for d in {o.parent for o in outs}:
+            _fsync_dir(d)
+    except BaseException:
+        for staging, _ in staged:
+            with contextlib.suppress(OSError):
+                staging.unlink()
+        raise
+
+
+def write_trajectory_shard(
+    eval_paths: Sequence[os.PathLike | str],
+    token_set_path: os.PathLike | str,
+    out_path: os.PathLike | str,
+    *,
+    attrs: dict,
+    token_range: tuple[int, int] | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    compression: str = "gzip",
+) -> Path:
+    """Write one trajectory shard covering ``token_range`` (default: all tokens); atomic.
+
+    Useful to build shards in parallel jobs: shard ``i`` of ``n`` uses
+    ``token_range=shard_ranges(N, n)[i], shard_index=i, shard_count=n``.
+    """
+    ts = token_set_info(token_set_path)
+    headers = _collect_evals(eval_paths, ts["n_tokens"], ts["sha256"])
+    lo, hi = token_range if token_range is not None else (0, ts["n_tokens"])
+    if not (0 <= lo <= hi <= ts["n_tokens"]):
+        raise TokenscaleError(f"token_range {token_range} outside [0, {ts['n_tokens']}]")
+    out = Path(out_path)
+    _write_one_shard(out, headers, ts, int(lo), int(hi), attrs, shard_index, shard_count, compression=compression)
+    return out
+
+
+_REQUIRED_TRAJ = ("loss", "axis/step", "axis/tokens", "token_index", *(f"meta/{m}" for m in META_DATASETS))
+
+
+def _read_traj(p: Path, load_loss: bool = True) -> tuple[np.ndarray | None, dict, dict]:
+    with _reading(p, "trajectory") as f:
+        for name in _REQUIRED_TRAJ:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise _err(p, f"not a valid trajectory shard (missing dataset '{name}')")
+        ls = f["loss"]
+        if ls.ndim != 2:
+            raise _err(p, f"not a valid trajectory shard (loss shape {ls.shape}, expected (n, K))")
+        n, K = ls.shape
+        if f["axis/step"].shape != (K,) or f["axis/tokens"].shape != (K,):
+            raise _err(p, f"not a valid trajectory shard (axis shapes {f['axis/step'].shape}/{f['axis/tokens'].shape} != ({K},))")
+        for name in ("token_index", *(f"meta/{m}" for m in META_DATASETS)):
+            if f[name].shape != (n,):
+                raise _err(p, f"not a valid trajectory shard ({name} shape {f[name].shape} != ({n},))")
+        axis = {"step": f["axis/step"][()].astype(np.int64), "tokens": f["axis/tokens"][()].astype(np.int64)}
+        meta: dict[str, Any] = {m: f[f"meta/{m}"][()] for m in META_DATASETS}
+        meta["token_index"] = f["token_index"][()]
+        meta["attrs"] = _attrs_dict(f.attrs, json_keys=("checkpoints", "eval_files", "domain_names"))
+        loss = ls[()] if load_loss else None
+    if loss is not None and loss.dtype != np.float32:
+        loss = loss.astype(np.float32)
+    return loss, axis, meta
+
+
+def read_trajectories(path: os.PathLike | str) -> tuple[np.ndarray, dict, dict]:
+    """Read one trajectory shard.
+
+    Returns ``(losses (n, K) float32 nats, {"step": (K,) int64, "tokens": (K,) int64},
+    {"doc_id", "doc_pos", "domain", "token_id", "token_index": (n,), "attrs": {...}})``.
+    JSON attributes (``checkpoints``, ``eval_files``, ``domain_names``) are decoded.
+    """
+    loss, axis, meta = _read_traj(Path(path))
+    assert loss is not None
+    return loss, axis, meta
+
+
+def read_run_trajectories(paths: Sequence[os.PathLike | str]) -> tuple[np.ndarray, dict, dict]:
+    """Read and concatenate all shards of one run (any order given; ordered by shard index).
+
+    Checks that the shards share the same axis and together cover every shard index exactly once.
+    ``meta["attrs"]`` is the first shard's attrs without the per-shard keys, plus ``shards``
+    (the paths in order).
+    """
+    if not paths:
+        raise TokenscaleError("read_run_trajectories: no shard paths given")
+    parts = [(Path(p), *_read_traj(Path(p))) for p in paths]
+    parts.sort(key=lambda x: int(x[3]["attrs"].get("shard_index", 0)))
+    p0, _, axis0, meta0 = parts[0]
+    count = int(meta0["attrs"].get("shard_count", 1))
+    idx = [int(m["attrs"].get("shard_index", 0)) for _, _, _, m in parts]
+    if idx != list(range(count)):
+        missing = sorted(set(range(count)) - set(idx))
+        what = f"missing shard index {missing[0]} of {count}" if missing else f"shard indices {idx} do not match shard_count={count}"
+        raise _err(p0.parent, what)
+    for p, _, axis, meta in parts[1:]:
+        if not (np.array_equal(axis["step"], axis0["step"]) and np.array_equal(axis["tokens"], axis0["tokens"])):
+            raise _err(p, f"checkpoint axis differs from {p0.name}")
+        if int(meta["attrs"].get("shard_count", 1)) != count:
+            raise _err(p, f"shard_count differs from {p0.name}")
+        if meta["attrs"].get("token_set_sha256") != meta0["attrs"].get("token_set_sha256"):
+            raise _err(p, f"token set differs from {p0.name}")
+    losses = np.concatenate([x[1] for x in parts], axis=0)
+    meta: dict[str, Any] = {k: np.concatenate([x[3][k] for x in parts]) for k in (*META_DATASETS, "token_index")}
+    attrs = {k: v for k, v in meta0["attrs"].items() if k not in ("shard_index", "token_start", "token_stop")}
+    attrs["shards"] = [str(x[0]) for x in parts]
+    meta["attrs"] = attrs
+    return losses, axis0, meta
