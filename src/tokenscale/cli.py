@@ -84,7 +84,8 @@ def cmd_train(args) -> int:
     if args.run not in runs:
         raise TokenscaleError(f"--run: no run named {args.run!r} in the config (have: {', '.join(runs)})")
     run = runs[args.run]
-    nproc = args.nproc or run.nproc
+    # ranks: --nproc if given, else one per GPU the job was granted (--gpus), at least the run's own nproc
+    nproc = args.nproc or max(args.gpus or 0, run.nproc)
     if nproc > 1 and "RANK" not in os.environ:
         return _relaunch(nproc, args)
     from .train import Trainer
@@ -136,14 +137,55 @@ def _device(name: str) -> str:
 
 def cmd_evaluate(args) -> int:
     import time
+    from pathlib import Path
 
     from .evaluate import evaluate_checkpoint
 
+    if (args.out is None) == (args.out_dir is None):
+        raise TokenscaleError("evaluate: give exactly one of --out (one checkpoint) or --out-dir")
+    if args.out is not None and len(args.checkpoint) != 1:
+        raise TokenscaleError(f"evaluate: --out takes one checkpoint, got {len(args.checkpoint)}; use --out-dir")
     _threads(args.threads)
-    t0 = time.time()
-    out = evaluate_checkpoint(args.checkpoint, args.tokens, args.out, batch_size=args.batch_size, device=_device(args.device))
-    print(f"evaluate: {args.checkpoint} -> {out} in {time.time() - t0:.1f}s", file=sys.stderr)
+    device = _device(args.device)
+    if args.out_dir is not None:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    for i, ckpt in enumerate(args.checkpoint, 1):
+        t0 = time.time()
+        if args.out is not None:
+            out = args.out
+        else:
+            name = Path(ckpt).name
+            step = _step_of(name)
+            out = Path(args.out_dir) / f"step{step:08d}.h5"
+        out = evaluate_checkpoint(ckpt, args.tokens, out, batch_size=args.batch_size, device=device)
+        print(f"evaluate [{i}/{len(args.checkpoint)}]: {ckpt} -> {out} in {time.time() - t0:.1f}s", file=sys.stderr,
+              flush=True)
     return 0
+
+
+def _step_of(name: str) -> int:
+    from .evaluate import _step_from_name
+
+    step = _step_from_name(name)
+    if step is None:
+        raise TokenscaleError(f"evaluate: cannot tell the step of checkpoint folder {name!r} (expected step<N>)")
+    return step
+
+
+def _expand_evals(paths) -> list:
+    """Eval files given directly or as block folders (every step*.h5 inside)."""
+    from pathlib import Path
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("step*.h5"))
+            if not found:
+                raise TokenscaleError(f"{p}: evaluation folder holds no step*.h5 files; rerun its evaluate job")
+            out += found
+        else:
+            out.append(p)
+    return out
 
 
 def cmd_external_tokens(args) -> int:
@@ -165,9 +207,10 @@ def cmd_assemble(args) -> int:
     if not 0 <= args.shard < args.n_shards:
         raise TokenscaleError(f"--shard {args.shard} is outside [0, {args.n_shards})")
     rng = shard_ranges(n, args.n_shards)[args.shard]
-    write_trajectory_shard(args.evals, args.tokens, args.out, token_range=rng, shard_index=args.shard,
+    evals = _expand_evals(args.evals)
+    write_trajectory_shard(evals, args.tokens, args.out, token_range=rng, shard_index=args.shard,
                            shard_count=args.n_shards, attrs={"run": args.run, "config_sha256": args.config_hash})
-    print(f"assemble: shard {args.shard}/{args.n_shards} tokens {rng[0]}..{rng[1]} x {len(args.evals)} checkpoints", file=sys.stderr)
+    print(f"assemble: shard {args.shard}/{args.n_shards} tokens {rng[0]}..{rng[1]} x {len(evals)} checkpoints", file=sys.stderr)
     return 0
 
 
@@ -246,16 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="prepared data folder (default: <results>/data)")
     p.add_argument("--out", help="run folder (default: <results>/runs/<run>)")
     p.add_argument("--threads", type=int, help="CPU threads in total (split over ranks)")
-    p.add_argument("--nproc", type=int, help="ranks on this node (default: the run's nproc)")
+    p.add_argument("--nproc", type=int, help="ranks on this node (default: max(--gpus, the run's nproc))")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs granted to this job (the workflow passes resources.gpu)")
     p.add_argument("--sampler-weights", help=".npy of per-training-sample weights (reweighted sampling)")
     p.add_argument("--init-from", help="start from these weights (a checkpoint folder) instead of random init")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="per-token loss of a token set under one checkpoint -> eval HDF5")
-    p.add_argument("--checkpoint", required=True, help="HF checkpoint folder (own runs need the COMPLETE marker)")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="HF checkpoint folder(s) (own runs need the COMPLETE marker)")
     p.add_argument("--tokens", required=True, help="token set HDF5 (docs/formats.md)")
-    p.add_argument("--out", required=True, help="output eval HDF5 (written atomically)")
+    p.add_argument("--out", help="output eval HDF5 for a single checkpoint (written atomically)")
+    p.add_argument("--out-dir", help="folder for one step<N>.h5 per checkpoint (each written atomically)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int)
@@ -271,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_external_tokens)
 
     p = sub.add_parser("assemble", help="per-checkpoint evals -> one trajectory shard (tokens x checkpoints)")
-    p.add_argument("--evals", nargs="+", required=True, help="eval HDF5 files, one per checkpoint (any order)")
+    p.add_argument("--evals", nargs="+", required=True, help="eval HDF5 files, one per checkpoint, or folders of them (any order)")
     p.add_argument("--tokens", required=True, help="the token set they were evaluated on")
     p.add_argument("--shard", type=int, required=True, help="shard index")
     p.add_argument("--n-shards", type=int, required=True)

@@ -20,7 +20,7 @@ if _clash:
 
 wildcard_constraints:
     run="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    step="[0-9]+",
+    block="[0-9]+",
     shard="[0-9]+",
 
 
@@ -45,11 +45,10 @@ def steps(run):
     return RUNS[run].checkpoint_steps() if run in RUNS else _external_steps(run)
 
 
-def checkpoint_dir(wildcards):
-    step = int(wildcards.step)
-    if wildcards.run in RUNS:
-        return f"{RESULTS}/runs/{wildcards.run}/checkpoints/step{step:08d}"
-    return str(dict(discover_checkpoints(EXTERNAL[wildcards.run]["path"]))[step])
+def checkpoint_dir(run, step):
+    if run in RUNS:
+        return f"{RESULTS}/runs/{run}/checkpoints/step{step:08d}"
+    return str(dict(discover_checkpoints(EXTERNAL[run]["path"]))[step])
 
 
 def checkpoint_ready(wildcards):
@@ -65,8 +64,25 @@ def token_set(wildcards):
     return f"{RESULTS}/runs/{wildcards.run}/valid_tokens.h5"
 
 
-def eval_files(wildcards):
-    return [f"{RESULTS}/runs/{wildcards.run}/evals/step{s:08d}.h5" for s in steps(wildcards.run)]
+def eval_blocks(run):
+    """Checkpoint steps of a run grouped into evaluation jobs of eval.checkpoints_per_job (0 = one job)."""
+    all_steps = steps(run)
+    size = CFG["eval"]["checkpoints_per_job"] or len(all_steps)
+    return [all_steps[i : i + size] for i in range(0, len(all_steps), size)]
+
+
+def block_checkpoints(wildcards):
+    """Checkpoint folders evaluated by one job: block {block} of run {run}."""
+    blocks = eval_blocks(wildcards.run)
+    b = int(wildcards.block)
+    if b >= len(blocks):
+        raise WorkflowError(f"run {wildcards.run}: evaluation block {b} does not exist ({len(blocks)} blocks)")
+    return [checkpoint_dir(wildcards.run, s) for s in blocks[b]]
+
+
+def eval_dirs(wildcards):
+    n = len(eval_blocks(wildcards.run))
+    return [f"{RESULTS}/runs/{wildcards.run}/evals/block-{b:03d}" for b in range(n)]
 
 
 def shard_ids():

@@ -25,31 +25,35 @@ rule external_token_set:
 
 
 rule evaluate_checkpoint:
+    # One job evaluates eval.checkpoints_per_job checkpoints (1 on a cluster = one job per checkpoint) and
+    # writes one atomic eval file per checkpoint into its block folder; a killed job's folder is removed.
     input:
         ready=checkpoint_ready,
         tokens=token_set,
     output:
-        evals=f"{RESULTS}/runs/{{run}}/evals/step{{step}}.h5",
+        evals=directory(f"{RESULTS}/runs/{{run}}/evals/block-{{block}}"),
     params:
-        checkpoint=checkpoint_dir,
+        checkpoints=block_checkpoints,
         batch_size=CFG["eval"]["batch_size"],
         device=CFG["eval"]["device"],
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/evaluate/{{run}}/step{{step}}.log",
+        f"{RESULTS}/logs/evaluate/{{run}}/block-{{block}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{run}}/block-{{block}}.tsv"
     threads: CFG["threads"]
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale evaluate --checkpoint {params.checkpoint:q} --tokens {input.tokens} --out {output.evals} "
+        "tokenscale evaluate --checkpoint {params.checkpoints:q} --tokens {input.tokens} --out-dir {output.evals} "
         "--batch-size {params.batch_size} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule assemble_shard:
     input:
-        evals=eval_files,
+        evals=eval_dirs,
         tokens=token_set,
     output:
         shard=f"{RESULTS}/runs/{{run}}/trajectories/shard-{{shard}}.h5",

@@ -1,5 +1,8 @@
 # One job per run. The trainer resumes from results/runs/{run}/state when the job is rerun or requeued,
 # and saves state on SIGTERM (SLURM's time-limit signal) before exiting.
+
+# Ranks per job: one per GPU the job was given (resources.gpu, e.g. from profiles/slurm), at least the
+# run's own `nproc` (CPU ranks). More than one rank needs `engine: deepspeed` (the trainer says so otherwise).
 rule train:
     input:
         tokens=rules.tokenize.output.train,
@@ -12,7 +15,6 @@ rule train:
         spec=lambda w: run_spec(w.run),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.summary).parent,
-        nproc=lambda w: RUNS[w.run].nproc,
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -23,6 +25,7 @@ rule train:
     resources:
         mem_mb=16000,
         runtime=1440,
+        gpu=0,
     shell:
         "tokenscale train --spec {params.spec:q} --run {wildcards.run} --data {params.data} --out {params.out} "
-        "--threads {threads} --nproc {params.nproc} > {log} 2>&1"
+        "--threads {threads} --gpus {resources.gpu} > {log} 2>&1"
