@@ -91,6 +91,30 @@ def test_token_losses_batching_chunking_and_inputs(monkeypatch):
     np.testing.assert_array_equal(a, direct_losses(model, ids))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_formula_equals_cross_entropy(dtype):
+    """The CUDA path compiles ce_lse; eagerly it must equal F.cross_entropy on the fp32 upcast."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(300, 1000, generator=g) * 4).to(dtype)
+    tgt = torch.randint(0, 1000, (300,), generator=g)
+    ref = F.cross_entropy(logits.float(), tgt, reduction="none")
+    got = ev.ce_lse(logits, tgt)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_token_losses_match_cpu():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=128)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 512, (8, 65))
+    cpu = ev.token_losses(model, ids, batch_size=4)
+    gpu = ev.token_losses(model.cuda(), ids, batch_size=4, autocast_bf16=False)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+
+
 def test_token_losses_mode_progress_and_empty():
     model = tiny_model()
     model.train()

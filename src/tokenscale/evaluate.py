@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -83,6 +84,11 @@ def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     V = logits.shape[-1]
     flat = logits.reshape(-1, V)
     tgt = targets.reshape(-1)
+    if flat.is_cuda:
+        fused = _fused_ce()
+        out = fused(flat, tgt) if fused is not None else None
+        if out is not None:
+            return out
     rows = max(1, (CE_CHUNK_ELEMENTS_CUDA if flat.is_cuda else CE_CHUNK_ELEMENTS) // V)
     if flat.shape[0] <= rows:
         return F.cross_entropy(flat.float(), tgt, reduction="none")
@@ -91,6 +97,47 @@ def _ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         r1 = min(r0 + rows, flat.shape[0])
         out[r0:r1] = F.cross_entropy(flat[r0:r1].float(), tgt[r0:r1], reduction="none")
     return out
+
+
+def ce_lse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row cross entropy ``logsumexp(x) - x[target]`` accumulated in float32.
+
+    (R, V) logits of any float dtype, (R,) targets -> (R,) float32.  The same quantity as
+    ``F.cross_entropy(logits.float(), targets, reduction="none")``; written as two reductions so that
+    ``torch.compile`` fuses the float32 upcast into them (the bf16 logits are read twice, never copied).
+    """
+    lse = torch.logsumexp(logits.float(), dim=-1)  # (R,)
+    return lse - logits.gather(-1, targets[:, None]).squeeze(-1).float()
+
+
+_FUSED_CE: Any = False  # False: not built yet; None: unavailable
+
+
+def _fused_ce():
+    """``ce_lse`` compiled by ``torch.compile`` for CUDA (one fused kernel pair instead of ~5 passes over
+    the fp32 upcast of the logits); ``None`` when compiling is unavailable or fails (eager fallback), or
+    when TOKENSCALE_EVAL_COMPILE=0."""
+    global _FUSED_CE
+    if _FUSED_CE is False:
+        _FUSED_CE = None
+        if os.environ.get("TOKENSCALE_EVAL_COMPILE", "1") != "0":
+            try:
+                fn = torch.compile(ce_lse, dynamic=True)
+
+                def checked(flat, tgt):
+                    global _FUSED_CE
+                    try:
+                        return fn(flat, tgt)
+                    except Exception as e:  # noqa: BLE001 - compiler/toolchain problems: fall back, say so once
+                        print(f"evaluate: torch.compile of the loss failed ({type(e).__name__}: {e}); "
+                              "using the eager loss", file=sys.stderr)
+                        _FUSED_CE = None
+                        return None
+
+                _FUSED_CE = checked
+            except Exception:  # noqa: BLE001
+                _FUSED_CE = None
+    return _FUSED_CE
 
 
 def token_losses(
