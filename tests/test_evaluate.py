@@ -150,12 +150,15 @@ def test_token_losses_bad_input(bad):
 # ----------------------------------------------------------------------------- checkpoints
 def test_load_checkpoint_model_refuses_incomplete(tmp_path):
     model = tiny_model()
-    d = save_ckpt(model, tmp_path / "step00000005", complete=False)
+    d = save_ckpt(model, tmp_path / "step00000005", complete=False, meta={"step": 5})
     with pytest.raises(TokenscaleError, match="COMPLETE") as e:
         ev.load_checkpoint_model(d)
     assert "\n" not in str(e.value) and str(d) in str(e.value)
     with pytest.raises(TokenscaleError, match="not found"):
         ev.load_checkpoint_model(tmp_path / "nope")
+    # an external series (no tokenscale.json) has no marker and loads as it is
+    ext = save_ckpt(model, tmp_path / "ext" / "step5", complete=False)
+    assert not ev.load_checkpoint_model(ext).training
     (d / "COMPLETE").write_text("")
     m = ev.load_checkpoint_model(d)
     assert not m.training and next(m.parameters()).dtype == torch.float32
@@ -205,7 +208,7 @@ def test_pythia_series_end_to_end(tmp_path):
     models = {}
     for seed, name in enumerate(["step1", "step00000010", "step100"]):
         models[name] = tiny_model(seed)
-        save_ckpt(models[name], series / name)
+        save_ckpt(models[name], series / name, complete=False)  # external series carry no markers
     (series / "tokenizer.json").write_text("{}")  # a series ships its tokenizer; eval does not need it
     ts = tmp_path / "valid_tokens.h5"
     ids = make_token_set(ts, S=5, T=12)

@@ -230,7 +230,7 @@ def _read_ckpt_json(ckpt: Path) -> dict:
 def load_checkpoint_model(ckpt_dir: os.PathLike | str, *, device: Any = None, dtype: Any = None):
     """Load a HF causal LM from a checkpoint directory (``AutoModelForCausalLM.from_pretrained``).
 
-    Refuses directories without the ``COMPLETE`` marker.  ``dtype`` defaults to float32 (weights
+    Refuses this project's own checkpoints (with ``tokenscale.json``) that lack the ``COMPLETE`` marker.  ``dtype`` defaults to float32 (weights
     stored in fp16/bf16 are upcast; use bf16 autocast for speed on CUDA); ``device`` defaults to
     CPU.  Returns the model in eval mode.
     """
@@ -239,7 +239,9 @@ def load_checkpoint_model(ckpt_dir: os.PathLike | str, *, device: Any = None, dt
     ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
         raise TokenscaleError(f"checkpoint directory not found: {ckpt}")
-    if not (ckpt / "COMPLETE").exists():
+    # own checkpoints (tokenscale.json) carry a COMPLETE marker written last; external series (Pythia,
+    # HF Trainer) have none and are taken as they are
+    if (ckpt / "tokenscale.json").exists() and not (ckpt / "COMPLETE").exists():
         raise TokenscaleError(f"checkpoint is incomplete (no COMPLETE marker): {ckpt}")
     if not (ckpt / "config.json").is_file():
         raise TokenscaleError(f"checkpoint has no config.json: {ckpt}")

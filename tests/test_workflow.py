@@ -1,0 +1,194 @@
+"""End to end: the whole DAG on config/smoke.yaml through Snakemake, its outputs and their cross-checks,
+incremental reruns, a killed evaluation job, an external (Pythia-layout) checkpoint series, lint and bad config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+RUN = "t_smoke"
+
+
+def smk(*args, results: Path, extra_config: Path | None = None, timeout=900, check=True) -> subprocess.CompletedProcess:
+    cfgs = ["config/smoke.yaml"] + ([str(extra_config)] if extra_config else [])
+    # targets and options first: what follows --configfile/--config would be read as more config
+    cmd = [*SNAKEMAKE, *args, "--cores", "2", "--configfile", *cfgs, "--config", f"results={results}"]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-6000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    t0 = time.time()
+    smk(results=results)
+    print(f"smoke DAG: {time.time() - t0:.1f}s")
+    return results
+
+
+def test_smoke_outputs_and_cross_checks(smoke):
+    from tokenscale.fit import load_fits
+    from tokenscale.io import read_eval_losses, read_run_trajectories
+
+    run = smoke / "runs" / RUN
+    train = json.loads((run / "train.json").read_text())
+    steps = train["checkpoints"]
+    assert steps[-1] == train["steps"] and len(steps) >= 8
+
+    # trajectories: finite (N, K), K = number of checkpoints, axis = checkpoint steps
+    shards = sorted((run / "trajectories").glob("shard-*.h5"))
+    assert len(shards) == 2
+    losses, axis, meta = read_run_trajectories(shards)
+    n_valid = 24 * 32
+    assert losses.shape == (n_valid, len(steps)) and losses.dtype == np.float32 and np.isfinite(losses).all()
+    np.testing.assert_array_equal(axis["step"], steps)
+
+    # the mean of the evaluated token losses equals the validation loss logged by training, per checkpoint
+    with open(run / "val_loss.csv") as fh:
+        logged = {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(fh)}
+    assert sorted(logged) == steps
+    for k, s in enumerate(steps):
+        assert abs(float(losses[:, k].mean(dtype=np.float64)) - logged[s]) < 1e-4, s
+    ev, attrs = read_eval_losses(next((run / "evals").glob(f"block-*/step{steps[-1]:08d}.h5")))
+    np.testing.assert_array_equal(ev, losses[:, -1])
+
+    # fits: one row per token, mostly converged, parameters finite where converged
+    fit = load_fits(run / "fits.h5")
+    assert len(fit) == n_valid
+    ok = fit.status == 0
+    assert ok.mean() > 0.8
+    assert np.isfinite(fit.tau[ok]).all() and np.isfinite(fit.r2[ok]).all()
+    assert set(np.unique(fit.category)) <= {0, 1, 2, 3}
+
+    # analysis: summary numbers and every figure
+    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    assert summary["run"] == RUN and summary["config_sha256"] == train["config_sha256"]
+    figs = sorted(p.name for p in (run / "analysis" / "figures").glob("*.png"))
+    assert len(figs) >= 6, figs
+    assert all((run / "analysis" / "figures" / f).stat().st_size > 10_000 for f in figs)
+
+
+def test_rerun_is_incremental(smoke):
+    p = smk("-n", results=smoke)
+    assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-3000:]
+
+
+def test_killed_eval_job_is_redone(smoke, tmp_path):
+    """SIGKILL snakemake while the evaluation job is writing; the rerun redoes the job, outputs are the same."""
+    run = smoke / "runs" / RUN
+    before = {p.name: np.asarray(read(p)) for p in sorted((run / "trajectories").glob("*.h5"))}
+    cmd = [*SNAKEMAKE, "--cores", "2", "--configfile", "config/smoke.yaml", "--config", f"results={smoke}",
+           "--forcerun", "evaluate_checkpoint", "--", *[str(p) for p in sorted((run / "trajectories").glob("*.h5"))]]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    block = run / "evals" / "block-000"
+    n_ckpts = len(list(block.glob("step*.h5")))
+    t0 = time.time()
+    deadline = t0 + 300
+    while time.time() < deadline and proc.poll() is None:
+        # the old, complete block folder is removed when the job starts: wait for a partly rewritten one
+        new = [p for p in _files(block) if _mtime(p) > t0]
+        if 2 <= len(new) < n_ckpts:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "evaluation finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # a half-done block is never read: the downstream rule wants it redone
+    dry = smk("-n", results=smoke)
+    assert "evaluate_checkpoint" in dry.stdout, dry.stdout[-3000:]
+    smk("--unlock", results=smoke)  # a SIGKILLed snakemake leaves its lock behind (Snakemake's documented step)
+    smk(results=smoke)
+    after = {p.name: np.asarray(read(p)) for p in sorted((run / "trajectories").glob("*.h5"))}
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def _files(d: Path) -> list:
+    return list(d.glob("step*.h5")) if d.is_dir() else []
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except FileNotFoundError:  # removed between glob and stat
+        return 0.0
+
+
+def read(path):
+    from tokenscale.io import read_trajectories
+
+    return read_trajectories(path)[0]
+
+
+def test_external_pythia_layout_series(smoke, tmp_path):
+    """Checkpoints this project wrote, renamed to the Pythia layout (step<N>/, no tokenscale metadata), are
+    evaluated, fitted and analysed by the same rules; their losses equal the run's own."""
+    run = smoke / "runs" / RUN
+    series = tmp_path / "pythia-like"
+    series.mkdir()
+    steps = json.loads((run / "train.json").read_text())["checkpoints"]
+    for s in steps:
+        dst = series / f"step{s}"
+        shutil.copytree(run / "checkpoints" / f"step{s:08d}", dst)
+        (dst / "tokenscale.json").unlink()
+        (dst / "COMPLETE").unlink()
+    extra = tmp_path / "external.yaml"
+    extra.write_text(yaml.safe_dump({"external": [{"name": "pythia_like", "path": str(series),
+                                                    "tokenizer": str(series / f"step{steps[-1]}")}]}))
+    smk(str(smoke / "runs" / "pythia_like" / "analysis" / "summary.json"), results=smoke, extra_config=extra)
+
+    from tokenscale.io import read_run_trajectories
+
+    ext = sorted((smoke / "runs" / "pythia_like" / "trajectories").glob("*.h5"))
+    own = sorted((run / "trajectories").glob("*.h5"))
+    le, axis, _ = read_run_trajectories(ext)
+    lo, _, _ = read_run_trajectories(own)
+    np.testing.assert_array_equal(axis["step"], steps)
+    # same documents, same tokenizer, same sequence length -> the same token set, the same losses
+    np.testing.assert_allclose(le, lo, atol=1e-5, rtol=0)
+    assert (smoke / "runs" / "pythia_like" / "fits.h5").is_file()
+
+
+def test_lint_is_clean():
+    p = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Congratulations, your workflow is in a good condition" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"data": {"vocab_sze": 100}}, r"config: unknown key 'data.vocab_sze'"),
+        ({"data": {"seq_len": "long"}}, r"config: data.seq_len must be of type integer, got 'long' \(str\)"),
+        ({"eval": {"shards": 0}}, r"config: eval.shards"),
+    ],
+)
+def test_bad_config_stops_dry_run_with_one_line(tmp_path, bad, message):
+    import re
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(bad))
+    p = smk("-n", results=tmp_path / "r", extra_config=cfg, check=False, timeout=300)
+    assert p.returncode != 0
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if re.search(message, ln)]
+    assert lines, p.stderr[-2000:]
