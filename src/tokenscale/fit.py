@@ -247,11 +247,11 @@ def _transform_axis(axis, transform: str, k: int | None) -> tuple[np.ndarray, np
     if bad.size:
         i = int(bad[0]) + 1
         raise TokenscaleError(
-            f"axis must be strictly increasing, got axis[{i}]={a[i]!r} <= axis[{i - 1}]={a[i - 1]!r}"
+            f"axis must be strictly increasing, got axis[{i}]={float(a[i])!r} <= axis[{i - 1}]={float(a[i - 1])!r}"
         )
     if transform == "log10":
         if a[0] <= 0:
-            raise TokenscaleError(f"axis must be positive for transform='log10', got axis[0]={a[0]!r}")
+            raise TokenscaleError(f"axis must be positive for transform='log10', got axis[0]={float(a[0])!r}")
         x = np.log10(a)
     else:
         x = a.copy()
