@@ -857,7 +857,16 @@ def _default_chunk(dev: torch.device, k: int) -> int:
     if dev.type == "cpu":
         # ~20 (chunk, K) float32 scratch buffers stay within a few MB of cache
         return max(256, (1 << 18) // max(k, 1))
-    return max(4096, (1 << 24) // max(k, 1))
+    # GPU: per-op launch overhead (~10 us of host time per torch op, ~150 ops per LM iteration) must be
+    # small next to the kernels, so chunks are large: up to 2**21 rows, within 1/32 of the free memory
+    # per (row, K) element of float64 (the workspace holds ~20 planes of (chunk, K) plus temporaries)
+    rows = 1 << 21
+    try:
+        free, _ = torch.cuda.mem_get_info(dev)
+        rows = min(rows, int(free) // (32 * 8 * max(k, 1)))
+    except Exception:  # noqa: BLE001 - non-CUDA accelerators: keep the cap
+        pass
+    return max(4096, rows)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -967,8 +976,8 @@ _FIT_DOC_PARAMS = """
     transform : ``"log10"`` (default) or ``"linear"``: ``x = f(axis)`` on which eq. (1) is fitted.
     device : torch device for the computation (default CPU); e.g. ``"cuda"``.
     dtype : compute dtype, float32 (default) or float64.
-    chunk_size : rows per working chunk (default 4096 on CPU - a cache-sized working set -, 2**18 on
-        GPU); memory is O(chunk_size*K) plus the rows of the block being fitted.
+    chunk_size : rows per working chunk (default 4096 on CPU - a cache-sized working set -, up to 2**21
+        on GPU, bounded by the free GPU memory); memory is O(chunk_size*K) plus the rows of the block being fitted.
     max_iter : Levenberg-Marquardt iterations per row after the grid start.
     tol : a row converges when the predicted SSE decrease of a Gauss-Newton step is <= tol * SSE.
     tau_margin : tau is bounded to ``[x_min - tau_margin, x_max + tau_margin]`` (transformed units);
