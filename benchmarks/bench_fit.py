@@ -128,6 +128,13 @@ def main(argv=None) -> int:
     ok = sse_en <= sse_sp * (1 + 1e-3) + 1e-9
     print(f"quality: SSE engine/scipy - 1: median {np.median(rel):+.2e}, p99 {np.percentile(rel, 99):+.2e}, "
           f"max {rel.max():+.2e}; rows with SSE <= scipy*(1+1e-3): {ok.mean():.2%}")
+    # the engine is bounded (tau within tau_margin of the window, lam within lam_bounds); scipy's LM is not
+    margin = fit.attrs["tau_margin"]
+    lam_lo, lam_hi = fit.attrs["lam_bounds"]
+    inside_box = ((params[:, 2] >= x[0] - margin) & (params[:, 2] <= x[-1] + margin)
+                  & (np.abs(params[:, 3]) >= lam_lo) & (np.abs(params[:, 3]) <= lam_hi))
+    print(f"         rows where scipy's optimum lies inside the engine's bounds ({inside_box.mean():.1%} of rows): "
+          f"SSE <= scipy*(1+1e-3) on {ok[inside_box].mean():.2%}; outside them on {ok[~inside_box].mean():.2%}")
     inside = (truth["kind"][:m] == 0)
     err_en = np.abs(fit.tau[:m] - truth["tau"][:m])[inside]
     err_sp = np.abs(params[:, 2] - truth["tau"][:m])[inside]

@@ -135,18 +135,21 @@ class CategoryRule:
         x_min: float,
         x_max: float,
     ) -> np.ndarray:
-        """Category codes (N,) int8 for fits given as (N,) arrays on the transformed axis."""
-        with np.errstate(invalid="ignore", over="ignore"):
-            g_first = _np_sigmoid(lam * (tau - x_min))
-            g_last = _np_sigmoid(lam * (tau - x_max))
-            cat = np.where(tau < x_min + self.early_frac * (x_max - x_min), 1, 2).astype(np.int8)
-            cat[1.0 - g_last < self.min_progress] = 3
-            cat[g_first <= self.learned_remaining] = 0
-            if self.ascending == "unlearned":
-                cat[delta < 0] = 3
-            bad = (status == 2) | ~(np.abs(delta) >= self.min_delta) | ~(r2 >= self.min_r2)
-        cat[bad] = 3
-        return cat
+        """Category codes (N,) int8 for fits given as (N,) arrays on the transformed axis (numpy arrays, or
+        torch tensors on any device: then a tensor on that device is returned)."""
+        as_numpy = not isinstance(tau, torch.Tensor)
+        t = [torch.as_tensor(np.asarray(v)) if as_numpy else v for v in (tau, lam, delta, r2, status)]
+        tau_t, lam_t, delta_t, r2_t, status_t = t
+        g_first = torch.sigmoid(lam_t * (tau_t - x_min))
+        g_last = torch.sigmoid(lam_t * (tau_t - x_max))
+        cat = torch.where(tau_t < x_min + self.early_frac * (x_max - x_min), 1, 2).to(torch.int8)
+        cat = torch.where(1.0 - g_last < self.min_progress, 3, cat).to(torch.int8)
+        cat = torch.where(g_first <= self.learned_remaining, 0, cat).to(torch.int8)
+        if self.ascending == "unlearned":
+            cat = torch.where(delta_t < 0, 3, cat).to(torch.int8)
+        bad = (status_t == 2) | ~(delta_t.abs() >= self.min_delta) | ~(r2_t >= self.min_r2)
+        cat = torch.where(bad, 3, cat).to(torch.int8)
+        return cat.numpy() if as_numpy else cat
 
 
 def _np_sigmoid(z: np.ndarray) -> np.ndarray:
@@ -256,13 +259,6 @@ def _transform_axis(axis, transform: str, k: int | None) -> tuple[np.ndarray, np
     else:
         x = a.copy()
     return a, x
-
-
-def _inverse_transform(v: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "log10":
-        with np.errstate(over="ignore", invalid="ignore"):
-            return np.power(10.0, v)
-    return np.array(v, dtype=np.float64, copy=True)
 
 
 class _Problem:
@@ -937,35 +933,29 @@ class _Fitter:
             if Y.ndim != 2 or Y.shape[1] != P.k:
                 raise TokenscaleError(f"losses block has shape {tuple(Y.shape)}, expected (n, {P.k})")
             res = _fit_block(Y, P, self.opts, self.wss)
-            res = {name: v.cpu().numpy() for name, v in res.items()}
-        status = res["status"]
-        invalid = status == 2
-        f64 = {name: res[name].astype(np.float64) for name in ("tau", "rho", "sse", "delta", "gbar", "ybar", "sst")}
-        tau = P.c + P.h * f64["tau"]
-        lam = np.exp(f64["rho"]) / P.h
-        delta = f64["delta"]
-        post = f64["ybar"] - delta * f64["gbar"]
-        sse = f64["sse"]
-        sst = f64["sst"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r2 = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), 0.0)
-        for a in (tau, lam, delta, post, sse, r2):
-            a[invalid] = np.nan
-        n_iter = res["n_iter"].astype(np.int32)
-        n_iter[invalid] = 0
-        return {
-            "tau": tau,
-            "tau_orig": _inverse_transform(tau, self.transform),
-            "lam": lam,
-            "delta": delta,
-            "post": post,
-            "pre": post + delta,
-            "sse": sse,
-            "r2": r2,
-            "status": status.astype(np.int8),
-            "category": self.rule.assign(tau, lam, delta, r2, status, P.x_min, P.x_max),
-            "n_iter": n_iter,
-        }
+            # derived parameters in float64 on the compute device (no per-row numpy pass on the host)
+            status = res["status"]
+            invalid = status == 2
+            f64 = {name: res[name].double() for name in ("tau", "rho", "sse", "delta", "gbar", "ybar", "sst")}
+            tau = P.c + P.h * f64["tau"]
+            lam = torch.exp(f64["rho"]) / P.h
+            delta = f64["delta"]
+            post = f64["ybar"] - delta * f64["gbar"]
+            sse = f64["sse"]
+            sst = f64["sst"]
+            r2 = torch.where(sst > 0, 1.0 - sse / torch.where(sst > 0, sst, 1.0), 0.0)
+            nan = torch.tensor(math.nan, dtype=torch.float64, device=tau.device)
+            tau, lam, delta, post, sse, r2 = (torch.where(invalid, nan, a) for a in (tau, lam, delta, post, sse, r2))
+            n_iter = torch.where(invalid, 0, res["n_iter"]).to(torch.int32)
+            category = self.rule.assign(tau, lam, delta, r2, status, P.x_min, P.x_max)
+            cols = {"tau": tau, "lam": lam, "delta": delta, "post": post,
+                    "pre": post + delta, "sse": sse, "r2": r2, "status": status.to(torch.int8),
+                    "category": category, "n_iter": n_iter}
+            out = {name: v.cpu().numpy() for name, v in cols.items()}
+        # on the host: numpy's elementwise power does not depend on how the rows were blocked
+        with np.errstate(over="ignore", invalid="ignore"):
+            out["tau_orig"] = np.power(10.0, out["tau"]) if self.transform == "log10" else out["tau"].copy()
+        return out
 
     def make_fit(self, cols: dict[str, np.ndarray], token_index=None) -> SigmoidFit:
         return SigmoidFit(axis=self.x, axis_orig=self.axis_orig, transform=self.transform, rule=self.rule,
