@@ -269,6 +269,21 @@ def test_transient_rules():
     assert r2.post_mask.all()
     r3 = sp.analyze(losses, fit, transient=0.5, n_boot=0)
     assert r3.axis_x[r3.post_mask].min() >= 3.0 - 1e-9
+    # dpeak: the post-transient points start where the empirical mean loss falls fastest
+    r4 = sp.analyze(losses, fit, transient="dpeak", n_boot=0)
+    mean = np.nanmean(losses, axis=0)
+    steepest = r4.axis_x[int(np.argmax(-np.gradient(mean, r4.axis_x)))]
+    assert r4.summary()["settings"]["transient"] == "dpeak"
+    assert r4.axis_x[r4.post_mask].min() == pytest.approx(steepest)
+
+
+def test_dpeak_skips_an_initial_plateau():
+    x = np.linspace(0.0, 3.0, 31)
+    loss = 8.0 - 4.0 / (1.0 + np.exp(-6.0 * (x - 1.2)))  # flat at 8 nats, steepest descent at x = 1.2
+    xs, name = sp._transient_start("dpeak", x, loss, "log10")
+    assert name == "dpeak" and xs == pytest.approx(1.2)
+    with pytest.raises(TokenscaleError, match="transient must be"):
+        sp._transient_start("steepest", x, loss, "log10")
 
 
 def test_linear_axis_and_categories():

@@ -255,7 +255,8 @@ def cmd_analyze(args) -> int:
     fit = load_fits(args.fits)
     if len(fit) != losses.shape[0]:
         raise TokenscaleError(f"{args.fits}: {len(fit)} fits but {losses.shape[0]} trajectories; rerun the fit rules")
-    res = analyze(losses, fit, n_bins=opts["n_bins"], n_boot=opts["n_boot"], seed=opts["seed"])
+    res = analyze(losses, fit, n_bins=opts["n_bins"], n_boot=opts["n_boot"], seed=opts["seed"],
+                  transient=opts["transient"])
     write_summary(res, args.summary, extra={"run": args.run, "config_sha256": meta["attrs"].get("config_sha256", "")})
     figs = make_figures(res, fit, losses, args.figures, axis_label=args.axis_label, run_name=args.run)
     print(f"analyze: {args.run}: {len(figs)} figures -> {args.figures}", file=sys.stderr)

@@ -223,7 +223,7 @@ def _fig01(res, lab, outdir, title):
         ax_c.legend(fontsize=7, loc="upper right")
     ax_c.set_xlabel(lab.u)
     ax_c.set_ylabel("normalised loss (ℓ − post)/Δ")
-    ax_c.set_title("A. aligned by learning time: trajectories collapse", fontsize=10)
+    ax_c.set_title("A (continued). aligned by learning time: trajectories collapse", fontsize=10)
     # B: spectrum + derivative + reconstruction
     _spectrum_vs_rate(fig, ax_b, res, lab, with_rec=True)
     ax_b.set_title("B. learning-time spectrum, empirical derivative and reconstruction (p∗g)",
@@ -450,7 +450,9 @@ def _fig11(res, lab, outdir, title):
         h1, l1 = axs.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         axs.legend(h1 + h2, l1 + l2, fontsize=7, loc="center right")
-        axs.set_title(f"singular values of the aligned pulse matrix ({sv['n_bins_used']} bins)\n"
+        rng = (f", |u| ≤ {sv['u_svd_emp']:.2g} holding {100 * sv['template_energy_in_u_svd_emp']:.0f}% of g²"
+               if "u_svd_emp" in sv else "")
+        axs.set_title(f"singular values of the aligned pulse matrix ({sv['n_bins_used']} bins{rng})\n"
                       f"mode 1: {100 * sv['svd_energy1']:.1f}% energy, modes 1–2: "
                       f"{100 * sv['svd_energy2']:.1f}%", fontsize=9)
         V = sv["vectors"]

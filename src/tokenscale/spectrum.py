@@ -46,7 +46,8 @@ Definitions used throughout (all on the transformed axis x):
   exchangeable (within-document correlation is ignored) and does not cover misspecification.
 * Transient rule (``transient=``): a float ``f`` in [0, 1) drops the first fraction ``f`` of the
   transformed-axis span (default 0.1); ``"peak"`` drops points before the maximum of the
-  empirical loss; ``("start", a0)`` starts at original-unit value ``a0`` (e.g. warmup end);
+  empirical loss; ``"dpeak"`` drops points before the maximum of the empirical −dL/dx (the initial
+  random-init plateau and the onset of learning; the workflow's default); ``("start", a0)`` starts at original-unit value ``a0`` (e.g. warmup end);
   ``"none"`` keeps all points. All post-transient metrics use the same points.
 * Pulses: tokens with τ in the window are grouped into ``n_bins`` equal-width x bins. Per-bin
   mean *empirical* pulse = −d/dx of the bin's mean loss curve (same smoothing as L′; the
@@ -63,7 +64,10 @@ Definitions used throughout (all on the transformed axis x):
   τ inside a bin (bin width ``span/n_bins``).
 * SVD of the aligned empirical pulse matrix (bins × u, bins with ≥ ``min_bin_count`` tokens whose
   aligned pulse is complete over ``|u| ≤ u_svd``; ``u_svd`` = 1.5 × the half-width at which the
-  template falls to 1 % of its peak), no centring or normalisation. Energy fraction of mode j =
+  template falls to 1 % of its peak; where fewer than 4 empirical bin pulses are complete over that
+  range - a window of a few decades cuts them - the empirical SVD range is narrowed, at most down to
+  the template's half-maximum half-width, until 4 are; ``u_svd_emp`` and the template energy inside it,
+  ``template_energy_in_u_svd_emp``, are reported), no centring or normalisation. Energy fraction of mode j =
   ``s_j² / Σ s²``; ``svd_energy1 = s1²/Σs²``, ``svd_energy2 = (s1²+s2²)/Σs²``. The same numbers
   for the fitted (token-aligned) pulses are reported with suffix ``_fit``.
 * Reconstruction (Eq. 6): ``(p∗g)(x) = Σ_m p(x − u_m) g(u_m) h`` on a uniform fine grid of
@@ -525,6 +529,13 @@ def _transient_start(rule, x: np.ndarray, loss: np.ndarray, transform: str) -> t
         return float(x[0]), "none"
     if isinstance(rule, str) and rule == "peak":
         return float(x[int(np.nanargmax(loss))]), "peak"
+    if isinstance(rule, str) and rule == "dpeak":
+        # the power-law regime starts where the loss falls fastest per unit x: before that the mean loss
+        # is still on its initial plateau (random-init loss), which no k*a^-alpha + E describes
+        d = -np.gradient(np.asarray(loss, dtype=np.float64), x)
+        if not np.isfinite(d).any():
+            raise TokenscaleError("transient 'dpeak': the empirical mean loss has no finite derivative")
+        return float(x[int(np.nanargmax(d))]), "dpeak"
     if isinstance(rule, (tuple, list)) and len(rule) == 2 and rule[0] == "start":
         xs = float(_to_x(float(rule[1]), transform))
         if not math.isfinite(xs):
@@ -535,7 +546,7 @@ def _transient_start(rule, x: np.ndarray, loss: np.ndarray, transform: str) -> t
         if not 0.0 <= f < 1.0:
             raise TokenscaleError(f"transient fraction must be in [0, 1), got {f}")
         return float(x[0] + f * (x[-1] - x[0])), f"frac={f:g}"
-    raise TokenscaleError(f"transient must be a fraction, 'peak', 'none' or ('start', a), got {rule!r}")
+    raise TokenscaleError(f"transient must be a fraction, 'peak', 'dpeak', 'none' or ('start', a), got {rule!r}")
 
 
 def _onehot(idx: np.ndarray, n_rows: int) -> sparse.csr_matrix:
@@ -742,8 +753,10 @@ def analyze(
     ts_x, ts_rule = _transient_start(transient, x, loss_emp, transform)
     post_mask = x >= ts_x - 1e-12
     if post_mask.sum() < 3:
+        hint = (" (the loss is still speeding up at the end of the run: train longer, or set "
+                "analysis.transient to a fraction or 'none')" if ts_rule == "dpeak" else "")
         raise TokenscaleError(f"transient rule {ts_rule} leaves {int(post_mask.sum())} axis points; "
-                              f"need >= 3")
+                              f"need >= 3{hint}")
 
     # ---------------------------------------------------------------- power law + bootstrap
     a_post = a_orig[post_mask]
@@ -818,8 +831,29 @@ def analyze(
         u_svd = u_half[-1]
     cols = np.abs(u_grid) <= u_svd + 1e-12
     svd = {"u_svd": float(u_svd), "definition": "energy_j = s_j^2 / sum(s^2); no centring"}
+    # Empirical bin pulses are cut by the window edges: on a short window (a few decades) no bin may be
+    # complete over |u| <= u_svd.  Then the window is narrowed, down to the template's half-maximum
+    # half-width, until at least 4 bins are complete; the template energy it keeps is reported.
+    cols_emp, u_emp = cols, u_svd
+    populated = acc_bin_n >= min_bin_count
+    if gmax > 0:
+        half_max = np.nonzero(np.abs(g_half) >= 0.5 * gmax)[0]
+        u_core = u_half[half_max[-1]] if half_max.size else u_half[0]
+        for u_try in u_half[::-1]:
+            if u_try > u_svd + 1e-12:
+                continue
+            if u_try < u_core - 1e-12:
+                break
+            c = np.abs(u_grid) <= u_try + 1e-12
+            if int((populated & np.all(np.isfinite(aligned_emp[:, c]), axis=1)).sum()) >= 4:
+                cols_emp, u_emp = c, float(u_try)
+                break
+    g2 = template**2
+    svd["u_svd_emp"] = float(u_emp)
+    svd["template_energy_in_u_svd_emp"] = float(g2[cols_emp].sum() / g2.sum()) if g2.sum() > 0 else math.nan
 
     def _svd(mat, tag):
+        cols = cols_emp if tag == "" else cols_fit
         use = (acc_bin_n >= min_bin_count) & np.all(np.isfinite(mat[:, cols]), axis=1)
         svd[f"n_bins_used{tag}"] = int(use.sum())
         if use.sum() < 2:
@@ -840,9 +874,11 @@ def analyze(
         svd[f"vectors{tag}"] = Vt[:4]
         svd[f"bins_used{tag}"] = use
 
+    cols_fit = cols
     _svd(aligned_emp, "")
     _svd(aligned_fit, "_fit")
-    svd["u"] = u_grid[cols]
+    svd["u"] = u_grid[cols_emp]
+    svd["u_fit"] = u_grid[cols_fit]
     svd["source"] = "empirical per-bin pulses aligned at the bin mean tau"
 
     # ---------------------------------------------------------------- reconstruction (Eq. 6)
