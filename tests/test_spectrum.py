@@ -16,30 +16,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from tokenscale import TokenscaleError
 from tokenscale import spectrum as sp
+from tokenscale.fit import SigmoidFit
 
 
-@dataclass
-class PlantedFit:
-    tau: np.ndarray
-    tau_orig: np.ndarray
-    lam: np.ndarray
-    delta: np.ndarray
-    post: np.ndarray
-    pre: np.ndarray
-    sse: np.ndarray
-    r2: np.ndarray
-    status: np.ndarray
-    category: np.ndarray
-    axis: np.ndarray
-    axis_orig: np.ndarray
-    transform: str = "log10"
+def PlantedFit(*, transform: str = "log10", **cols) -> SigmoidFit:
+    """A SigmoidFit built from planted parameters (what the fit engine returns, without fitting)."""
+    return SigmoidFit(transform=transform, n_iter=np.zeros(len(cols["tau"]), dtype=np.int32), **cols)
 
 
 def plant(n=20000, K=81, beta=1.5, tau_min=10**1.5, lam=10.0, lam_sd=0.15, delta=2.0,
