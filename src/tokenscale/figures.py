@@ -165,6 +165,17 @@ def _post_span(ax, res, lab):
         ax.axvspan(x0, xs, color="0.9", zorder=0, label="transient (excluded)")
 
 
+def _rate_axes(ax, res, lab, title: str, title_size: int) -> None:
+    """Style of a loss-rate panel: transient span, axis scale, log rate axis, labels, legend, title."""
+    _post_span(ax, res, lab)
+    _xscale(ax, lab)
+    ax.set_yscale("log")
+    ax.set_xlabel(lab.axis)
+    ax.set_ylabel(lab.rate)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title, fontsize=title_size)
+
+
 def _fmt_ci(v, ci, nd=3):
     if v is None or not np.isfinite(v):
         return "n/a"
@@ -350,13 +361,7 @@ def _fig03(res, lab, outdir, title):
              f"\n reconstruction {m['r2_reconstruction']:.3f}\n power law "
              f"{m['r2_powerlaw_deriv']:.3f}", transform=axD.transAxes, ha="right", va="top",
              fontsize=7, bbox=dict(fc="white", ec="0.8"))
-    _post_span(axD, res, lab)
-    _xscale(axD, lab)
-    axD.set_yscale("log")
-    axD.set_xlabel(lab.axis)
-    axD.set_ylabel(lab.rate)
-    axD.legend(fontsize=7, loc="lower left")
-    axD.set_title("D. loss derivative: empirical, sigmoid, power law, reconstruction", fontsize=10)
+    _rate_axes(axD, res, lab, "D. loss derivative: empirical, sigmoid, power law, reconstruction", 10)
     fig.suptitle(f"{title}: decomposition on the {lab.name} axis", fontsize=11)
     return _save(fig, outdir, "fig03_step_axis")
 
@@ -494,13 +499,7 @@ def _fig12(res, lab, outdir, title):
             label=f"sigmoid-implied (R² {res.metrics['r2_sigmoid_deriv']:.3f})")
     ax.plot(_orig(res.grid_x, res.transform), _positive(res.deriv_rec_grid), "--", lw=1.8,
             color=C_REC, label=f"reconstructed p∗g (R² {res.metrics['r2_reconstruction']:.3f})")
-    _post_span(ax, res, lab)
-    _xscale(ax, lab)
-    ax.set_yscale("log")
-    ax.set_xlabel(lab.axis)
-    ax.set_ylabel(lab.rate)
-    ax.legend(fontsize=7, loc="lower left")
-    ax.set_title("true, sigmoid-implied and reconstructed rate", fontsize=9)
+    _rate_axes(ax, res, lab, "true, sigmoid-implied and reconstructed rate", 9)
     fig.suptitle(f"{title}: reconstruction of aggregate dynamics from token fits", fontsize=11)
     return _save(fig, outdir, "fig12_reconstruction")
 
