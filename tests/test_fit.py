@@ -84,9 +84,31 @@ def _assert_same_fit(a: SigmoidFit, b: SigmoidFit) -> None:
     assert a.transform == b.transform and a.rule == b.rule
 
 
+# ----------------------------------------------------------------------------- engines
+# Every test below runs once per implementation of the LM stage on CPU: the native C kernel (what
+# engine="auto" picks on CPU) and the batched torch code (the GPU path, and the CPU fallback without a C
+# compiler).  The fixture makes engine="auto" resolve to the parametrised one.
+ENGINES = ["native", "torch"]
+
+
+@pytest.fixture(autouse=True, params=ENGINES, scope="module")
+def engine(request):
+    from tokenscale import fit as fit_mod
+
+    real = fit_mod._resolve_engine
+
+    def resolve(engine, dev):
+        return real(request.param if engine == "auto" and dev.type == "cpu" else engine, dev)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fit_mod, "_resolve_engine", resolve)
+    yield request.param
+    mp.undo()
+
+
 # ----------------------------------------------------------------------------- shared planted data
 @pytest.fixture(scope="module")
-def noisy():
+def noisy(engine):
     """3000 planted rows with the default (realistic) noise and kind mixture, and their default fit."""
     y, truth = planted_trajectories(3000, seed=0)
     return y, truth, fit_sigmoids(y, AXIS)
@@ -266,7 +288,7 @@ def test_grid_init_is_a_start_the_engine_improves_on():
     assert np.median(s1 / s0) < 1.0  # and improves on the typical row
 
 
-def test_row_fitted_alone_equals_row_fitted_in_a_batch():
+def test_row_fitted_alone_equals_row_fitted_in_a_batch(engine):
     y, _ = planted_trajectories(1500, seed=7)
     # chunk_size=64 forces many chunks, deferred rows pooled across chunks, and both worker threads
     batch = fit_sigmoids(y, AXIS, chunk_size=64, workers=2)
@@ -274,7 +296,8 @@ def test_row_fitted_alone_equals_row_fitted_in_a_batch():
     # Each row's LM (damping, acceptance, convergence test, iteration count) depends on that row only and a
     # deferred row carries its state into the pool, so chunking can only change float32 round-off of the
     # row sums / the grid matmul (BLAS kernels may block differently for 1 row and for 1500 rows); 1e-4
-    # (decades, relative lam) is ~1000x that round-off.  In practice the results are bitwise identical.
+    # (decades, relative lam) is ~1000x that round-off.  The native kernel computes every row on its own
+    # (its grid scores too): there the results are bitwise identical (checked below).
     np.testing.assert_allclose(batch.tau, big.tau, atol=1e-4, rtol=0)
     np.testing.assert_allclose(batch.lam, big.lam, rtol=1e-4)
     for i in np.random.default_rng(77).choice(len(y), 20, replace=False):
@@ -284,6 +307,9 @@ def test_row_fitted_alone_equals_row_fitted_in_a_batch():
         assert abs(one.lam[0] / batch.lam[i] - 1) < 1e-4, i
         assert abs(one.delta[0] - batch.delta[i]) < 1e-3, i
         assert one.status[0] == batch.status[i] and one.category[0] == batch.category[i]
+        if engine == "native":
+            for name in _FIELDS:
+                np.testing.assert_array_equal(getattr(one, name)[0], getattr(batch, name)[i], err_msg=name)
 
 
 # ============================================================================= 3. edge rows

@@ -225,13 +225,14 @@ def cmd_fit(args) -> int:
     _threads(args.threads)
     losses, axis, meta = read_trajectories(args.trajectories)
     t0 = time.time()
-    res = fit_sigmoids(losses, np.asarray(axis[args.axis], dtype=np.float64), transform=args.transform, device=_device(args.device))
+    res = fit_sigmoids(losses, np.asarray(axis[args.axis], dtype=np.float64), transform=args.transform, device=_device(args.device),
+                       engine=args.engine)
     dt = time.time() - t0
     attrs = {"trajectories": str(args.trajectories), "axis_name": args.axis, "token_index_first": int(meta["token_index"][0]) if len(meta["token_index"]) else 0}
     save_fits(args.out, res, attrs=attrs, token_index=meta["token_index"])
     conv = float(np.mean(res.status == 0)) if len(res) else float("nan")
-    print(f"fit: {len(res):,} trajectories x {losses.shape[1]} points in {dt:.2f}s ({len(res) / max(dt, 1e-9):,.0f}/s), "
-          f"converged {conv:.3f}", file=sys.stderr)
+    print(f"fit: {len(res):,} trajectories x {losses.shape[1]} points in {dt:.2f}s ({len(res) / max(dt, 1e-9):,.0f}/s, "
+          f"{res.attrs['engine']} engine), converged {conv:.3f}", file=sys.stderr)
     return 0
 
 
@@ -333,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", choices=["step", "tokens"], default="step")
     p.add_argument("--transform", choices=["log10", "linear"], default="log10")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--engine", default="auto", choices=["auto", "native", "torch"],
+                   help="LM implementation: native C kernel (CPU), torch (CPU/GPU); auto picks native on CPU")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_fit)
 

@@ -58,7 +58,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from tokenscale import TokenscaleError, __version__
+from tokenscale import TokenscaleError, __version__, native
 
 __all__ = [
     "STATUS_NAMES",
@@ -723,6 +723,21 @@ def _start_rows(Y: torch.Tensor, lo: int, hi: int, P: _Problem, out: dict, refin
     return {"idx": idx, "Yc": Yc, "X": X}
 
 
+def _native_chunk(Y: torch.Tensor, lo: int, hi: int, P: _Problem, opts: dict, out: dict, ws: dict | None) -> dict:
+    """Fit rows lo:hi of the CPU tensor Y with the native kernel (centring, grid start and LM of every row
+    in C; a row's result depends on that row only).  ``ws``: this worker's scratch buffers."""
+    m, k = hi - lo, Y.shape[1]
+    if ws is None or not isinstance(ws, dict) or ws["Yc"].shape[0] < m:
+        ws = {"Yc": torch.empty((m, k), dtype=Y.dtype), "rng": torch.empty((m,), dtype=Y.dtype),
+              "valid": torch.empty((m,), dtype=torch.int8)}
+    Yc, rng, valid = ws["Yc"][:m], ws["rng"][:m], ws["valid"][:m]
+    native.prep(Y[lo:hi], Yc, out["ybar"][lo:hi], out["sst"][lo:hi], rng, valid)
+    names = ("tau", "rho", "sse", "delta", "gbar", "status", "n_iter")
+    native.fit(Yc, P.U, out["ybar"][lo:hi], rng, valid, P.t, P.grid_tau, P.grid_rho, opts["box"],
+               {name: out[name][lo:hi] for name in names})
+    return ws
+
+
 def _run_chunks(Y: torch.Tensor, starts, next_start, P: _Problem, opts: dict, out: dict,
                 ws: _Workspace | None) -> _Workspace | None:
     """Fit the chunks handed out by ``next_start()`` (row offsets; None when exhausted) with one
@@ -735,7 +750,11 @@ def _run_chunks(Y: torch.Tensor, starts, next_start, P: _Problem, opts: dict, ou
         lo = next_start()
         if lo is None:
             break
-        rows = _start_rows(Y, lo, min(n, lo + chunk), P, out, opts["refine"])
+        hi = min(n, lo + chunk)
+        if opts["engine"] == "native":  # per-row C kernel: every row iterates to its own end, no pool
+            ws = _native_chunk(Y, lo, hi, P, opts, out, ws)
+            continue
+        rows = _start_rows(Y, lo, hi, P, out, opts["refine"])
         if rows is None:
             continue
         ws = _Workspace.ensure(ws, rows["idx"].shape[0], k, Y.device, Y.dtype)
@@ -865,12 +884,42 @@ def _default_chunk(dev: torch.device, k: int) -> int:
     return max(4096, rows)
 
 
+_ENGINES = ("auto", "native", "torch")
+
+
+def _resolve_engine(engine, dev: torch.device) -> str:
+    """``"native"`` (the C kernel, CPU only) or ``"torch"`` for the requested ``engine``."""
+    if engine not in _ENGINES:
+        raise TokenscaleError(f"engine must be one of {_ENGINES}, got {engine!r}")
+    if engine == "torch":
+        return "torch"
+    if dev.type != "cpu":
+        if engine == "native":
+            raise TokenscaleError(f"engine='native' runs on CPU only, got device {str(dev)!r}")
+        return "torch"
+    if native.available():
+        return "native"
+    if engine == "native":
+        raise TokenscaleError(f"engine='native' requested but {native.build_error()}")
+    if not _ENGINE_WARNED:
+        _ENGINE_WARNED.append(True)
+        import warnings
+
+        warnings.warn(f"tokenscale.fit: {native.build_error()}; using the (slower) torch engine on CPU",
+                      RuntimeWarning, stacklevel=4)
+    return "torch"
+
+
+_ENGINE_WARNED: list = []
+
+
 # ----------------------------------------------------------------------------- public API
 class _Fitter:
     """Validated options + axis constants; fits blocks of rows into numpy result arrays."""
 
     def __init__(self, k: int, axis, *, transform, device, dtype, chunk_size, max_iter, tol, tau_margin,
-                 lam_bounds, categories, delta_max, grid, workers=None, defer_after=_DEFER_AFTER, refine=True):
+                 lam_bounds, categories, delta_max, grid, workers=None, engine="auto", defer_after=_DEFER_AFTER,
+                 refine=True):
         self.axis_orig, self.x = _transform_axis(axis, transform, k)
         self.transform = transform
         self.dev, self.dt = _resolve_device_dtype(device, dtype)
@@ -911,8 +960,13 @@ class _Fitter:
             raise TokenscaleError(f"workers must be >= 1, got {workers}")
         if self.dev.type != "cpu":
             workers = 1
+        engine = _resolve_engine(engine, self.dev)
+        P = self.P
+        box = native.Box(tlo=P.tlo, thi=P.thi, rlo=P.rlo, rhi=P.rhi, tol=tol, delta_max=P.delta_max,
+                         grid_dt=P.grid_dt, grid_dr=P.grid_dr, max_iter=max_iter, n_tau=P.n_tau, n_lam=P.n_lam,
+                         refine=int(bool(refine)))
         self.opts = {"chunk": chunk_size, "max_iter": max_iter, "tol": tol, "defer_after": defer_after,
-                     "refine": bool(refine), "workers": workers}
+                     "refine": bool(refine), "workers": workers, "engine": engine, "box": box}
         self.attrs = {
             "tau_margin": self.P.tau_margin,
             "lam_bounds": list(self.P.lam_bounds),
@@ -921,6 +975,7 @@ class _Fitter:
             "compute_dtype": str(self.dt).replace("torch.", ""),
             "grid": [n_tau, n_lam],
             "delta_max": self.P.delta_max,
+            "engine": engine,
         }
         self.wss: list = []
 
@@ -932,6 +987,8 @@ class _Fitter:
             Y = _to_tensor(block, self.dev, self.dt)
             if Y.ndim != 2 or Y.shape[1] != P.k:
                 raise TokenscaleError(f"losses block has shape {tuple(Y.shape)}, expected (n, {P.k})")
+            if self.opts["engine"] == "native":
+                Y = Y.contiguous()
             res = _fit_block(Y, P, self.opts, self.wss)
             # derived parameters in float64 on the compute device (no per-row numpy pass on the host)
             status = res["status"]
@@ -984,6 +1041,12 @@ _FIT_DOC_PARAMS = """
     workers : CPU threads (default ``torch.get_num_threads()``); each fits whole chunks with
         single-threaded torch ops (the global torch thread count is set to 1 for the duration of the call
         and restored afterwards).  Ignored on GPU.
+    engine : ``"auto"`` (default), ``"native"`` or ``"torch"``: which implementation runs the
+        Levenberg-Marquardt stage.  ``"native"`` is the per-row C kernel (:mod:`tokenscale.native`, CPU
+        only, built with the system C compiler on first use); ``"torch"`` the batched torch code (CPU or
+        GPU).  ``"auto"`` takes the native kernel on CPU when it can be built (else the torch engine,
+        with a warning) and torch on GPU.  Both run the same algorithm from the same start; results agree
+        to round-off, not bitwise.
 """
 
 
@@ -1003,6 +1066,7 @@ def fit_sigmoids(
     delta_max: float = 10.0,
     grid: tuple[int, int] = (40, 8),
     workers: int | None = None,
+    engine: str = "auto",
     block_size: int | None = None,
 ) -> SigmoidFit:
     """Fit eq. (1) to every row of ``losses`` with one batched algorithm (see the module docstring).
@@ -1031,7 +1095,7 @@ def fit_sigmoids(
     n, k = shape
     fitter = _Fitter(k, axis, transform=transform, device=device, dtype=dtype, chunk_size=chunk_size,
                      max_iter=max_iter, tol=tol, tau_margin=tau_margin, lam_bounds=lam_bounds,
-                     categories=categories, delta_max=delta_max, grid=grid, workers=workers)
+                     categories=categories, delta_max=delta_max, grid=grid, workers=workers, engine=engine)
     bs = _block_rows(block_size, fitter)
     if n <= bs:
         cols = fitter.fit_rows(_check_numeric(losses[0:n]) if n else _empty_block(k))
@@ -1068,13 +1132,13 @@ def iter_fit_sigmoids(blocks: Iterable, axis, **options) -> Iterator[SigmoidFit]
 
 def _fitter_options(options: dict) -> dict:
     allowed = ("transform", "device", "dtype", "chunk_size", "max_iter", "tol", "tau_margin", "lam_bounds",
-               "categories", "delta_max", "grid", "workers")
+               "categories", "delta_max", "grid", "workers", "engine")
     bad = [key for key in options if key not in allowed]
     if bad:
         raise TokenscaleError(f"unknown fit option {bad[0]!r} (expected one of {allowed})")
     defaults = {"transform": "log10", "device": None, "dtype": None, "chunk_size": None, "max_iter": 30,
                 "tol": 1e-5, "tau_margin": None, "lam_bounds": None, "categories": None, "delta_max": 10.0,
-                "grid": (40, 8), "workers": None}
+                "grid": (40, 8), "workers": None, "engine": "auto"}
     defaults.update(options)
     return defaults
 

@@ -10,6 +10,7 @@ rule fit_shard:
         axis=CFG["fit"]["axis"],
         transform=CFG["fit"]["transform"],
         device=CFG["fit"]["device"],
+        engine=CFG["fit"]["engine"],
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -22,7 +23,8 @@ rule fit_shard:
         runtime=60,
     shell:
         "tokenscale fit --trajectories {input.shard} --out {output.fits} --axis {params.axis} "
-        "--transform {params.transform} --device {params.device} --threads {threads} > {log} 2>&1"
+        "--transform {params.transform} --device {params.device} --engine {params.engine} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule fit_table:
