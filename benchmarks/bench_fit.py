@@ -90,6 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=64, help="checkpoints per trajectory (default 64)")
     ap.add_argument("--device", default="cpu", help="engine device: cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="engine compute dtype")
+    ap.add_argument("--engine", default="auto", choices=["auto", "native", "triton", "torch"],
+                    help="LM implementation (default auto: native C kernel on CPU, Triton on CUDA)")
+    ap.add_argument("--baseline-engine", choices=["native", "triton", "torch"],
+                    help="also time this engine on the same rows in the same run and print the speed ratio")
     ap.add_argument("--repeats", type=int, default=3, help="engine timings, best reported (default 3)")
     ap.add_argument("--scipy-p0", default="grid", choices=["grid", "naive"], help="scipy's start (default: the engine's grid start)")
     ap.add_argument("--n-scipy-bounded", type=int, default=500,
@@ -114,19 +118,37 @@ def main(argv=None) -> int:
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
     dtype = getattr(torch, args.dtype)
-    sync = (lambda: torch.cuda.synchronize()) if args.device.startswith("cuda") else (lambda: None)
-    fit_sigmoids(Y[: min(20_000, args.n)], axis, device=args.device, dtype=dtype)  # warm-up
-    best = np.inf
-    fit = None
-    for _ in range(args.repeats):
-        sync()
-        t0 = time.perf_counter()
-        fit = fit_sigmoids(Y[: args.n], axis, device=args.device, dtype=dtype)
-        sync()
-        best = min(best, time.perf_counter() - t0)
+    cuda = args.device.startswith("cuda")
+    sync = (lambda: torch.cuda.synchronize()) if cuda else (lambda: None)
+
+    def timed(engine, rows):
+        fit_sigmoids(Y[: min(20_000, args.n)], axis, device=args.device, dtype=dtype, engine=engine)  # warm-up
+        best, res = np.inf, None
+        for _ in range(args.repeats):
+            sync()
+            t0 = time.perf_counter()
+            res = fit_sigmoids(rows, axis, device=args.device, dtype=dtype, engine=engine)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return best, res
+
+    best, fit = timed(args.engine, Y[: args.n])
     eng_rate = args.n / best
     sc = fit.status_counts()
-    print(f"engine [{args.device}, {args.dtype}]: {args.n:,} rows in {best:.3f}s = {eng_rate:,.0f} fits/s; status {sc}")
+    print(f"engine [{args.device}, {args.dtype}, {fit.attrs['engine']}]: {args.n:,} rows in {best:.3f}s = "
+          f"{eng_rate:,.0f} fits/s; status {sc}")
+    if cuda:  # the same rows already in GPU memory (no host->device copy of the input)
+        Yd = torch.from_numpy(Y[: args.n]).to(args.device)
+        best_d, _ = timed(args.engine, Yd)
+        print(f"engine, input already on {args.device}: {best_d:.3f}s = {args.n / best_d:,.0f} fits/s")
+        del Yd
+    if args.baseline_engine:
+        best_b, fit_b = timed(args.baseline_engine, Y[: args.n])
+        rel = np.abs(fit.sse - fit_b.sse) / np.maximum(fit_b.sse, 1e-12)
+        print(f"baseline engine {fit_b.attrs['engine']}: {best_b:.3f}s = {args.n / best_b:,.0f} fits/s; "
+              f"{fit.attrs['engine']}/{fit_b.attrs['engine']} speed ratio {best_b / best:.2f}x; SSE agree within 1e-4 "
+              f"on {np.nanmean(rel <= 1e-4):.3%} of rows, categories on {np.mean(fit.category == fit_b.category):.3%}")
+        del fit_b
 
     m = args.n_scipy
     Ys = Y[:m]

@@ -780,12 +780,13 @@ def test_corrupt_or_truncated_fits_files_raise_one_clear_error(tmp_path):
 
 # ============================================================================= 7. CUDA
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("gpu_engine", ["auto", "torch"])  # auto: the fused Triton kernel where importable
+def test_cuda_matches_cpu(gpu_engine):
     y, t = planted_trajectories(3000, seed=23)
     y[5] = np.nan
     for dtype in (torch.float32, torch.float64):
         cpu = fit_sigmoids(y, AXIS, dtype=dtype)
-        gpu = fit_sigmoids(y, AXIS, dtype=dtype, device="cuda")
+        gpu = fit_sigmoids(y, AXIS, dtype=dtype, device="cuda", engine=gpu_engine)
         np.testing.assert_array_equal(gpu.status == INVALID, cpu.status == INVALID)
         assert gpu.status[5] == INVALID and np.isnan(gpu.tau[5])
         ok = cpu.status != INVALID
@@ -801,5 +802,5 @@ def test_cuda_matches_cpu():
         desc = (t["kind"] == DESCENDING) & ok
         assert np.median(np.abs(gpu.tau - t["tau"])[desc]) < 0.5 * DX
     # a CUDA tensor input gives the same as the numpy input on the same device
-    _assert_same_fit(fit_sigmoids(torch.from_numpy(y).cuda(), AXIS, device="cuda"),
-                     fit_sigmoids(y, AXIS, device="cuda"))
+    _assert_same_fit(fit_sigmoids(torch.from_numpy(y).cuda(), AXIS, device="cuda", engine=gpu_engine),
+                     fit_sigmoids(y, AXIS, device="cuda", engine=gpu_engine))

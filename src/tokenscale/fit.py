@@ -757,6 +757,11 @@ def _run_chunks(Y: torch.Tensor, starts, next_start, P: _Problem, opts: dict, ou
         rows = _start_rows(Y, lo, hi, P, out, opts["refine"])
         if rows is None:
             continue
+        if opts["engine"] == "triton":  # one fused kernel per chunk: rows iterate in registers, no pool
+            from tokenscale import fit_triton
+
+            fit_triton.lm(rows["Yc"], rows["X"], rows["idx"], P, opts, out)
+            continue
         ws = _Workspace.ensure(ws, rows["idx"].shape[0], k, Y.device, Y.dtype)
         rest = _lm(rows, P, ws, out, max_iter, tol, defer_after)
         if rest is not None:
@@ -884,14 +889,23 @@ def _default_chunk(dev: torch.device, k: int) -> int:
     return max(4096, rows)
 
 
-_ENGINES = ("auto", "native", "torch")
+_ENGINES = ("auto", "native", "triton", "torch")
 
 
 def _resolve_engine(engine, dev: torch.device) -> str:
-    """``"native"`` (the C kernel, CPU only) or ``"torch"`` for the requested ``engine``."""
+    """``"native"`` (the C kernel, CPU), ``"triton"`` (the fused GPU kernel) or ``"torch"`` for ``engine``."""
     if engine not in _ENGINES:
         raise TokenscaleError(f"engine must be one of {_ENGINES}, got {engine!r}")
     if engine == "torch":
+        return "torch"
+    if engine == "triton" or (engine == "auto" and dev.type == "cuda"):
+        from tokenscale import fit_triton
+
+        why = fit_triton.available(dev)
+        if why is None:
+            return "triton"
+        if engine == "triton":
+            raise TokenscaleError(f"engine='triton' unavailable: {why}")
         return "torch"
     if dev.type != "cpu":
         if engine == "native":
