@@ -94,6 +94,10 @@ ENGINES = ["native", "torch"]
 @pytest.fixture(autouse=True, params=ENGINES, scope="module")
 def engine(request):
     from tokenscale import fit as fit_mod
+    from tokenscale import native
+
+    if request.param == "native" and not native.available():
+        pytest.skip(f"native kernel unavailable: {native.build_error()}")
 
     real = fit_mod._resolve_engine
 
