@@ -993,10 +993,13 @@ class _Fitter:
         }
         self.wss: list = []
 
-    def fit_rows(self, block) -> dict[str, np.ndarray]:
-        """Fit an (n, K) block (numpy / torch / array-like already sliced); numpy float64 results."""
+    def fit_rows(self, block, dest: dict[str, np.ndarray] | None = None, lo: int = 0) -> dict[str, np.ndarray]:
+        """Fit an (n, K) block (numpy / torch / array-like already sliced); numpy float64 results.
+
+        With ``dest`` (a dict of (N,) numpy arrays, one per result field) the results are copied straight
+        into ``dest[name][lo:lo + n]`` (one device->host copy per field) and views of those slices returned.
+        """
         P = self.P
-        n = block.shape[0]
         with torch.no_grad():
             Y = _to_tensor(block, self.dev, self.dt)
             if Y.ndim != 2 or Y.shape[1] != P.k:
@@ -1022,10 +1025,23 @@ class _Fitter:
             cols = {"tau": tau, "lam": lam, "delta": delta, "post": post,
                     "pre": post + delta, "sse": sse, "r2": r2, "status": status.to(torch.int8),
                     "category": category, "n_iter": n_iter}
-            out = {name: v.cpu().numpy() for name, v in cols.items()}
-        # on the host: numpy's elementwise power does not depend on how the rows were blocked
-        with np.errstate(over="ignore", invalid="ignore"):
-            out["tau_orig"] = np.power(10.0, out["tau"]) if self.transform == "log10" else out["tau"].copy()
+            on_host = Y.device.type == "cpu"
+            if not on_host:  # elementwise on the GPU: one thread per row, independent of the blocking
+                cols["tau_orig"] = torch.pow(10.0, tau) if self.transform == "log10" else tau
+            n = Y.shape[0]
+            if dest is None:  # numpy allocates large arrays with huge pages: fewer page faults on first touch
+                dest, lo = {name: np.empty((n,), dtype=_DSET_DTYPES.get(name, np.float64)) for name in cols}, 0
+            out = {name: dest[name][lo:lo + n] for name in cols}
+            for name, v in cols.items():
+                torch.from_numpy(out[name]).copy_(v)
+        if on_host:  # numpy's elementwise power does not depend on how the rows were blocked
+            t_orig = np.empty_like(out["tau"]) if "tau_orig" not in dest else dest["tau_orig"][lo:lo + n]
+            with np.errstate(over="ignore", invalid="ignore"):
+                if self.transform == "log10":
+                    np.power(10.0, out["tau"], out=t_orig)
+                else:
+                    t_orig[...] = out["tau"]
+            out["tau_orig"] = t_orig
         return out
 
     def make_fit(self, cols: dict[str, np.ndarray], token_index=None) -> SigmoidFit:
@@ -1114,14 +1130,9 @@ def fit_sigmoids(
     if n <= bs:
         cols = fitter.fit_rows(_check_numeric(losses[0:n]) if n else _empty_block(k))
     else:
-        cols = None
+        cols = {name: np.empty((n,), dtype=_DSET_DTYPES.get(name, np.float64)) for name in _ARRAY_FIELDS}
         for lo in range(0, n, bs):
-            hi = min(n, lo + bs)
-            part = fitter.fit_rows(_check_numeric(losses[lo:hi]))
-            if cols is None:
-                cols = {name: np.empty((n,), dtype=v.dtype) for name, v in part.items()}
-            for name, v in part.items():
-                cols[name][lo:hi] = v
+            fitter.fit_rows(_check_numeric(losses[lo:min(n, lo + bs)]), dest=cols, lo=lo)
     return fitter.make_fit(cols)
 
 
