@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 import shutil
@@ -273,6 +272,12 @@ def local_cluster_profile(dest: Path, *, threads: int, train_gpus: int = 1, base
     return dest
 
 
+def _snakemake_base(workdir: Path, cfgs: list, snakefile: Path) -> list:
+    """The snakemake command line both runners share: snakefile, working directory, config files."""
+    return [*snakemake_cmd(), "--snakefile", snakefile, "--directory", workdir,
+            *(["--configfile", *cfgs] if cfgs else [])]
+
+
 def run_workflow_slurm(
     workdir: Path,
     configfiles,
@@ -292,10 +297,7 @@ def run_workflow_slurm(
     overlay = local_cluster_profile(workdir.parent / f".{workdir.name}-profile-gpu{train_gpus}",
                                     threads=workflow_threads(cfgs), train_gpus=train_gpus, base=profile)
     cmd = [
-        *snakemake_cmd(),
-        "--snakefile", snakefile,
-        "--directory", workdir,
-        *(["--configfile", *cfgs] if cfgs else []),
+        *_snakemake_base(workdir, cfgs, snakefile),
         "--profile", profile,
         "--profile", overlay,
         # profiles/default is the local-run workflow profile; keep it out of cluster runs
@@ -323,10 +325,7 @@ def run_workflow_local(
     workdir.mkdir(parents=True, exist_ok=True)
     cfgs = _as_list(configfiles)
     cmd = [
-        *snakemake_cmd(),
-        "--snakefile", snakefile,
-        "--directory", workdir,
-        *(["--configfile", *cfgs] if cfgs else []),
+        *_snakemake_base(workdir, cfgs, snakefile),
         "--workflow-profile", profile,
         "--cores", str(workflow_threads(cfgs)),
         *extra_args,

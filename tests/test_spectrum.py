@@ -15,7 +15,6 @@ bootstrap SE of α is ≈ 0.007 and of β ≈ 0.01 (seen in the summary's CIs); 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -142,13 +142,15 @@ class CategoryRule:
         tau_t, lam_t, delta_t, r2_t, status_t = t
         g_first = torch.sigmoid(lam_t * (tau_t - x_min))
         g_last = torch.sigmoid(lam_t * (tau_t - x_max))
+        # int8 from the start: torch.where(mask, python int, int8 tensor) stays int8
         cat = torch.where(tau_t < x_min + self.early_frac * (x_max - x_min), 1, 2).to(torch.int8)
-        cat = torch.where(1.0 - g_last < self.min_progress, 3, cat).to(torch.int8)
-        cat = torch.where(g_first <= self.learned_remaining, 0, cat).to(torch.int8)
+        cat = torch.where(1.0 - g_last < self.min_progress, 3, cat)
+        cat = torch.where(g_first <= self.learned_remaining, 0, cat)
         if self.ascending == "unlearned":
-            cat = torch.where(delta_t < 0, 3, cat).to(torch.int8)
+            cat = torch.where(delta_t < 0, 3, cat)
         bad = (status_t == 2) | ~(delta_t.abs() >= self.min_delta) | ~(r2_t >= self.min_r2)
-        cat = torch.where(bad, 3, cat).to(torch.int8)
+        cat = torch.where(bad, 3, cat)
+        assert cat.dtype == torch.int8
         return cat.numpy() if as_numpy else cat
 
 
