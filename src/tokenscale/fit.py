@@ -968,12 +968,7 @@ class _Fitter:
         self.P = _Problem(self.x, tau_margin, lam_bounds, (n_tau, n_lam), delta_max, self.dev, self.dt)
         if workers is None:
             workers = torch.get_num_threads() if self.dev.type == "cpu" else 1
-        try:
-            workers = int(workers)
-        except (TypeError, ValueError):
-            raise TokenscaleError(f"workers must be an integer, got {workers!r}") from None
-        if workers < 1:
-            raise TokenscaleError(f"workers must be >= 1, got {workers}")
+        workers = _positive_int("workers", workers)
         if self.dev.type != "cpu":
             workers = 1
         engine = _resolve_engine(engine, self.dev)
@@ -1173,13 +1168,18 @@ def _fitter_options(options: dict) -> dict:
 def _block_rows(block_size, fitter: "_Fitter") -> int:
     if block_size is None:
         return max(fitter.opts["chunk"], 1 << 18)
+    return _positive_int("block_size", block_size)
+
+
+def _positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, else a one-line error naming ``name``."""
     try:
-        bs = int(block_size)
+        v = int(value)
     except (TypeError, ValueError):
-        raise TokenscaleError(f"block_size must be an integer, got {block_size!r}") from None
-    if bs < 1:
-        raise TokenscaleError(f"block_size must be >= 1, got {bs}")
-    return bs
+        raise TokenscaleError(f"{name} must be an integer, got {value!r}") from None
+    if v < 1:
+        raise TokenscaleError(f"{name} must be >= 1, got {v}")
+    return v
 
 
 def _empty_block(k: int) -> np.ndarray:
@@ -1213,12 +1213,7 @@ def fit_file(
     dst = os.fspath(out)
     if not src.is_file():
         raise TokenscaleError(f"{src}: trajectory file not found")
-    try:
-        block_rows = int(block_rows)
-    except (TypeError, ValueError):
-        raise TokenscaleError(f"block_rows must be an integer, got {block_rows!r}") from None
-    if block_rows < 1:
-        raise TokenscaleError(f"block_rows must be >= 1, got {block_rows}")
+    block_rows = _positive_int("block_rows", block_rows)
     t0 = time.perf_counter()
     status_counts = np.zeros(len(STATUS_NAMES), dtype=np.int64)
     category_counts = np.zeros(len(CATEGORY_NAMES), dtype=np.int64)
