@@ -729,7 +729,7 @@ def _native_chunk(Y: torch.Tensor, lo: int, hi: int, P: _Problem, opts: dict, ou
     """Fit rows lo:hi of the CPU tensor Y with the native kernel (centring, grid start and LM of every row
     in C; a row's result depends on that row only).  ``ws``: this worker's scratch buffers."""
     m, k = hi - lo, Y.shape[1]
-    if ws is None or not isinstance(ws, dict) or ws["Yc"].shape[0] < m:
+    if ws is None or ws["Yc"].shape[0] < m:
         ws = {"Yc": torch.empty((m, k), dtype=Y.dtype), "rng": torch.empty((m,), dtype=Y.dtype),
               "valid": torch.empty((m,), dtype=torch.int8)}
     Yc, rng, valid = ws["Yc"][:m], ws["rng"][:m], ws["valid"][:m]
@@ -1027,18 +1027,16 @@ class _Fitter:
                 cols["tau_orig"] = torch.pow(10.0, tau) if self.transform == "log10" else tau
             n = Y.shape[0]
             if dest is None:  # numpy allocates large arrays with huge pages: fewer page faults on first touch
-                dest, lo = {name: np.empty((n,), dtype=_DSET_DTYPES.get(name, np.float64)) for name in cols}, 0
-            out = {name: dest[name][lo:lo + n] for name in cols}
+                dest, lo = _result_arrays(n), 0
+            out = {name: dest[name][lo:lo + n] for name in _ARRAY_FIELDS}
             for name, v in cols.items():
                 torch.from_numpy(out[name]).copy_(v)
         if on_host:  # numpy's elementwise power does not depend on how the rows were blocked
-            t_orig = np.empty_like(out["tau"]) if "tau_orig" not in dest else dest["tau_orig"][lo:lo + n]
             with np.errstate(over="ignore", invalid="ignore"):
                 if self.transform == "log10":
-                    np.power(10.0, out["tau"], out=t_orig)
+                    np.power(10.0, out["tau"], out=out["tau_orig"])
                 else:
-                    t_orig[...] = out["tau"]
-            out["tau_orig"] = t_orig
+                    out["tau_orig"][...] = out["tau"]
         return out
 
     def make_fit(self, cols: dict[str, np.ndarray], token_index=None) -> SigmoidFit:
@@ -1068,12 +1066,13 @@ _FIT_DOC_PARAMS = """
     workers : CPU threads (default ``torch.get_num_threads()``); each fits whole chunks with
         single-threaded torch ops (the global torch thread count is set to 1 for the duration of the call
         and restored afterwards).  Ignored on GPU.
-    engine : ``"auto"`` (default), ``"native"`` or ``"torch"``: which implementation runs the
-        Levenberg-Marquardt stage.  ``"native"`` is the per-row C kernel (:mod:`tokenscale.native`, CPU
-        only, built with the system C compiler on first use); ``"torch"`` the batched torch code (CPU or
-        GPU).  ``"auto"`` takes the native kernel on CPU when it can be built (else the torch engine,
-        with a warning) and torch on GPU.  Both run the same algorithm from the same start; results agree
-        to round-off, not bitwise.
+    engine : ``"auto"`` (default), ``"native"``, ``"triton"`` or ``"torch"``: which implementation runs
+        the Levenberg-Marquardt stage.  ``"native"`` is the per-row C kernel (:mod:`tokenscale.native`, CPU
+        only, built with the system C compiler on first use); ``"triton"`` the fused GPU kernel
+        (:mod:`tokenscale.fit_triton`, CUDA); ``"torch"`` the batched torch code (CPU or GPU).  ``"auto"``
+        takes the native kernel on CPU when it can be built (else the torch engine, with a warning) and
+        Triton on CUDA when it is importable (else torch).  All run the same algorithm from the same
+        start; results agree to round-off, not bitwise.
 """
 
 
@@ -1127,7 +1126,7 @@ def fit_sigmoids(
     if n <= bs:
         cols = fitter.fit_rows(_check_numeric(losses[0:n]) if n else _empty_block(k))
     else:
-        cols = {name: np.empty((n,), dtype=_DSET_DTYPES.get(name, np.float64)) for name in _ARRAY_FIELDS}
+        cols = _result_arrays(n)
         for lo in range(0, n, bs):
             fitter.fit_rows(_check_numeric(losses[lo:min(n, lo + bs)]), dest=cols, lo=lo)
     return fitter.make_fit(cols)
@@ -1259,7 +1258,7 @@ def fit_file(
                 status_counts[:] += np.bincount(cols["status"], minlength=len(STATUS_NAMES))[: len(STATUS_NAMES)]
                 category_counts[:] += np.bincount(cols["category"], minlength=len(CATEGORY_NAMES))[: len(CATEGORY_NAMES)]
 
-        _write_fits_file(dst, n, fitter.make_fit(_empty_cols(), None), user,
+        _write_fits_file(dst, n, fitter.make_fit(_result_arrays(0), None), user,
                          with_token_index=token_index is not None, fill=write)
     dt = time.perf_counter() - t0
     return {
@@ -1271,9 +1270,9 @@ def fit_file(
     }
 
 
-def _empty_cols() -> dict[str, np.ndarray]:
-    dtypes = {"status": np.int8, "category": np.int8, "n_iter": np.int32}
-    return {name: np.empty((0,), dtype=dtypes.get(name, np.float64)) for name in _ARRAY_FIELDS}
+def _result_arrays(n: int) -> dict[str, np.ndarray]:
+    """Uninitialised (n,) result arrays, one per field of :class:`SigmoidFit` (the fits-file dtypes)."""
+    return {name: np.empty((n,), dtype=_DSET_DTYPES.get(name, np.float64)) for name in _ARRAY_FIELDS}
 
 
 def grid_init(
