@@ -974,7 +974,8 @@ class _Fitter:
         engine = _resolve_engine(engine, self.dev)
         P = self.P
         box = native.Box(tlo=P.tlo, thi=P.thi, rlo=P.rlo, rhi=P.rhi, tol=tol, delta_max=P.delta_max,
-                         grid_dt=P.grid_dt, grid_dr=P.grid_dr, max_iter=max_iter, n_tau=P.n_tau, n_lam=P.n_lam,
+                         grid_dt=P.grid_dt, grid_dr=P.grid_dr, step_cap_tau=_STEP_CAP_TAU, step_cap_rho=_STEP_CAP_RHO,
+                         mu0=_MU0, mu_reject=_MU_REJECT, max_iter=max_iter, n_tau=P.n_tau, n_lam=P.n_lam,
                          refine=int(bool(refine)))
         self.opts = {"chunk": chunk_size, "max_iter": max_iter, "tol": tol, "defer_after": defer_after,
                      "refine": bool(refine), "workers": workers, "engine": engine, "box": box}

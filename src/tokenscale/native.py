@@ -33,7 +33,7 @@ __all__ = ["Box", "available", "load", "prep", "fit", "build_error"]
 
 _SRC_DIR = Path(__file__).parent / "csrc"
 _SOURCES = ("fit_lm.c", "fit_lm_impl.h")
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _BASE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"]
 _lock = threading.Lock()
 _state: dict = {}
@@ -43,7 +43,8 @@ class Box(ctypes.Structure):
     """Bounds and options shared by all rows (``tks_box_t`` in csrc/fit_lm.c)."""
 
     _fields_ = [(name, ctypes.c_double) for name in ("tlo", "thi", "rlo", "rhi", "tol", "delta_max", "grid_dt",
-                                                      "grid_dr")] + \
+                                                      "grid_dr", "step_cap_tau", "step_cap_rho", "mu0",
+                                                      "mu_reject")] + \
                [(name, ctypes.c_int) for name in ("max_iter", "n_tau", "n_lam", "refine")]
 
 

@@ -3,24 +3,21 @@
  * Built at first use by tokenscale/native.py with the system C compiler (cc -O3 -march=native
  * -fopenmp-simd -shared) and loaded with ctypes; no Python headers and no OpenMP runtime are needed
  * (threads are Python threads: ctypes releases the GIL during the call).  The algorithm is documented in
- * fit_lm_impl.h and tokenscale/fit.py; constants below must match fit.py (passed/checked by native.py).
+ * fit_lm_impl.h and tokenscale/fit.py; the algorithm's constants come from fit.py through tks_box_t.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TKS_ABI_VERSION 3
-#define TKS_STEP_CAP_TAU 0.5
-#define TKS_STEP_CAP_RHO 1.0
-#define TKS_MU0 1e-3
-#define TKS_MU_REJECT 0.3
+#define TKS_ABI_VERSION 4
 #define TKS_TILE 16
 
 /* bounds and options shared by all rows (mirrors native._Box) */
 typedef struct {
     double tlo, thi, rlo, rhi; /* box of tau' and rho = log lam' */
     double tol, delta_max, grid_dt, grid_dr;
+    double step_cap_tau, step_cap_rho, mu0, mu_reject; /* LM step caps and damping (fit._STEP_CAP_*, _MU*) */
     int max_iter, n_tau, n_lam, refine;
 } tks_box_t;
 

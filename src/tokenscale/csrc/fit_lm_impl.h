@@ -160,8 +160,8 @@ static inline void FN(solve2_)(REAL h00, REAL h01, REAL h11, REAL b0, REAL b1, R
 }
 
 static inline void FN(capped_step_)(REAL tau, REAL rho, REAL s0, REAL s1, const tks_box_t *bx, REAL *tn, REAL *rn) {
-    REAL a0 = FABS(s0) * (REAL)(1.0 / TKS_STEP_CAP_TAU);
-    REAL a1 = FABS(s1) * (REAL)(1.0 / TKS_STEP_CAP_RHO);
+    REAL a0 = FABS(s0) * (REAL)(1.0 / bx->step_cap_tau);
+    REAL a1 = FABS(s1) * (REAL)(1.0 / bx->step_cap_rho);
     REAL scale = a0 > a1 ? a0 : a1;
     if (!(scale > 1)) scale = 1; /* NaN-safe */
     REAL inv = (REAL)1 / scale;
@@ -180,7 +180,7 @@ static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, R
     const REAL gvar_rel = (REAL)(64.0 * EPS);
     const REAL tol = (REAL)bx->tol;
     const REAL tlo = (REAL)bx->tlo, thi = (REAL)bx->thi, rlo = (REAL)bx->rlo, rhi = (REAL)bx->rhi;
-    REAL mu = (REAL)TKS_MU0;
+    REAL mu = (REAL)bx->mu0;
     int it = 0, done = 0;
     FN(eval_t_) st, sn;
     FN(eval_)(y, t, k, tau, rho, dm, gvar_rel, z, b, &st);
@@ -221,7 +221,7 @@ static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, R
             /* a rejected step that does not move theta: nothing left to gain at this precision */
             done = (FABS(tn - tau) <= 4 * eps * (1 + FABS(tau))) && (FABS(rn - rho) <= 4 * eps * (1 + FABS(rho)));
             mu = mu * 10;
-            if (mu < (REAL)TKS_MU_REJECT) mu = (REAL)TKS_MU_REJECT;
+            if (mu < (REAL)bx->mu_reject) mu = (REAL)bx->mu_reject;
         }
         it++;
     }
