@@ -24,7 +24,6 @@ Units: losses are in nats; rates are per unit of the fit axis (per decade on a `
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tokenscale import TokenscaleError
+from tokenscale.atomic import atomic_output
 
 try:
     from tokenscale.fit import CATEGORY_NAMES  # type: ignore
@@ -85,10 +85,8 @@ def _save(fig: Figure, outdir: Path, name: str) -> str:
     FigureCanvasAgg(fig)
     png = outdir / f"{name}.png"
     for ext, kw in (("png", {"dpi": 150}), ("svg", {})):
-        final = outdir / f"{name}.{ext}"
-        tmp = outdir / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, format=ext, **kw)
-        os.replace(tmp, final)
+        with atomic_output(outdir / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, **kw)
     return str(png)
 
 

@@ -88,7 +88,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +98,7 @@ from scipy.optimize import minimize_scalar
 from scipy.signal import savgol_filter
 from scipy.special import expit
 
-from tokenscale import TokenscaleError
+from tokenscale import TokenscaleError, atomic
 
 try:  # the real names, when the fit module exists
     from tokenscale.fit import CATEGORY_NAMES  # type: ignore
@@ -503,21 +502,7 @@ def write_summary(result: SpectrumResult, path: str | os.PathLike, extra: dict |
         if k in data:
             raise TokenscaleError(f"extra key {k!r} collides with a summary key")
         data[k] = _jsonable(v)
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
