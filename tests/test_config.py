@@ -86,3 +86,13 @@ def test_cli_help_for_every_command():
     for name in sub.choices:
         p = run_cli(name, "--help")
         assert "usage: tokenscale " + name in p.stdout
+
+
+def test_cli_bad_model_shape_is_one_line_before_training(tmp_path):
+    """Shapes the kernels cannot run are refused by check-config, naming the key (was a 99-line MoE traceback)."""
+    cfg = tiny_config(model={"preset": "moe-nano", "hidden_size": 10, "num_heads": 3})
+    p = run_cli("check-config", "--config", write_config(tmp_path / "c.yaml", cfg), check=False)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "tokenscale: error: config: runs[0].model.hidden_size=10 must be a multiple of 8"), lines

@@ -84,14 +84,13 @@ def validate_config(cfg: dict | None) -> dict:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise TokenscaleError(f"config: runs has duplicate name(s): {', '.join(dup)}")
-    for i, r in enumerate(cfg["runs"]):
-        from .model import PRESETS  # local import: model imports torch lazily only
+    from .model import resolve_arch  # imports torch lazily only
 
-        if r["model"]["preset"] not in PRESETS:
-            raise TokenscaleError(
-                f"config: runs[{i}].model.preset: unknown preset {r['model']['preset']!r} "
-                f"(known: {', '.join(sorted(PRESETS))})"
-            )
+    for i, r in enumerate(cfg["runs"]):
+        try:
+            resolve_arch(r["model"])
+        except TokenscaleError as e:
+            raise TokenscaleError(f"config: runs[{i}].{e}") from None
     return cfg
 
 

@@ -61,31 +61,55 @@ class ModelStats:
 
 
 def resolve_arch(spec: dict) -> dict:
-    """Preset + explicit overrides -> complete architecture dict."""
+    """Preset + explicit overrides -> complete architecture dict, its shapes checked (:func:`check_arch`)."""
     spec = dict(spec or {})
     preset = spec.pop("preset", "moe-tiny")
     if preset not in PRESETS:
         raise TokenscaleError(f"model.preset: unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
     arch = {**_DEFAULTS, **PRESETS[preset], **spec}
     if arch["head_dim"] is None:
+        if arch["hidden_size"] % arch["num_heads"]:
+            raise TokenscaleError(
+                f"model.hidden_size={arch['hidden_size']} is not a multiple of num_heads={arch['num_heads']} "
+                "(set model.head_dim explicitly)"
+            )
         arch["head_dim"] = arch["hidden_size"] // arch["num_heads"]
     if arch["num_kv_heads"] is None:
         arch["num_kv_heads"] = arch["num_heads"]
-    if arch["num_heads"] % arch["num_kv_heads"]:
-        raise TokenscaleError(
-            f"model: num_heads={arch['num_heads']} is not a multiple of num_kv_heads={arch['num_kv_heads']}"
-        )
-    if arch["family"] == "moe":
-        if arch["moe_intermediate_size"] is None:
-            arch["moe_intermediate_size"] = 2 * arch["hidden_size"]
-        if arch["experts_per_token"] > arch["num_experts"]:
-            raise TokenscaleError(
-                f"model: experts_per_token={arch['experts_per_token']} exceeds num_experts={arch['num_experts']}"
-            )
-    elif arch["intermediate_size"] is None:
+    if arch["family"] == "moe" and arch["moe_intermediate_size"] is None:
+        arch["moe_intermediate_size"] = 2 * arch["hidden_size"]
+    elif arch["family"] == "dense" and arch["intermediate_size"] is None:
         arch["intermediate_size"] = 4 * arch["hidden_size"]
+    check_arch(arch)
     arch["preset"] = preset
     return arch
+
+
+# The experts kernels (torch grouped_mm, the transformers default) need 16-byte aligned strides: widths that
+# are multiples of 8 work in bf16 and float32 alike, whichever experts implementation or precision runs.
+_EXPERT_ALIGN = 8
+
+
+def check_arch(arch: dict) -> None:
+    """Shapes the model classes and kernels need, checked before anything is built (one line naming the key)."""
+    if arch["num_heads"] % arch["num_kv_heads"]:
+        raise TokenscaleError(
+            f"model.num_heads={arch['num_heads']} is not a multiple of num_kv_heads={arch['num_kv_heads']}"
+        )
+    if arch["head_dim"] % 2:
+        raise TokenscaleError(f"model.head_dim={arch['head_dim']} must be even (rotary embeddings rotate pairs)")
+    if arch["family"] != "moe":
+        return
+    if arch["experts_per_token"] > arch["num_experts"]:
+        raise TokenscaleError(
+            f"model.experts_per_token={arch['experts_per_token']} exceeds num_experts={arch['num_experts']}"
+        )
+    for key in ("hidden_size", "moe_intermediate_size"):
+        if arch[key] % _EXPERT_ALIGN:
+            raise TokenscaleError(
+                f"model.{key}={arch[key]} must be a multiple of {_EXPERT_ALIGN} for MoE models "
+                "(the grouped experts kernel needs 16-byte aligned rows)"
+            )
 
 
 def hf_config(spec: dict, vocab_size: int, max_positions: int):
