@@ -36,13 +36,23 @@ def smk(*args, results: Path, extra_config: Path | None = None, timeout=900, che
     return p
 
 
+# A results path with a space, a quote and a shell command: every path reaches the rules' shell commands quoted,
+# so the DAG runs and nothing is executed (this was a shell injection through `results`).
+HOSTILE = "res ul'ts;touch pwned;#"
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> Path:
-    results = tmp_path_factory.mktemp("smoke") / "results"
+    results = tmp_path_factory.mktemp("smoke") / HOSTILE
     t0 = time.time()
     smk(results=results)
     print(f"smoke DAG: {time.time() - t0:.1f}s")
     return results
+
+
+def test_hostile_results_path_runs_nothing(smoke):
+    assert smoke.name == HOSTILE and (smoke / "runs" / RUN / "analysis" / "summary.json").is_file()
+    assert not (REPO / "pwned").exists() and not list(smoke.parent.glob("pwned*"))
 
 
 def test_smoke_outputs_and_cross_checks(smoke):
@@ -153,8 +163,8 @@ def test_external_pythia_layout_series(smoke, tmp_path):
         (dst / "tokenscale.json").unlink()
         (dst / "COMPLETE").unlink()
     extra = tmp_path / "external.yaml"
-    extra.write_text(yaml.safe_dump({"external": [{"name": "pythia_like", "path": str(series),
-                                                    "tokenizer": str(series / f"step{steps[-1]}")}]}))
+    # no `tokenizer`: the documented default is the first checkpoint's folder
+    extra.write_text(yaml.safe_dump({"external": [{"name": "pythia_like", "path": str(series)}]}))
     smk(str(smoke / "runs" / "pythia_like" / "analysis" / "summary.json"), results=smoke, extra_config=extra)
 
     from tokenscale.io import read_run_trajectories

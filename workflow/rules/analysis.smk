@@ -27,6 +27,6 @@ rule analyze:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale analyze --trajectories {input.trajectories} --fits {input.fits} --run {wildcards.run} "
-        "--options {params.analysis:q} --axis-label {params.axis_label:q} --summary {output.summary} "
-        "--figures {output.figures} > {log} 2>&1"
+        "tokenscale analyze --trajectories {input.trajectories:q} --fits {input.fits:q} --run {wildcards.run:q} "
+        "--options {params.analysis:q} --axis-label {params.axis_label:q} --summary {output.summary:q} "
+        "--figures {output.figures:q} > {log:q} 2>&1"

@@ -14,7 +14,7 @@ rule prepare_corpus:
         mem_mb=4000,
         runtime=30,
     shell:
-        "tokenscale prepare-data --spec {params.spec:q} --out {params.out} --stage corpus > {log} 2>&1"
+        "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage corpus > {log:q} 2>&1"
 
 
 rule train_tokenizer:
@@ -35,7 +35,7 @@ rule train_tokenizer:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale prepare-data --spec {params.spec:q} --out {params.out} --stage tokenizer > {log} 2>&1"
+        "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage tokenizer > {log:q} 2>&1"
 
 
 rule tokenize:
@@ -60,4 +60,4 @@ rule tokenize:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale prepare-data --spec {params.spec:q} --out {params.out} --stage tokens > {log} 2>&1"
+        "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage tokens > {log:q} 2>&1"

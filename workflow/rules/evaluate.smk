@@ -2,14 +2,15 @@
 
 
 rule external_token_set:
-    # An external checkpoint series is evaluated on the same validation documents, tokenized with its tokenizer.
+    # An external checkpoint series is evaluated on the same validation documents, tokenized with its tokenizer
+    # (default: the one saved in its first checkpoint folder).
     input:
         docs=rules.prepare_corpus.output.valid,
     output:
         tokens=f"{RESULTS}/runs/{{run}}/valid_tokens.h5",
     params:
         series=lambda w: EXTERNAL[w.run]["path"],
-        tokenizer=lambda w: EXTERNAL[w.run]["tokenizer"] or "",
+        tokenizer=lambda w: EXTERNAL[w.run]["tokenizer"] or checkpoint_dir(w.run, steps(w.run)[0]),
         seq_len=lambda w: EXTERNAL[w.run]["seq_len"] or CFG["data"]["seq_len"],
         n_seqs=CFG["data"]["valid_sequences"],
     conda:
@@ -20,8 +21,8 @@ rule external_token_set:
         mem_mb=4000,
         runtime=30,
     shell:
-        "tokenscale external-tokens --series {params.series:q} --tokenizer {params.tokenizer:q} --docs {input.docs} "
-        "--seq-len {params.seq_len} --n-seqs {params.n_seqs} --out {output.tokens} > {log} 2>&1"
+        "tokenscale external-tokens --series {params.series:q} --tokenizer {params.tokenizer:q} --docs {input.docs:q} "
+        "--seq-len {params.seq_len:q} --n-seqs {params.n_seqs:q} --out {output.tokens:q} > {log:q} 2>&1"
 
 
 rule evaluate_checkpoint:
@@ -47,8 +48,8 @@ rule evaluate_checkpoint:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale evaluate --checkpoint {params.checkpoints:q} --tokens {input.tokens} --out-dir {output.evals} "
-        "--batch-size {params.batch_size} --device {params.device} --threads {threads} > {log} 2>&1"
+        "tokenscale evaluate --checkpoint {params.checkpoints:q} --tokens {input.tokens:q} --out-dir {output.evals:q} "
+        "--batch-size {params.batch_size:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule assemble_shard:
@@ -70,6 +71,6 @@ rule assemble_shard:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale assemble --evals {input.evals} --tokens {input.tokens} --shard {wildcards.shard} "
-        "--n-shards {params.n_shards} --run {wildcards.run} --config-hash {params.config_hash} "
-        "--out {output.shard} > {log} 2>&1"
+        "tokenscale assemble --evals {input.evals:q} --tokens {input.tokens:q} --shard {wildcards.shard:q} "
+        "--n-shards {params.n_shards:q} --run {wildcards.run:q} --config-hash {params.config_hash:q} "
+        "--out {output.shard:q} > {log:q} 2>&1"

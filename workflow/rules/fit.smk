@@ -22,9 +22,9 @@ rule fit_shard:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale fit --trajectories {input.shard} --out {output.fits} --axis {params.axis} "
-        "--transform {params.transform} --device {params.device} --engine {params.engine} "
-        "--threads {threads} > {log} 2>&1"
+        "tokenscale fit --trajectories {input.shard:q} --out {output.fits:q} --axis {params.axis:q} "
+        "--transform {params.transform:q} --device {params.device:q} --engine {params.engine:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule fit_table:
@@ -40,4 +40,4 @@ rule fit_table:
         mem_mb=8000,
         runtime=30,
     shell:
-        "tokenscale fit-table --fits {input.fits} --out {output.table} > {log} 2>&1"
+        "tokenscale fit-table --fits {input.fits:q} --out {output.table:q} > {log:q} 2>&1"

@@ -27,5 +27,5 @@ rule train:
         runtime=1440,
         gpu=0,
     shell:
-        "tokenscale train --spec {params.spec:q} --run {wildcards.run} --data {params.data} --out {params.out} "
-        "--threads {threads} --gpus {resources.gpu} > {log} 2>&1"
+        "tokenscale train --spec {params.spec:q} --run {wildcards.run:q} --data {params.data:q} --out {params.out:q} "
+        "--threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"
