@@ -251,7 +251,7 @@ def cmd_analyze(args) -> int:
     from .io import read_run_trajectories
     from .spectrum import analyze, write_summary
 
-    opts = validate_config({"analysis": json.loads(args.options)})["analysis"]
+    opts = validate_config({"analysis": args.options})["analysis"]
     losses, axis, meta = read_run_trajectories(args.trajectories)
     fit = load_fits(args.fits)
     if len(fit) != losses.shape[0]:
@@ -265,94 +265,147 @@ def cmd_analyze(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``tokenscale <cmd>: error: <what> (see --help)``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.HelpFormatter):
+    """Shows an option's default in its help, where it has a meaningful one."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.default not in (None, False, "", argparse.SUPPRESS) and "%(default)" not in h and action.option_strings:
+            h += " (default: %(default)s)"
+        return h
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _json_object(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos}): {text[:60]!r}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {type(v).__name__}")
+    return v
+
+
+def _command(sub, name: str, func, summary: str, description: str = "") -> argparse.ArgumentParser:
+    """A subcommand: ``summary`` in the command list, ``summary`` + ``description`` in its --help."""
+    p = sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {description}".strip(),
+                       formatter_class=_Help)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's own choice)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tokenscale", description="Token-level decomposition of LM scaling laws.")
+    ap = _Parser(prog="tokenscale", description="Token-level decomposition of LM scaling laws. Every workflow rule "
+                 "calls one of these commands; each works on its own too.")
     ap.add_argument("--version", action="version", version=f"tokenscale {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("check-config", help="validate a config and print the runs it declares")
+    p = _command(sub, "check-config", cmd_check_config, "validate a config and print the runs it declares",
+                 "Fills defaults from the schema and stops at the first bad key with one line naming it.")
     _add_cfg(p)
-    p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("models", help="list model size presets with parameters and FLOPs/token")
-    p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.set_defaults(func=cmd_models)
+    p = _command(sub, "models", cmd_models, "list model size presets with parameters and FLOPs/token",
+                 "Models are built on the meta device (no memory), with the given vocabulary and context.")
+    p.add_argument("--vocab-size", type=_positive_int, default=32000, help="vocabulary size of the built models")
+    p.add_argument("--seq-len", type=_positive_int, default=2048, help="context length (enters the attention FLOPs)")
 
-    p = sub.add_parser("prepare-data", help="build corpus + split, train the BPE tokenizer, write token files")
+    p = _command(sub, "prepare-data", cmd_prepare_data, "build corpus + split, train the BPE tokenizer, write token files",
+                 "Each stage reads the previous one's output from --out; the workflow runs them as three rules.")
     _add_cfg(p)
     p.add_argument("--out", required=True, help="data folder (corpus/, tokenizer/, train_tokens.bin, valid_tokens.h5)")
-    p.add_argument("--stage", choices=["corpus", "tokenizer", "tokens", "all"], default="all")
-    p.set_defaults(func=cmd_prepare_data)
+    p.add_argument("--stage", choices=["corpus", "tokenizer", "tokens", "all"], default="all",
+                   help="which stage to run (all = the three in order)")
 
-    p = sub.add_parser("train", help="train one run with dense checkpoints (resumes from its own folder)")
+    p = _command(sub, "train", cmd_train, "train one run with dense checkpoints (resumes from its own folder)",
+                 "SIGTERM saves state at the end of the current step and exits 143; rerunning resumes.")
     _add_cfg(p)
     p.add_argument("--run", required=True, help="run name from the config's runs list")
     p.add_argument("--data", help="prepared data folder (default: <results>/data)")
     p.add_argument("--out", help="run folder (default: <results>/runs/<run>)")
-    p.add_argument("--threads", type=int, help="CPU threads in total (split over ranks)")
-    p.add_argument("--nproc", type=int, help="ranks on this node (default: max(--gpus, the run's nproc))")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads in total (split over ranks)")
+    p.add_argument("--nproc", type=_positive_int, help="ranks on this node (default: max(--gpus, the run's nproc))")
     p.add_argument("--gpus", type=int, default=0, help="GPUs granted to this job (the workflow passes resources.gpu)")
     p.add_argument("--sampler-weights", help=".npy of per-training-sample weights (reweighted sampling)")
     p.add_argument("--init-from", help="start from these weights (a checkpoint folder) instead of random init")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--quiet", action="store_true", help="no per-checkpoint progress lines on stderr")
 
-    p = sub.add_parser("evaluate", help="per-token loss of a token set under one checkpoint -> eval HDF5")
+    p = _command(sub, "evaluate", cmd_evaluate, "per-token loss of a token set under checkpoints -> eval HDF5 files",
+                 "One eval file per checkpoint, each written atomically (docs/trajectories.md).")
     p.add_argument("--checkpoint", required=True, nargs="+",
                    help="HF checkpoint folder(s) (own runs need the COMPLETE marker)")
     p.add_argument("--tokens", required=True, help="token set HDF5 (docs/formats.md)")
     p.add_argument("--out", help="output eval HDF5 for a single checkpoint (written atomically)")
     p.add_argument("--out-dir", help="folder for one step<N>.h5 per checkpoint (each written atomically)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int)
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    _add_threads(p)
 
-    p = sub.add_parser("external-tokens", help="token set for an external checkpoint series, with its own tokenizer")
+    p = _command(sub, "external-tokens", cmd_external_tokens,
+                 "token set for an external checkpoint series, with its own tokenizer",
+                 "The validation documents are tokenized with the series' tokenizer and cut into sequences.")
     p.add_argument("--series", required=True, help="folder of step-numbered checkpoints")
     p.add_argument("--tokenizer", default="", help="tokenizer folder or tokenizer.json (default: first checkpoint)")
     p.add_argument("--docs", required=True, help="validation documents (corpus/valid.jsonl)")
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--n-seqs", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_external_tokens)
+    p.add_argument("--seq-len", type=_positive_int, required=True, help="tokens per sequence")
+    p.add_argument("--n-seqs", type=_positive_int, required=True, help="number of sequences in the token set")
+    p.add_argument("--out", required=True, help="output token set HDF5")
 
-    p = sub.add_parser("assemble", help="per-checkpoint evals -> one trajectory shard (tokens x checkpoints)")
+    p = _command(sub, "assemble", cmd_assemble, "per-checkpoint evals -> one trajectory shard (tokens x checkpoints)",
+                 "Shard i of n holds a contiguous, even range of the token set's tokens.")
     p.add_argument("--evals", nargs="+", required=True, help="eval HDF5 files, one per checkpoint, or folders of them (any order)")
     p.add_argument("--tokens", required=True, help="the token set they were evaluated on")
     p.add_argument("--shard", type=int, required=True, help="shard index")
-    p.add_argument("--n-shards", type=int, required=True)
-    p.add_argument("--run", required=True)
-    p.add_argument("--config-hash", default="")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_assemble)
+    p.add_argument("--n-shards", type=_positive_int, required=True, help="number of shards the token set is split into")
+    p.add_argument("--run", required=True, help="series name recorded in the shard")
+    p.add_argument("--config-hash", default="", help="config sha256 recorded in the shard (provenance)")
+    p.add_argument("--out", required=True, help="output trajectory shard HDF5")
 
-    p = sub.add_parser("fit", help="sigmoid fit of every token trajectory in a shard -> fits HDF5")
+    p = _command(sub, "fit", cmd_fit, "sigmoid fit of every token trajectory in a shard -> fits HDF5",
+                 "Model: loss = post + delta * (1 - sigmoid(lambda * (x - tau))), x = transformed axis (docs/fit.md).")
     p.add_argument("--trajectories", required=True, help="trajectory shard HDF5")
-    p.add_argument("--out", required=True)
-    p.add_argument("--axis", choices=["step", "tokens"], default="step")
-    p.add_argument("--transform", choices=["log10", "linear"], default="log10")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", required=True, help="output fits HDF5")
+    p.add_argument("--axis", choices=["step", "tokens"], default="step", help="axis the trajectories are fitted on")
+    p.add_argument("--transform", choices=["log10", "linear"], default="log10", help="x = transform(axis)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--engine", default="auto", choices=["auto", "native", "torch"],
                    help="LM implementation: native C kernel (CPU), torch (CPU/GPU); auto picks native on CPU")
-    p.add_argument("--threads", type=int)
-    p.set_defaults(func=cmd_fit)
+    _add_threads(p)
 
-    p = sub.add_parser("fit-table", help="concatenate per-shard fits into one table per run")
-    p.add_argument("--fits", nargs="+", required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_fit_table)
+    p = _command(sub, "fit-table", cmd_fit_table, "concatenate per-shard fits into one table per series",
+                 "Rows keep the shards' token order.")
+    p.add_argument("--fits", nargs="+", required=True, help="per-shard fits HDF5 files, in shard order")
+    p.add_argument("--out", required=True, help="output fits table HDF5")
 
-    p = sub.add_parser("analyze", help="spectrum, shared pulse, reconstruction, power law -> summary.json + figures")
+    p = _command(sub, "analyze", cmd_analyze,
+                 "spectrum, shared pulse, reconstruction, power law -> summary.json + figures",
+                 "Options are the config's analysis section (schema defaults fill what is missing).")
     p.add_argument("--trajectories", nargs="+", required=True, help="trajectory shards of one run")
     p.add_argument("--fits", required=True, help="the run's fit table (fit-table output)")
-    p.add_argument("--run", required=True)
-    p.add_argument("--options", default="{}", help="JSON of the config's analysis section")
-    p.add_argument("--axis-label", default="training step")
+    p.add_argument("--run", required=True, help="series name (figure titles, summary)")
+    p.add_argument("--options", type=_json_object, default={}, help="JSON of the config's analysis section")
+    p.add_argument("--axis-label", default="training step", help="x-axis label of the figures")
     p.add_argument("--summary", required=True, help="output summary.json")
     p.add_argument("--figures", required=True, help="output folder for PNG + SVG figures")
-    p.set_defaults(func=cmd_analyze)
     return ap
 
 
