@@ -96,3 +96,19 @@ def test_cli_bad_model_shape_is_one_line_before_training(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(
         "tokenscale: error: config: runs[0].model.hidden_size=10 must be a multiple of 8"), lines
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["models", "--vocab-size", "-5"], "tokenscale models: error: argument --vocab-size: must be a positive integer, got -5"),
+        (["models", "--seq-len", "-100"], "tokenscale models: error: argument --seq-len: must be a positive integer, got -100"),
+        (["analyze", "--trajectories", "t.h5", "--fits", "f.h5", "--run", "r", "--summary", "s.json", "--figures", "f",
+          "--options", "{bad json"], "tokenscale analyze: error: argument --options: not valid JSON"),
+        (["check-config", "--spec", "[1"], "tokenscale: error: --spec is not valid JSON"),
+    ],
+)
+def test_cli_bad_values_are_one_line(args, message):
+    p = run_cli(*args, check=False)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), p.stderr
