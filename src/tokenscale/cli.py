@@ -190,7 +190,7 @@ def _expand_evals(paths) -> list:
 
 def cmd_external_tokens(args) -> int:
     from .data import build_token_set, load_tokenizer, read_documents, tokenizer_sha256
-    from .evaluate import discover_checkpoints
+    from .series import discover_checkpoints
 
     tok_path = args.tokenizer or str(discover_checkpoints(args.series)[0][1])
     tok = load_tokenizer(tok_path)

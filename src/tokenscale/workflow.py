@@ -6,10 +6,11 @@ from . import TokenscaleError
 from .config import validate_config
 
 
-def check_config(config: dict) -> None:
-    """Validate the workflow config; a bad key/type stops the workflow with one line naming it."""
+def check_config(config: dict) -> dict:
+    """Validate the workflow config once and return it with defaults filled; a bad key or type stops the
+    workflow with one line naming it."""
     try:
-        validate_config(config)
+        return validate_config(config)
     except TokenscaleError as e:
         from snakemake.exceptions import WorkflowError
 

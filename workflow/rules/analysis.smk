@@ -1,4 +1,4 @@
-# Decomposition of each run's loss curve: spectrum p(tau), shared pulse g, reconstruction, power law, figures.
+# Decomposition of each series' loss curve: spectrum p(tau), shared pulse g, reconstruction, power law, figures.
 
 
 rule analyze:
@@ -6,13 +6,13 @@ rule analyze:
         trajectories=trajectory_shards,
         fits=rules.fit_table.output.table,
     output:
-        summary=f"{RESULTS}/runs/{{run}}/analysis/summary.json",
+        summary=f"{RESULTS}/runs/{{series}}/analysis/summary.json",
         figures=report(
-            directory(f"{RESULTS}/runs/{{run}}/analysis/figures"),
+            directory(f"{RESULTS}/runs/{{series}}/analysis/figures"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Decomposition",
-            subcategory="{run}",
+            subcategory="{series}",
         ),
     params:
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
@@ -20,13 +20,13 @@ rule analyze:
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/analyze/{{run}}.log",
+        f"{RESULTS}/logs/analyze/{{series}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/analyze/{{run}}.tsv"
+        f"{RESULTS}/benchmarks/analyze/{{series}}.tsv"
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale analyze --trajectories {input.trajectories:q} --fits {input.fits:q} --run {wildcards.run:q} "
+        "tokenscale analyze --trajectories {input.trajectories:q} --fits {input.fits:q} --run {wildcards.series:q} "
         "--options {params.analysis:q} --axis-label {params.axis_label:q} --summary {output.summary:q} "
         "--figures {output.figures:q} > {log:q} 2>&1"

@@ -1,25 +1,28 @@
 # Helper functions: the only place with Python logic in the workflow. Everything heavy is in tokenscale.
+# Downstream of training, rules are keyed by {series} (tokenscale.series). The helpers below ask a series for
+# its checkpoints, token set and readiness and never which kind it is. Nothing here imports torch.
 import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from tokenscale.config import run_configs, validate_config
-from tokenscale.evaluate import discover_checkpoints
-
-CFG = validate_config(config)  # typed, defaults filled (already checked in the Snakefile)
+from tokenscale import TokenscaleError
+from tokenscale.config import run_configs
+from tokenscale.series import build_series
 
 RESULTS = CFG["results"]
 DATA = f"{RESULTS}/data"
 RUNS = run_configs(CFG)
 EXTERNAL = {e["name"]: e for e in CFG["external"]}
-_clash = sorted(set(RUNS) & set(EXTERNAL))
-if _clash:
-    raise WorkflowError(f"config: external series name(s) {', '.join(_clash)} clash with run names")
+try:
+    SERIES = build_series(CFG)
+except TokenscaleError as e:
+    raise WorkflowError(str(e)) from None
 
 
 wildcard_constraints:
     run="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    series="[A-Za-z0-9][A-Za-z0-9_.-]*",
     block="[0-9]+",
     shard="[0-9]+",
 
@@ -37,52 +40,38 @@ def run_spec(run):
     )
 
 
-def _external_steps(name):
-    return [s for s, _ in discover_checkpoints(EXTERNAL[name]["path"])]
-
-
-def steps(run):
-    return RUNS[run].checkpoint_steps() if run in RUNS else _external_steps(run)
-
-
-def checkpoint_dir(run, step):
-    if run in RUNS:
-        return f"{RESULTS}/runs/{run}/checkpoints/step{step:08d}"
-    return str(dict(discover_checkpoints(EXTERNAL[run]["path"]))[step])
+def series_dir(wildcards):
+    return f"{RESULTS}/runs/{wildcards.series}"
 
 
 def checkpoint_ready(wildcards):
-    """The file that exists once a checkpoint can be read (training finished, or the external folder)."""
-    if wildcards.run in RUNS:
-        return f"{RESULTS}/runs/{wildcards.run}/train.json"
-    return []
+    """Files that exist once the series' checkpoints can be read (a run's train.json; none for a folder)."""
+    return list(SERIES[wildcards.series].ready)
 
 
 def token_set(wildcards):
-    if wildcards.run in RUNS:
-        return f"{DATA}/valid_tokens.h5"
-    return f"{RESULTS}/runs/{wildcards.run}/valid_tokens.h5"
+    return SERIES[wildcards.series].token_set
 
 
-def eval_blocks(run):
-    """Checkpoint steps of a run grouped into evaluation jobs of eval.checkpoints_per_job (0 = one job)."""
-    all_steps = steps(run)
+def eval_blocks(series):
+    """Checkpoint steps of a series grouped into evaluation jobs of eval.checkpoints_per_job (0 = one job)."""
+    all_steps = SERIES[series].steps
     size = CFG["eval"]["checkpoints_per_job"] or len(all_steps)
     return [all_steps[i : i + size] for i in range(0, len(all_steps), size)]
 
 
 def block_checkpoints(wildcards):
-    """Checkpoint folders evaluated by one job: block {block} of run {run}."""
-    blocks = eval_blocks(wildcards.run)
+    """Checkpoint folders evaluated by one job: block {block} of series {series}."""
+    blocks = eval_blocks(wildcards.series)
     b = int(wildcards.block)
     if b >= len(blocks):
-        raise WorkflowError(f"run {wildcards.run}: evaluation block {b} does not exist ({len(blocks)} blocks)")
-    return [checkpoint_dir(wildcards.run, s) for s in blocks[b]]
+        raise WorkflowError(f"series {wildcards.series}: evaluation block {b} does not exist ({len(blocks)} blocks)")
+    return [SERIES[wildcards.series].checkpoint(s) for s in blocks[b]]
 
 
 def eval_dirs(wildcards):
-    n = len(eval_blocks(wildcards.run))
-    return [f"{RESULTS}/runs/{wildcards.run}/evals/block-{b:03d}" for b in range(n)]
+    n = len(eval_blocks(wildcards.series))
+    return [f"{series_dir(wildcards)}/evals/block-{b:03d}" for b in range(n)]
 
 
 def shard_ids():
@@ -90,20 +79,16 @@ def shard_ids():
 
 
 def trajectory_shards(wildcards):
-    return [f"{RESULTS}/runs/{wildcards.run}/trajectories/shard-{i:03d}.h5" for i in shard_ids()]
+    return [f"{series_dir(wildcards)}/trajectories/shard-{i:03d}.h5" for i in shard_ids()]
 
 
 def fit_shards(wildcards):
-    return [f"{RESULTS}/runs/{wildcards.run}/fits/shard-{i:03d}.h5" for i in shard_ids()]
-
-
-def analysed():
-    return list(RUNS) + list(EXTERNAL)
+    return [f"{series_dir(wildcards)}/fits/shard-{i:03d}.h5" for i in shard_ids()]
 
 
 def all_targets():
     out = [f"{DATA}/valid_tokens.h5"]
     out += [f"{RESULTS}/runs/{r}/train.json" for r in RUNS]
-    out += [f"{RESULTS}/runs/{r}/fits.h5" for r in analysed()]
-    out += [f"{RESULTS}/runs/{r}/analysis/summary.json" for r in analysed()]
+    out += [f"{RESULTS}/runs/{s}/fits.h5" for s in SERIES]
+    out += [f"{RESULTS}/runs/{s}/analysis/summary.json" for s in SERIES]
     return out

@@ -7,16 +7,16 @@ rule external_token_set:
     input:
         docs=rules.prepare_corpus.output.valid,
     output:
-        tokens=f"{RESULTS}/runs/{{run}}/valid_tokens.h5",
+        tokens=f"{RESULTS}/runs/{{series}}/valid_tokens.h5",
     params:
-        series=lambda w: EXTERNAL[w.run]["path"],
-        tokenizer=lambda w: EXTERNAL[w.run]["tokenizer"] or checkpoint_dir(w.run, steps(w.run)[0]),
-        seq_len=lambda w: EXTERNAL[w.run]["seq_len"] or CFG["data"]["seq_len"],
+        series=lambda w: EXTERNAL[w.series]["path"],
+        tokenizer=lambda w: EXTERNAL[w.series]["tokenizer"] or SERIES[w.series].checkpoints[0][1],
+        seq_len=lambda w: EXTERNAL[w.series]["seq_len"] or CFG["data"]["seq_len"],
         n_seqs=CFG["data"]["valid_sequences"],
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/external_token_set/{{run}}.log",
+        f"{RESULTS}/logs/external_token_set/{{series}}.log",
     resources:
         mem_mb=4000,
         runtime=30,
@@ -32,7 +32,7 @@ rule evaluate_checkpoint:
         ready=checkpoint_ready,
         tokens=token_set,
     output:
-        evals=directory(f"{RESULTS}/runs/{{run}}/evals/block-{{block}}"),
+        evals=directory(f"{RESULTS}/runs/{{series}}/evals/block-{{block}}"),
     params:
         checkpoints=block_checkpoints,
         batch_size=CFG["eval"]["batch_size"],
@@ -40,9 +40,9 @@ rule evaluate_checkpoint:
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/evaluate/{{run}}/block-{{block}}.log",
+        f"{RESULTS}/logs/evaluate/{{series}}/block-{{block}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{run}}/block-{{block}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{series}}/block-{{block}}.tsv"
     threads: CFG["threads"]
     resources:
         mem_mb=8000,
@@ -57,20 +57,20 @@ rule assemble_shard:
         evals=eval_dirs,
         tokens=token_set,
     output:
-        shard=f"{RESULTS}/runs/{{run}}/trajectories/shard-{{shard}}.h5",
+        shard=f"{RESULTS}/runs/{{series}}/trajectories/shard-{{shard}}.h5",
     params:
         n_shards=CFG["eval"]["shards"],
-        config_hash=lambda w: RUNS[w.run].hash if w.run in RUNS else "external",
+        config_hash=lambda w: SERIES[w.series].config_hash,
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/assemble/{{run}}/shard-{{shard}}.log",
+        f"{RESULTS}/logs/assemble/{{series}}/shard-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/assemble/{{run}}/shard-{{shard}}.tsv"
+        f"{RESULTS}/benchmarks/assemble/{{series}}/shard-{{shard}}.tsv"
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
         "tokenscale assemble --evals {input.evals:q} --tokens {input.tokens:q} --shard {wildcards.shard:q} "
-        "--n-shards {params.n_shards:q} --run {wildcards.run:q} --config-hash {params.config_hash:q} "
+        "--n-shards {params.n_shards:q} --run {wildcards.series:q} --config-hash {params.config_hash:q} "
         "--out {output.shard:q} > {log:q} 2>&1"

@@ -1,11 +1,11 @@
-# Sigmoid fit of every token trajectory, one job per shard, then one table per run.
+# Sigmoid fit of every token trajectory, one job per shard, then one table per series.
 
 
 rule fit_shard:
     input:
         shard=rules.assemble_shard.output.shard,
     output:
-        fits=f"{RESULTS}/runs/{{run}}/fits/shard-{{shard}}.h5",
+        fits=f"{RESULTS}/runs/{{series}}/fits/shard-{{shard}}.h5",
     params:
         axis=CFG["fit"]["axis"],
         transform=CFG["fit"]["transform"],
@@ -14,9 +14,9 @@ rule fit_shard:
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/fit/{{run}}/shard-{{shard}}.log",
+        f"{RESULTS}/logs/fit/{{series}}/shard-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/fit/{{run}}/shard-{{shard}}.tsv"
+        f"{RESULTS}/benchmarks/fit/{{series}}/shard-{{shard}}.tsv"
     threads: CFG["threads"]
     resources:
         mem_mb=8000,
@@ -31,11 +31,11 @@ rule fit_table:
     input:
         fits=fit_shards,
     output:
-        table=f"{RESULTS}/runs/{{run}}/fits.h5",
+        table=f"{RESULTS}/runs/{{series}}/fits.h5",
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/fit/{{run}}/table.log",
+        f"{RESULTS}/logs/fit/{{series}}/table.log",
     resources:
         mem_mb=8000,
         runtime=30,
