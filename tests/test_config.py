@@ -112,3 +112,24 @@ def test_cli_bad_values_are_one_line(args, message):
     p = run_cli(*args, check=False)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), p.stderr
+
+
+def test_library_and_cli_defaults_are_the_schema_defaults():
+    """The schema is the one source of workflow defaults; functions that keep keyword defaults agree with it."""
+    import inspect
+
+    from tokenscale.cli import build_parser
+    from tokenscale.config import schema_default
+    from tokenscale.spectrum import analyze
+
+    params = inspect.signature(analyze).parameters
+    for key in ("n_bins", "n_boot", "seed", "transient"):
+        assert params[key].default == schema_default(f"analysis.{key}"), key
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for cmd, dest, key in [("evaluate", "batch_size", "eval.batch_size"), ("evaluate", "device", "eval.device"),
+                           ("fit", "axis", "fit.axis"), ("fit", "transform", "fit.transform"),
+                           ("fit", "device", "fit.device"), ("fit", "engine", "fit.engine")]:
+        assert sub[cmd].get_default(dest) == schema_default(key), (cmd, dest)
+    with pytest.raises(KeyError, match="no key 'eval.nope'"):
+        schema_default("eval.nope")
+    assert schema_default("runs.lr") == validate_config({"runs": [{"name": "a", "axis": "T"}]})["runs"][0]["lr"]

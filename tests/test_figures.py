@@ -48,7 +48,7 @@ def made(tmp_path_factory):
     L, fit = _planted()
     res = spectrum.analyze(L, fit, transient=0.2, n_boot=20, n_bins=20, min_bin_count=10)
     out = tmp_path_factory.mktemp("figs")
-    paths = figures.make_figures(res, fit, L, out, axis_label="training step", run_name="planted")
+    paths = figures.make_figures(res, out, axis_label="training step", run_name="planted")
     return out, paths
 
 
@@ -73,4 +73,4 @@ def test_all_figures_written(made):
 
 def test_bad_result_raises(tmp_path):
     with pytest.raises(TokenscaleError):
-        figures.make_figures(object(), None, None, tmp_path)
+        figures.make_figures(object(), tmp_path)

@@ -1,8 +1,11 @@
 """tokenscale: token-level decomposition of language-model scaling laws.
 
-One module per paper concept: ``data``, ``model``, ``train``, ``evaluate``, ``io``, ``fit``,
-``spectrum``, ``frontier``, ``reshape``, ``synthetic``, ``figures``. Analysis modules never import
-deepspeed.
+One home per paper concept (``docs/architecture.md`` maps stages to rules, modules and files):
+``config`` (schema, typed runs), ``data`` (corpus, tokenizer, token files), ``model`` and ``sampler`` and
+``train`` (training), ``series`` (what is evaluated downstream of training), ``evaluate`` (per-token losses),
+``io`` (file formats), ``fit`` (the sigmoid fit engine), ``spectrum`` (the decomposition), ``figures``,
+``atomic`` (the one atomic writer), ``cli`` (the ``tokenscale`` command every workflow rule calls).
+Analysis modules (``io``, ``series``, ``spectrum``, ``figures``) never import torch or deepspeed.
 """
 
 __version__ = "0.1.0"

@@ -259,7 +259,7 @@ def cmd_analyze(args) -> int:
     res = analyze(losses, fit, n_bins=opts["n_bins"], n_boot=opts["n_boot"], seed=opts["seed"],
                   transient=opts["transient"])
     write_summary(res, args.summary, extra={"run": args.run, "config_sha256": meta["attrs"].get("config_sha256", "")})
-    figs = make_figures(res, fit, losses, args.figures, axis_label=args.axis_label, run_name=args.run)
+    figs = make_figures(res, args.figures, axis_label=args.axis_label, run_name=args.run)
     print(f"analyze: {args.run}: {len(figs)} figures -> {args.figures}", file=sys.stderr)
     return 0
 
@@ -315,6 +315,8 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import schema_default  # the one source of workflow defaults
+
     ap = _Parser(prog="tokenscale", description="Token-level decomposition of LM scaling laws. Every workflow rule "
                  "calls one of these commands; each works on its own too.")
     ap.add_argument("--version", action="version", version=f"tokenscale {__version__}")
@@ -356,8 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", required=True, help="token set HDF5 (docs/formats.md)")
     p.add_argument("--out", help="output eval HDF5 for a single checkpoint (written atomically)")
     p.add_argument("--out-dir", help="folder for one step<N>.h5 per checkpoint (each written atomically)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per forward pass")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    p.add_argument("--batch-size", type=_positive_int, default=schema_default("eval.batch_size"),
+                   help="sequences per forward pass")
+    p.add_argument("--device", default=schema_default("eval.device"), choices=["auto", "cpu", "cuda"],
+                   help="auto = cuda when available")
     _add_threads(p)
 
     p = _command(sub, "external-tokens", cmd_external_tokens,
@@ -384,9 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "Model: loss = post + delta * (1 - sigmoid(lambda * (x - tau))), x = transformed axis (docs/fit.md).")
     p.add_argument("--trajectories", required=True, help="trajectory shard HDF5")
     p.add_argument("--out", required=True, help="output fits HDF5")
-    p.add_argument("--axis", choices=["step", "tokens"], default="step", help="axis the trajectories are fitted on")
-    p.add_argument("--transform", choices=["log10", "linear"], default="log10", help="x = transform(axis)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    p.add_argument("--axis", choices=["step", "tokens"], default=schema_default("fit.axis"),
+                   help="axis the trajectories are fitted on")
+    p.add_argument("--transform", choices=["log10", "linear"], default=schema_default("fit.transform"),
+                   help="x = transform(axis)")
+    p.add_argument("--device", default=schema_default("fit.device"), choices=["auto", "cpu", "cuda"],
+                   help="auto = cuda when available")
     p.add_argument("--engine", default="auto", choices=["auto", "native", "torch"],
                    help="LM implementation: native C kernel (CPU), torch (CPU/GPU); auto picks native on CPU")
     _add_threads(p)

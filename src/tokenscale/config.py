@@ -9,6 +9,7 @@ the key, e.g. ``config: unknown key 'runs[0].lrr' (allowed: axis, batch_size, ..
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -24,9 +25,31 @@ from . import TokenscaleError
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
-def load_schema() -> dict:
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
+
+
+def load_schema() -> dict:
+    """The config schema (a fresh copy: callers may modify it)."""
+    return copy.deepcopy(_schema())
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default for a dotted workflow key, e.g. ``"eval.batch_size"`` or ``"runs.lr"``.
+
+    The schema is the one source of workflow defaults: the CLI's option defaults and the library functions'
+    keyword defaults are read from here or tested against it."""
+    node = _schema()
+    for part in key.split("."):
+        node = node.get("items", node)
+        if part not in node.get("properties", {}):
+            raise KeyError(f"config schema has no key {key!r}")
+        node = node["properties"][part]
+    if "default" not in node:
+        raise KeyError(f"config schema key {key!r} has no default")
+    return copy.deepcopy(node["default"])
 
 
 def _fill_defaults(instance: Any, schema: dict) -> None:
@@ -94,7 +117,8 @@ def validate_config(cfg: dict | None) -> dict:
     return cfg
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file and :func:`validate_config` it."""
     path = Path(path)
     if not path.is_file():
         raise TokenscaleError(f"config: file not found: {path}")
@@ -103,19 +127,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
             cfg = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise TokenscaleError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if overrides:
-        cfg = deep_update(cfg, overrides)
     return validate_config(cfg)
-
-
-def deep_update(base: dict, upd: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in upd.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def config_hash(obj: Any) -> str:
@@ -124,36 +136,6 @@ def config_hash(obj: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------- typed views
-@dataclass(frozen=True)
-class DataConfig:
-    builtin: bool
-    builtin_domains: tuple[str, ...]
-    builtin_max_chars: int | None
-    corpora: tuple[dict, ...]
-    valid_fraction: float
-    split_seed: int
-    vocab_size: int
-    min_frequency: int
-    seq_len: int
-    valid_sequences: int
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DataConfig":
-        d = validate_config({"data": d})["data"]
-        return cls(
-            builtin=d["builtin"],
-            builtin_domains=tuple(d["builtin_domains"]),
-            builtin_max_chars=d["builtin_max_chars"],
-            corpora=tuple(d["corpora"]),
-            valid_fraction=d["valid_fraction"],
-            split_seed=d["split_seed"],
-            vocab_size=d["vocab_size"],
-            min_frequency=d["min_frequency"],
-            seq_len=d["seq_len"],
-            valid_sequences=d["valid_sequences"],
-        )
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """One training run, fully resolved (defaults filled). ``spec`` is the validated dict it came from."""

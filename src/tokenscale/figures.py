@@ -502,12 +502,11 @@ def _fig12(res, lab, outdir, title):
     return _save(fig, outdir, "fig12_reconstruction")
 
 
-def make_figures(result, fit=None, losses=None, outdir=".", *, axis_label: str = "training step",
+def make_figures(result, outdir=".", *, axis_label: str = "training step",
                  run_name: str | None = None) -> dict[str, str]:
     """Write all figures for ``result`` into ``outdir``; returns ``{name: png_path}``.
 
-    ``fit`` and ``losses`` are accepted for API symmetry; every plotted quantity (including the
-    sampled token trajectories) is already stored on ``result``.
+    Every plotted quantity (including the sampled token trajectories) is stored on ``result``.
     """
     if not hasattr(result, "axis_x") or not hasattr(result, "sample_params"):
         raise TokenscaleError("make_figures needs a SpectrumResult from tokenscale.spectrum.analyze")

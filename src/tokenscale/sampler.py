@@ -12,7 +12,6 @@ data order depends only on the seed, never on the number of ranks, and resuming 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +98,3 @@ def rank_slice(global_batch: int, rank: int, world: int) -> slice:
     per = global_batch // world
     return slice(rank * per, (rank + 1) * per)
 
-
-def describe(sampler) -> str:
-    return json.dumps(sampler.state())

@@ -546,7 +546,7 @@ def analyze(
     fit,
     *,
     n_bins: int = 40,
-    transient=0.1,
+    transient="dpeak",
     smoothing: str = "none",
     savgol_window: int = 5,
     savgol_polyorder: int = 2,
