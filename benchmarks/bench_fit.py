@@ -33,6 +33,8 @@ import warnings
 
 import numpy as np
 
+from tokenscale.fit.engines import ENGINES  # the registry of engine names (no torch)
+
 
 def _model(x, post, delta, tau, lam):
     z = np.clip(lam * (tau - x), -60.0, 60.0)
@@ -90,9 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=64, help="checkpoints per trajectory (default 64)")
     ap.add_argument("--device", default="cpu", help="engine device: cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="engine compute dtype")
-    ap.add_argument("--engine", default="auto", choices=["auto", "native", "triton", "torch"],
+    ap.add_argument("--engine", default="auto", choices=list(ENGINES),
                     help="LM implementation (default auto: native C kernel on CPU, Triton on CUDA)")
-    ap.add_argument("--baseline-engine", choices=["native", "triton", "torch"],
+    ap.add_argument("--baseline-engine", choices=[e for e in ENGINES if e != "auto"],
                     help="also time this engine on the same rows in the same run and print the speed ratio")
     ap.add_argument("--repeats", type=int, default=3, help="engine timings, best reported (default 3)")
     ap.add_argument("--scipy-p0", default="grid", choices=["grid", "naive"], help="scipy's start (default: the engine's grid start)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where the fit engine's time goes: host->device copy, grid start + LM (``_fit_block``), post-processing
+"""Where the fit engine's time goes: host->device copy, grid start + LM (``tokenscale.fit.chunks.fit_block``), post-processing
 (numpy float64 parameters, R², categories), and the top torch operators (torch.profiler) of one block.
 
     python benchmarks/profile_fit.py --device cuda --n 2000000
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    import tokenscale.fit as F
+    import tokenscale.fit.api as F  # the module whose functions are timed below
     from tokenscale.planted import default_step_axis, planted_trajectories
 
     axis = default_step_axis(64)
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     F.fit_sigmoids(Y[:20000], axis, **opts)  # warm-up
 
     phases = {"to_tensor": 0.0, "fit_block": 0.0, "fit_rows_total": 0.0}
-    orig_tt, orig_fb, orig_fr = F._to_tensor, F._fit_block, F._Fitter.fit_rows
+    orig_tt, orig_fb, orig_fr = F._to_tensor, F.fit_block, F._Fitter.fit_rows
 
     def timed(name, fn):
         def wrap(*a, **k):
@@ -46,14 +46,14 @@ def main(argv=None) -> int:
         return wrap
 
     F._to_tensor = timed("to_tensor", orig_tt)
-    F._fit_block = timed("fit_block", orig_fb)
+    F.fit_block = timed("fit_block", orig_fb)
     F._Fitter.fit_rows = timed("fit_rows_total", orig_fr)
     sync()
     t0 = time.perf_counter()
     fit = F.fit_sigmoids(Y, axis, **opts)
     sync()
     wall = time.perf_counter() - t0
-    F._to_tensor, F._fit_block, F._Fitter.fit_rows = orig_tt, orig_fb, orig_fr
+    F._to_tensor, F.fit_block, F._Fitter.fit_rows = orig_tt, orig_fb, orig_fr
     other = phases["fit_rows_total"] - phases["to_tensor"] - phases["fit_block"]
     print(f"{args.n:,} rows on {args.device}: {wall:.3f}s = {args.n / wall:,.0f} fits/s; "
           f"to_tensor {phases['to_tensor']:.3f}s, fit_block {phases['fit_block']:.3f}s, "

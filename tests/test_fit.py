@@ -93,8 +93,8 @@ ENGINES = ["native", "torch"]
 
 @pytest.fixture(autouse=True, params=ENGINES, scope="module")
 def engine(request):
-    from tokenscale import fit as fit_mod
-    from tokenscale import native
+    from tokenscale.fit import api as fit_mod
+    from tokenscale.fit.engines import native
 
     if request.param == "native" and not native.available():
         pytest.skip(f"native kernel unavailable: {native.build_error()}")

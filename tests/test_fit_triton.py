@@ -1,4 +1,4 @@
-"""The fused Triton kernel of the fit (:mod:`tokenscale.fit_triton`).
+"""The fused Triton kernel of the fit (:mod:`tokenscale.fit.engines.triton_lm`).
 
 On a CUDA machine it runs natively (tests/test_fit.py::test_cuda_matches_cpu covers it as the CUDA default);
 here it also runs on CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set before Python starts, hence
@@ -43,7 +43,7 @@ print(json.dumps({
 
 @pytest.mark.parametrize("k, dtype", [(64, "float32"), (36, "float32"), (36, "float64")])
 def test_triton_kernel_matches_native_under_the_interpreter(k, dtype):
-    from tokenscale import native
+    from tokenscale.fit.engines import native
 
     if not native.available():
         pytest.skip(f"native kernel unavailable: {native.build_error()}")
@@ -64,7 +64,7 @@ def test_triton_kernel_matches_native_under_the_interpreter(k, dtype):
 def test_triton_engine_refuses_a_cpu_device_without_the_interpreter():
     from tokenscale import TokenscaleError
     from tokenscale.fit import fit_sigmoids
-    from tokenscale.fit_triton import interpreted
+    from tokenscale.fit.engines.triton_lm import interpreted
     from tokenscale.planted import default_step_axis, planted_trajectories
 
     if interpreted() or torch.cuda.is_available():

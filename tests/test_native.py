@@ -1,5 +1,5 @@
-"""The native CPU kernel of the fit (:mod:`tokenscale.native`): agreement with the torch engine, its build
-cache, and the fallbacks when it cannot be built.  (tests/test_fit.py runs every numerics test with both
+"""The native CPU kernel of the fit (:mod:`tokenscale.fit.engines.native`): agreement with the torch engine,
+its build cache, and the fallbacks when it cannot be built.  (tests/test_fit.py runs every numerics test with both
 engines.)"""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokenscale import TokenscaleError, native
+from tokenscale import TokenscaleError
+from tokenscale.fit.engines import native
 from tokenscale.fit import fit_sigmoids
 from tokenscale.planted import default_step_axis, planted_trajectories
 
@@ -81,7 +82,7 @@ def test_kernel_is_built_once_into_the_cache_and_reused(fresh_native):
 
 def test_without_a_compiler_auto_falls_back_to_torch_and_native_is_refused(fresh_native, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    from tokenscale import fit as fit_mod
+    from tokenscale.fit import api as fit_mod
 
     monkeypatch.setattr(fit_mod, "_ENGINE_WARNED", [])
     y, _ = planted_trajectories(200, seed=1)

@@ -237,7 +237,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_fit_table(args) -> int:
-    from .fit import concat_fits, load_fits, save_fits
+    from .fitsio import concat_fits, load_fits, save_fits
 
     parts = [load_fits(p) for p in args.fits]
     save_fits(args.out, concat_fits(parts), attrs={"shards": [str(p) for p in args.fits]})
@@ -247,7 +247,7 @@ def cmd_fit_table(args) -> int:
 def cmd_analyze(args) -> int:
     from .config import validate_config
     from .figures import make_figures
-    from .fit import load_fits
+    from .fitsio import load_fits
     from .io import read_run_trajectories
     from .spectrum import analyze, write_summary
 
@@ -394,8 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x = transform(axis)")
     p.add_argument("--device", default=schema_default("fit.device"), choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available")
-    p.add_argument("--engine", default="auto", choices=["auto", "native", "torch"],
-                   help="LM implementation: native C kernel (CPU), torch (CPU/GPU); auto picks native on CPU")
+    from .fit.engines import ENGINES  # the one registry of fit engines
+
+    p.add_argument("--engine", default=schema_default("fit.engine"), choices=list(ENGINES),
+                   help="fit implementation: " + "; ".join(f"{name} = {what}" for name, what in ENGINES.items()))
     _add_threads(p)
 
     p = _command(sub, "fit-table", cmd_fit_table, "concatenate per-shard fits into one table per series",

@@ -33,11 +33,7 @@ from matplotlib.figure import Figure
 
 from tokenscale import TokenscaleError
 from tokenscale.atomic import atomic_output
-
-try:
-    from tokenscale.fit import CATEGORY_NAMES  # type: ignore
-except Exception:  # pragma: no cover
-    CATEGORY_NAMES = ("learned", "early", "late", "unlearned")
+from tokenscale.fitsio import CATEGORY_NAMES
 
 FIGURE_NAMES = ("fig01_overview", "fig02_token_trajectories", "fig03_step_axis",
                 "fig10_shape_vs_tau", "fig11_pulse_svd", "fig12_reconstruction")

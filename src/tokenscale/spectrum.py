@@ -99,11 +99,7 @@ from scipy.signal import savgol_filter
 from scipy.special import expit
 
 from tokenscale import TokenscaleError, atomic
-
-try:  # the real names, when the fit module exists
-    from tokenscale.fit import CATEGORY_NAMES  # type: ignore
-except Exception:  # pragma: no cover - depends on a sibling module
-    CATEGORY_NAMES = ("learned", "early", "late", "unlearned")
+from tokenscale.fitsio import CATEGORY_NAMES
 
 FINE_BINS = 1024  # fine τ histogram for the tail fit (bins across the window on x)
 _STATUS_INVALID = 2

@@ -1,7 +1,10 @@
-"""The native CPU kernel of the sigmoid fit (``csrc/fit_lm.c``): build on first use, load with ctypes.
+"""The ``native`` engine: the per-row C kernel (``csrc/fit_lm.c``), built on first use, loaded by ctypes.
 
-The Levenberg-Marquardt stage of :mod:`tokenscale.fit` runs per row in C on CPU (the torch
-implementation is the reference and the GPU path).  The kernel is compiled once per machine with the
+The grid start and Levenberg-Marquardt of :mod:`tokenscale.fit.problem` run per row in C on CPU (the torch
+engine is the reference and the GPU fallback); every row iterates to its own end, so a row's result
+depends on that row only, whatever the chunks and threads.  The bounds and the LM constants reach the
+kernel through :class:`Box` (``tks_box_t``), filled from :meth:`Problem.kernel_constants
+<tokenscale.fit.problem.Problem.kernel_constants>`.  The kernel is compiled once per machine with the
 system C compiler - ``$CC`` or ``cc`` - as ``-O3 -march=native -fopenmp-simd`` (retried without
 ``-march=native`` if the compiler refuses it) into a cache folder (``$TOKENSCALE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/tokenscale``, else ``~/.cache/tokenscale``; a temporary folder if none is writable),
@@ -29,22 +32,24 @@ import torch
 
 from tokenscale import TokenscaleError
 
-__all__ = ["Box", "available", "load", "prep", "fit", "build_error"]
+__all__ = ["Box", "available", "load", "prep", "fit", "fit_chunk", "build_error"]
 
 _SRC_DIR = Path(__file__).parent / "csrc"
 _SOURCES = ("fit_lm.c", "fit_lm_impl.h")
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 _BASE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"]
 _lock = threading.Lock()
 _state: dict = {}
 
 
 class Box(ctypes.Structure):
-    """Bounds and options shared by all rows (``tks_box_t`` in csrc/fit_lm.c)."""
+    """Bounds, options and LM constants shared by all rows (``tks_box_t`` in csrc/fit_lm.c; the keys of
+    :meth:`tokenscale.fit.problem.Problem.kernel_constants`)."""
 
     _fields_ = [(name, ctypes.c_double) for name in ("tlo", "thi", "rlo", "rhi", "tol", "delta_max", "grid_dt",
                                                       "grid_dr", "step_cap_tau", "step_cap_rho", "mu0",
-                                                      "mu_reject")] + \
+                                                      "mu_reject", "mu_accept", "mu_min", "mu_grow",
+                                                      "mu_max")] + \
                [(name, ctypes.c_int) for name in ("max_iter", "n_tau", "n_lam", "refine")]
 
 
@@ -213,3 +218,21 @@ def fit(Yc: torch.Tensor, U: torch.Tensor, ybar: torch.Tensor, rng: torch.Tensor
         grid_tau.data_ptr(), grid_rho.data_ptr(), ctypes.byref(box), *(out[name].data_ptr() for name in names))
     if rc != 0:
         raise TokenscaleError(f"native fit kernel failed (code {rc}: out of memory for K={k})")
+
+
+def fit_chunk(Y: torch.Tensor, lo: int, hi: int, P, opts: dict, out: dict, ws: dict | None) -> dict:
+    """Fit rows lo:hi of the CPU tensor Y with the native kernel (centring, grid start and LM of every row
+    in C; a row's result depends on that row only).  ``P``: the
+    :class:`~tokenscale.fit.engines.torch_lm.TorchProblem` (its CPU tensors ``U``, ``t``, ``grid_tau``,
+    ``grid_rho``); ``opts["box"]``: the :class:`Box`; ``out``: the block's (n,) result tensors; ``ws``:
+    this worker's scratch buffers (returned, grown when needed)."""
+    m, k = hi - lo, Y.shape[1]
+    if ws is None or ws["Yc"].shape[0] < m:
+        ws = {"Yc": torch.empty((m, k), dtype=Y.dtype), "rng": torch.empty((m,), dtype=Y.dtype),
+              "valid": torch.empty((m,), dtype=torch.int8)}
+    Yc, rng, valid = ws["Yc"][:m], ws["rng"][:m], ws["valid"][:m]
+    prep(Y[lo:hi], Yc, out["ybar"][lo:hi], out["sst"][lo:hi], rng, valid)
+    names = ("tau", "rho", "sse", "delta", "gbar", "status", "n_iter")
+    fit(Yc, P.U, out["ybar"][lo:hi], rng, valid, P.t, P.grid_tau, P.grid_rho, opts["box"],
+        {name: out[name][lo:hi] for name in names})
+    return ws

@@ -1,23 +1,26 @@
 /* tokenscale native fit kernel: per-row Levenberg-Marquardt for the sigmoid fit on CPU.
  *
- * Built at first use by tokenscale/native.py with the system C compiler (cc -O3 -march=native
+ * Built at first use by tokenscale/fit/engines/native.py with the system C compiler (cc -O3 -march=native
  * -fopenmp-simd -shared) and loaded with ctypes; no Python headers and no OpenMP runtime are needed
  * (threads are Python threads: ctypes releases the GIL during the call).  The algorithm is documented in
- * fit_lm_impl.h and tokenscale/fit.py; the algorithm's constants come from fit.py through tks_box_t.
+ * tokenscale/fit/problem.py and fit_lm_impl.h; its bounds and LM constants come from there through
+ * tks_box_t (Problem.kernel_constants).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TKS_ABI_VERSION 4
+#define TKS_ABI_VERSION 5
 #define TKS_TILE 16
 
-/* bounds and options shared by all rows (mirrors native._Box) */
+/* bounds, options and LM constants shared by all rows (mirrors native.Box; filled from
+ * tokenscale.fit.problem: Problem.kernel_constants) */
 typedef struct {
     double tlo, thi, rlo, rhi; /* box of tau' and rho = log lam' */
     double tol, delta_max, grid_dt, grid_dr;
-    double step_cap_tau, step_cap_rho, mu0, mu_reject; /* LM step caps and damping (fit._STEP_CAP_*, _MU*) */
+    double step_cap_tau, step_cap_rho;            /* problem.STEP_CAP_TAU, STEP_CAP_RHO */
+    double mu0, mu_reject, mu_accept, mu_min, mu_grow, mu_max; /* problem.MU0, MU_REJECT, ... */
     int max_iter, n_tau, n_lam, refine;
 } tks_box_t;
 

@@ -1,12 +1,14 @@
-"""The fused GPU kernel of the sigmoid fit's Levenberg-Marquardt stage (Triton).
+"""The ``triton`` engine: the fused GPU kernel of the fit's Levenberg-Marquardt stage (Triton).
 
-The torch engine (:func:`tokenscale.fit._lm`) launches ~150 small kernels per LM iteration, each a full
-pass over the (rows, K) chunk in GPU memory.  This kernel runs the same algorithm - the reduced
+The torch engine (:func:`tokenscale.fit.engines.torch_lm.lm`) launches ~150 small kernels per LM iteration,
+each a full pass over the (rows, K) chunk in GPU memory.  This kernel runs the same algorithm - the reduced
 (variable-projection) problem over ``theta = (tau', rho = log lam')``, closed-form ``(post, delta)``,
 Kaufman's Gauss-Newton matrix or the exact reduced Hessian, per-row damping, projection onto the box, the
 same convergence test and final undamped polish step - for a block of ``BM`` rows per program with the
 rows' K points held in registers: one launch per chunk, the chunk read from memory once.  A block iterates
-until its last row has finished (finished rows are masked, their results frozen).
+until its last row has finished (finished rows are masked, their results frozen).  It starts from the torch
+engine's grid start (:func:`~tokenscale.fit.engines.torch_lm.start_rows`); the bounds come in a small tensor
+and the LM constants of :mod:`tokenscale.fit.problem` as ``constexpr`` arguments.
 
 It is used on CUDA when Triton is importable (``engine="auto"`` or ``"triton"``).  With
 ``TRITON_INTERPRET=1`` set before Python starts, Triton's interpreter runs it on CPU tensors, which is how
@@ -18,6 +20,17 @@ from __future__ import annotations
 import os
 
 import torch
+
+from tokenscale.fit.problem import (
+    MU0,
+    MU_ACCEPT,
+    MU_GROW,
+    MU_MAX,
+    MU_MIN,
+    MU_REJECT,
+    STEP_CAP_RHO,
+    STEP_CAP_TAU,
+)
 
 __all__ = ["available", "interpreted", "lm"]
 
@@ -48,7 +61,7 @@ if triton is not None:
 
     @triton.jit
     def _basis(y, t2, cmask, tau, rho, dmax, gvar_rel, inv_k):
-        # b = sigmoid(s z), z = s lam' (tau' - t), s = -1 where tau' > 0 (see fit._basis)
+        # b = sigmoid(s z), z = s lam' (tau' - t), s = -1 where tau' > 0 (see torch_lm._basis)
         lam = tl.exp(rho)
         pos = tau > 0
         sl = tl.where(pos, -lam, lam)
@@ -152,6 +165,7 @@ if triton is not None:
     def _lm_kernel(Y, ldy, T, TAU0, RHO0, DMAX, FLOOR, IDX, O_TAU, O_RHO, O_SSE, O_DELTA, O_GBAR, O_STATUS, O_NITER,
                    S, n, K, max_iter,
                    BM: tl.constexpr, KP: tl.constexpr, MU0: tl.constexpr, MU_REJECT: tl.constexpr,
+                   MU_ACCEPT: tl.constexpr, MU_MIN: tl.constexpr, MU_GROW: tl.constexpr, MU_MAX: tl.constexpr,
                    CAP_TAU: tl.constexpr, CAP_RHO: tl.constexpr):
         # S: the real-valued constants in the compute dtype (scalar kernel arguments would be float32)
         inv_k = tl.load(S + 0)
@@ -196,7 +210,7 @@ if triton is not None:
             # Gauss-Newton decrement of the undamped step: the convergence test
             g0, g1 = _solve2(h00, h01, h11, b0, b1, mu * 0.0, f0, f1, eps)
             dec = -(g0 * b0 + g1 * b1)
-            conv = (dec <= tol * sse + fl) | (mu > 1e8) | done
+            conv = (dec <= tol * sse + fl) | (mu > MU_MAX) | done
             fin = active & (conv | (it >= max_iter))
             if tl.sum(fin.to(tl.int32), 0) > 0:
                 # polish: the final undamped step, kept where it lowers the SSE
@@ -230,7 +244,7 @@ if triton is not None:
             h11 = tl.where(acc, h112, h11)
             tau = tl.where(acc, tn, tau)
             rho = tl.where(acc, rn, rho)
-            mu = tl.where(acc, tl.maximum(mu * 0.2, 1e-7), tl.where(rej, tl.maximum(mu * 10.0, MU_REJECT), mu))
+            mu = tl.where(acc, tl.maximum(mu * MU_ACCEPT, MU_MIN), tl.where(rej, tl.maximum(mu * MU_GROW, MU_REJECT), mu))
             it = tl.where(active, it + 1, it)
             n_active = tl.sum(active.to(tl.int32), 0)
         dst = tl.load(IDX + rows, mask=rmask, other=0)
@@ -256,7 +270,8 @@ def _block_rows(k: int) -> tuple[int, int, int]:
 
 def lm(Yc: torch.Tensor, X: torch.Tensor, idx: torch.Tensor, P, opts: dict, out: dict) -> None:
     """Run the fused LM on the (m, K) centred rows ``Yc`` from the start ``X`` (the (6, m) state of
-    :func:`tokenscale.fit._start_rows`: tau', rho, dmax, floor, ...); results go to ``out[...][idx]``."""
+    :func:`tokenscale.fit.engines.torch_lm.start_rows`: tau', rho, dmax, floor, ...); results go to
+    ``out[...][idx]``."""
     m, k = Yc.shape
     if m == 0:
         return
@@ -264,8 +279,6 @@ def lm(Yc: torch.Tensor, X: torch.Tensor, idx: torch.Tensor, P, opts: dict, out:
         Yc = Yc.contiguous()
     tau0, rho0, dmax, floor = (X[i].contiguous() for i in range(4))
     idx = idx.to(torch.int64).contiguous()
-    from tokenscale import fit as F  # the algorithm's constants live there
-
     bm, kp, warps = _block_rows(k)
     consts = torch.tensor([1.0 / k, P.tlo, P.thi, P.rlo, P.rhi, float(opts["tol"]), float(P.eps), float(P.gvar_rel)],
                           dtype=Yc.dtype, device=Yc.device)
@@ -275,7 +288,8 @@ def lm(Yc: torch.Tensor, X: torch.Tensor, idx: torch.Tensor, P, opts: dict, out:
         Yc, Yc.stride(0), P.t, tau0, rho0, dmax, floor, idx,
         out["tau"], out["rho"], out["sse"], out["delta"], out["gbar"], out["status"], out["n_iter"],
         consts, m, k, int(opts["max_iter"]),
-        BM=bm, KP=kp, MU0=F._MU0, MU_REJECT=F._MU_REJECT, CAP_TAU=F._STEP_CAP_TAU, CAP_RHO=F._STEP_CAP_RHO,
+        BM=bm, KP=kp, MU0=MU0, MU_REJECT=MU_REJECT, MU_ACCEPT=MU_ACCEPT, MU_MIN=MU_MIN, MU_GROW=MU_GROW,
+        MU_MAX=MU_MAX, CAP_TAU=STEP_CAP_TAU, CAP_RHO=STEP_CAP_RHO,
         **kwargs,
     )
 

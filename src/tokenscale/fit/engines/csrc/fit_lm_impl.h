@@ -1,7 +1,8 @@
 /* Per-row Levenberg-Marquardt of tokenscale's sigmoid fit (the native CPU engine), instantiated twice by
  * fit_lm.c: REAL = float (suffix f32) and REAL = double (suffix f64).
  *
- * This is the same algorithm as tokenscale.fit._lm / _evaluate (torch), written for one row at a time:
+ * This is the same algorithm as tokenscale.fit.engines.torch_lm (lm / _evaluate), written for one row at a
+ * time (the math: tokenscale/fit/problem.py):
  * the reduced (variable-projection) problem over theta = (tau', rho = log lam'), closed-form (post, delta),
  * Kaufman's Gauss-Newton matrix or the exact reduced Hessian where it is positive definite, per-row
  * damping, projection onto the box, the same convergence test and the same final undamped polish step.
@@ -136,7 +137,7 @@ static void FN(eval_)(const REAL *restrict y, const REAL *restrict t, int k, REA
     o->h11 = h11 > 0 ? h11 : (REAL)0;
 }
 
-/* (H + mu diag(H)) s = -b on the free coordinates (fixed ones get 0); as tokenscale.fit._solve2. */
+/* (H + mu diag(H)) s = -b on the free coordinates (fixed ones get 0); as torch_lm._solve2. */
 static inline void FN(solve2_)(REAL h00, REAL h01, REAL h11, REAL b0, REAL b1, REAL mu, int f0, int f1, REAL eps,
                                REAL *s0, REAL *s1) {
     REAL tiny = eps * (h00 + h11) + (REAL)1e-30;
@@ -190,7 +191,7 @@ static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, R
         REAL g0, g1;
         FN(solve2_)(st.h00, st.h01, st.h11, st.b0, st.b1, 0, f0, f1, eps, &g0, &g1);
         REAL dec = -(g0 * st.b0 + g1 * st.b1);
-        int conv = (dec <= tol * st.sse + fl) || (mu > (REAL)1e8) || done;
+        int conv = (dec <= tol * st.sse + fl) || (mu > (REAL)bx->mu_max) || done;
         if (conv || it >= bx->max_iter) {
             /* polish: the final undamped step, kept where it lowers the SSE */
             REAL tn, rn, sse_n, del_n, gb_n;
@@ -215,12 +216,12 @@ static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, R
             st = sn;
             tau = tn;
             rho = rn;
-            mu = mu * (REAL)0.2;
-            if (mu < (REAL)1e-7) mu = (REAL)1e-7;
+            mu = mu * (REAL)bx->mu_accept;
+            if (mu < (REAL)bx->mu_min) mu = (REAL)bx->mu_min;
         } else {
             /* a rejected step that does not move theta: nothing left to gain at this precision */
             done = (FABS(tn - tau) <= 4 * eps * (1 + FABS(tau))) && (FABS(rn - rho) <= 4 * eps * (1 + FABS(rho)));
-            mu = mu * 10;
+            mu = mu * (REAL)bx->mu_grow;
             if (mu < (REAL)bx->mu_reject) mu = (REAL)bx->mu_reject;
         }
         it++;
@@ -228,7 +229,7 @@ static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, R
 }
 
 /* Start point from the grid scores c (G,) = y_c . u_j: the best grid point (largest c^2, first of ties)
- * moved by the Newton step of the quadratic through its 3x3 neighbourhood (as fit._grid_start). */
+ * moved by the Newton step of the quadratic through its 3x3 neighbourhood (as torch_lm.grid_start). */
 static void FN(grid_start_)(const REAL *restrict c, const REAL *grid_tau, const REAL *grid_rho,
                             const tks_box_t *bx, REAL *tau_o, REAL *rho_o) {
     const int nt = bx->n_tau, nl = bx->n_lam, g = nt * nl;
