@@ -133,3 +133,45 @@ def test_deepspeed_two_cpu_ranks_matches_plain(tmp_path, data_dir, reference_run
     # Same seed, data order and global batch: the curves agree to float-reduction noise that compounds over steps.
     assert abs(la[0] - lb[0]) < 1e-4
     assert np.max(np.abs(la - lb)) < 0.05, np.max(np.abs(la - lb))
+
+
+_FULL_DISK_SCRIPT = r"""
+mount -t tmpfs -o size="$SIZE" tmpfs "$MNT" || exit 97
+"$PY" -m tokenscale.cli train --config "$CFG" --run tiny --data "$DATA" --out "$MNT/run" --threads 1 --quiet 2> "$OUT/err1"
+echo $? > "$OUT/rc1"
+(cd "$MNT" && find . -name '*.tmp' -o -name '*.old' -o -name LOCK) > "$OUT/left"
+mount -o remount,size=64m "$MNT" || exit 98
+"$PY" -m tokenscale.cli train --config "$CFG" --run tiny --data "$DATA" --out "$MNT/run" --threads 1 --quiet 2> "$OUT/err2"
+echo $? > "$OUT/rc2"
+cp "$MNT/run/log.jsonl" "$MNT/run/train.json" "$MNT/run/val_loss.csv" "$OUT/"
+"""
+
+
+@pytest.mark.parametrize("size, fails_at", [("1000k", "checkpoints/step"), ("2m", "state")])
+def test_full_disk_is_one_line_and_rerun_after_freeing_space_is_exact(tmp_path, data_dir, reference_run, size, fails_at):
+    """A full disk used to end in a 30-line torch traceback ("unexpected pos ...") and leave state.tmp/."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", tiny_config())
+    env = dict(os.environ, OMP_NUM_THREADS="1", SIZE=size, MNT=str(mnt), OUT=str(out), PY=sys.executable, CFG=str(cfg),
+               DATA=str(data_dir))
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", _FULL_DISK_SCRIPT], env=env,
+                       capture_output=True, text=True, timeout=600)
+    if p.returncode == 97 or (p.returncode != 0 and "unshare:" in p.stderr):
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {p.stderr.strip()[:200]}")
+    assert p.returncode == 0, p.stderr
+    err = (out / "err1").read_text().splitlines()
+    assert (out / "rc1").read_text().strip() == "2", err
+    assert len(err) == 1 and err[0].startswith(f"tokenscale: error: {mnt / 'run' / fails_at}"), err
+    assert "no space left on device" in err[0]
+    assert (out / "left").read_text() == ""  # no *.tmp, no *.old, and the lock released
+    # after freeing space the rerun resumes and ends where an uninterrupted run ends, bit for bit
+    assert (out / "rc2").read_text().strip() == "0", (out / "err2").read_text()
+    assert read_losses(out) == read_losses(reference_run)
+    assert (out / "val_loss.csv").read_text() == (reference_run / "val_loss.csv").read_text()
+    assert json.loads((out / "train.json").read_text())["resumed_from"] > 0

@@ -88,6 +88,8 @@ def disk_full_error(exc: BaseException, path: os.PathLike | str) -> TokenscaleEr
     p = Path(path)
     full = isinstance(exc, OSError) and exc.errno in _FULL
     full = full or "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+    # a nested writer (a file inside an atomic folder) already said so: name the outer output instead
+    full = full or (isinstance(exc, TokenscaleError) and "no space left on device" in str(exc))
     if not full and isinstance(exc, (OSError, RuntimeError)):
         free = _free_bytes(p.parent)
         full = free is not None and free < _NEARLY_FULL_BYTES
@@ -128,8 +130,9 @@ def atomic_output(out_path: os.PathLike | str, *, is_dir: bool = False) -> Itera
         _swap_in(tmp, out)
         fsync_dir(out.parent)
     except BaseException as e:
-        remove(tmp)
+        # judged before the temp is removed: the free-space test needs the disk still as full as the writer saw it
         full = disk_full_error(e, out) if isinstance(e, Exception) else None
+        remove(tmp)
         if full is not None:
             raise full from None
         raise

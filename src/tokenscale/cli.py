@@ -86,11 +86,14 @@ def cmd_train(args) -> int:
     run = runs[args.run]
     # ranks: --nproc if given, else one per GPU the job was granted (--gpus), at least the run's own nproc
     nproc = args.nproc or max(args.gpus or 0, run.nproc)
+    out = Path(args.out) if args.out else Path(cfg["results"]) / "runs" / run.name
     if nproc > 1 and "RANK" not in os.environ:
+        from .runlock import RunLock
+
+        RunLock(out).check()  # a held folder stops here in one line, before torchrun starts any rank
         return _relaunch(nproc, args)
     from .train import Trainer
 
-    out = Path(args.out) if args.out else Path(cfg["results"]) / "runs" / run.name
     data = Path(args.data) if args.data else Path(cfg["results"]) / "data"
     trainer = Trainer(run, data, out, threads=args.threads or cfg["threads"], sampler_weights=args.sampler_weights,
                       init_from=args.init_from, progress=not args.quiet)
@@ -110,14 +113,25 @@ def _relaunch(nproc: int, args) -> int:
     env[_WORKER_ARGV] = json.dumps(sys.argv[1:])
     env.setdefault("OMP_NUM_THREADS", "1")
     print(f"tokenscale: launching {nproc} ranks: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, env=env)
     import signal
 
-    def fwd(signum, frame):  # forward SIGTERM so every rank saves state
-        proc.send_signal(signum)
+    procs, got, sent = [], [], []
 
-    signal.signal(signal.SIGTERM, fwd)
-    return proc.wait()
+    def forward():  # once: a second SIGTERM would cut torchrun's wait for the ranks' state saves short
+        if procs and got and not sent:
+            sent.append(True)
+            procs[0].send_signal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):  # SLURM's or the job guard's SIGTERM: every rank saves state
+        got.append(signum)
+        forward()
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # before Popen: a SIGTERM in between must not orphan torchrun
+    procs.append(subprocess.Popen(cmd, env=env))
+    forward()
+    rc = procs[0].wait()
+    # torchrun itself exits 1 after forwarding SIGTERM; report what a single-process trainer reports
+    return 143 if got and rc != 0 else rc
 
 
 def _threads(n: int | None) -> None:
@@ -426,10 +440,23 @@ def main(argv: list[str] | None = None) -> int:
         argv = json.loads(os.environ[_WORKER_ARGV])
     ap = build_parser()
     args = ap.parse_args(argv)
+    from .runlock import install_job_guard
+
+    install_job_guard()  # a local Snakemake that dies takes this job with it (SIGTERM); see tokenscale.runlock
     try:
         return int(args.func(args) or 0)
     except TokenscaleError as e:
         print(f"tokenscale: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk that a writer did not name itself
+        import errno
+
+        from .atomic import disk_full_error
+
+        full = disk_full_error(e, e.filename) if e.filename and e.errno in (errno.ENOSPC, errno.EDQUOT) else None
+        if full is None:
+            raise
+        print(f"tokenscale: error: {full}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

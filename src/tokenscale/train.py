@@ -7,21 +7,26 @@ Run folder layout (``results/runs/{run}/``)::
     log.jsonl                     one line per optimizer step: step, loss, lr, tokens_seen, tokens_per_s, grad_norm
     val_loss.csv                  step, tokens_seen, val_loss at every checkpoint
     train.json                    written at the end: summary (params, FLOPs/token, wall time, tokens/s)
+    LOCK                          while a trainer runs: its host, PID, start time, SLURM job (tokenscale.runlock)
 
 Data order: sample indices come from a position-indexed sampler (:mod:`tokenscale.sampler`); the global batch
 at step ``s`` is positions ``[s*B, (s+1)*B)``, split contiguously over ranks, so the order is independent of
 the number of ranks and resuming needs only the step. A run killed at any point (SIGKILL included) and
 restarted continues from the last saved state and reproduces the uninterrupted loss curve bit for bit on CPU.
 SIGTERM (what SLURM sends at the time limit) saves state at the end of the current step and exits 143.
+
+One trainer per run folder: rank 0 holds ``LOCK`` (:mod:`tokenscale.runlock`) before anything in the folder is
+read or written; the other ranks wait for it at a barrier. Every file and folder is written through
+:mod:`tokenscale.atomic` (a full disk ends in one line naming the output; no temp is left).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -33,9 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from . import TokenscaleError, __version__
+from .atomic import atomic_output, disk_full_error, remove, write_json, write_text
 from .config import RunConfig
 from .data import TrainTokens, load_tokenizer
 from .model import build_model, model_stats
+from .runlock import RunLock
 from .sampler import load_sampler, rank_slice
 
 SIGTERM_EXIT = 143
@@ -82,12 +89,13 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
-    def mean(self, x: float) -> float:
+    def mean_and_any(self, x: float, flag: bool) -> tuple[float, bool]:
+        """Mean of ``x`` over ranks and whether any rank's ``flag`` is set (one all-reduce)."""
         if self.world == 1:
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
+            return x, flag
+        t = torch.tensor([x, float(flag)], dtype=torch.float64)
         torch.distributed.all_reduce(t)
-        return float(t.item() / self.world)
+        return float(t[0].item() / self.world), bool(t[1].item() > 0)
 
 
 def dist_from_env() -> Dist:
@@ -103,19 +111,6 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------- state I/O
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -217,29 +212,31 @@ class Trainer:
         return self.run_dir / "state"
 
     def _save_state(self, step: int):
-        tmp = self.run_dir / "state.tmp"
-        if self.dist.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.dist.barrier()
+        """state.tmp/ is filled by every rank, then rank 0 publishes it as state/ (swapped through state.old/)."""
         meta = {"step": step, "run_hash": self.run.hash, "position": step * self.run.batch_size,
                 "sampler": self.sampler.state(), "engine": self.run.engine, "world": self.dist.world}
-        if self.engine is not None:
-            self.engine.save_checkpoint(str(tmp), tag="ds", client_state={"step": step})
-        elif self.dist.main:
-            torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                        "rng": _rng_state()}, tmp / "trainer.pt")
-        self.dist.barrier()
         if self.dist.main:
-            _atomic_json(tmp / "trainer.json", meta)
-            _fsync_dir(tmp)
-            old = self.run_dir / "state.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if self.state_dir.exists():
-                os.replace(self.state_dir, old)
-            os.replace(tmp, self.state_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            with atomic_output(self.state_dir, is_dir=True) as tmp:
+                self._write_state(tmp, step)
+                write_json(tmp / "trainer.json", meta)
+        else:
+            self._write_state(self.state_dir.with_name(self.state_dir.name + ".tmp"), step)
         self.dist.barrier()
+
+    def _write_state(self, tmp: Path, step: int):
+        self.dist.barrier()  # rank 0 has created tmp
+        try:
+            if self.engine is not None:
+                self.engine.save_checkpoint(str(tmp), tag="ds", client_state={"step": step})
+            elif self.dist.main:
+                torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                            "sched": self.sched.state_dict(), "rng": _rng_state()}, tmp / "trainer.pt")
+        except Exception as e:  # ranks > 0 write outside atomic_output: say "disk full" here too
+            full = disk_full_error(e, self.state_dir)
+            if full is not None:
+                raise full from None
+            raise
+        self.dist.barrier()  # every rank's part is written
 
     def _load_state(self) -> int:
         d = self.state_dir
@@ -277,20 +274,15 @@ class Trainer:
 
     def _save_checkpoint(self, step: int, val_loss: float):
         final = self.run_dir / "checkpoints" / f"step{step:08d}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        _atomic_json(tmp / "tokenscale.json", {
-            "run": self.run.name, "step": step, "tokens_seen": step * self.run.batch_size * self.run.seq_len,
-            "val_loss": val_loss, "config_sha256": self.run.hash, "tokenscale_version": __version__,
-            "model_stats": self.stats.as_dict(),
-        })
-        (tmp / "COMPLETE").write_text(f"{step}\n")
-        _fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_output(final, is_dir=True) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / "tokenscale.json", {
+                "run": self.run.name, "step": step, "tokens_seen": step * self.run.batch_size * self.run.seq_len,
+                "val_loss": val_loss, "config_sha256": self.run.hash, "tokenscale_version": __version__,
+                "model_stats": self.stats.as_dict(),
+            })
+            write_text(tmp / "COMPLETE", f"{step}\n")
 
     def _write_val_csv(self):
         rows = []
@@ -298,20 +290,17 @@ class Trainer:
             if (d / "COMPLETE").is_file():
                 m = json.loads((d / "tokenscale.json").read_text())
                 rows.append(f"{m['step']},{m['tokens_seen']},{m['val_loss']:.9g}")
-        p = self.run_dir / "val_loss.csv"
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text("step,tokens_seen,val_loss\n" + "".join(r + "\n" for r in rows))
-        os.replace(tmp, p)
+        write_text(self.run_dir / "val_loss.csv", "step,tokens_seen,val_loss\n" + "".join(r + "\n" for r in rows))
 
     def _clean_after(self, step: int):
         """Remove anything a killed run left beyond ``step``: temp dirs, later checkpoints, later log lines."""
         ck = self.run_dir / "checkpoints"
         if ck.is_dir():
             for d in ck.iterdir():
-                if d.name.endswith(".tmp") or not (d / "COMPLETE").is_file():
-                    shutil.rmtree(d, ignore_errors=True)
+                if d.name.endswith((".tmp", ".old")) or not (d / "COMPLETE").is_file():
+                    remove(d)
                 elif d.name.startswith("step") and int(d.name[4:]) > step:
-                    shutil.rmtree(d, ignore_errors=True)
+                    remove(d)
         log = self.run_dir / "log.jsonl"
         if log.is_file():
             keep = []
@@ -320,10 +309,8 @@ class Trainer:
                     if json.loads(line)["step"] <= step:
                         keep.append(line)
                 except (json.JSONDecodeError, KeyError):
-                    break  # a torn last line from a kill
-            tmp = log.with_name("log.jsonl.tmp")
-            tmp.write_text("".join(k + "\n" for k in keep))
-            os.replace(tmp, log)
+                    break  # a torn last line from a kill or a full disk
+            write_text(log, "".join(k + "\n" for k in keep))
 
     # ------------------------------------------------------------------ loop
     def _forward_loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,17 +333,37 @@ class Trainer:
         self.stop_requested = True
 
     def train(self) -> dict:
+        """Train to the last step, resuming from the folder's state; rank 0 holds the folder's lock throughout."""
+        handlers = []  # SIGTERM: rank 0 at once (the lock is released on the way out); ranks > 0 after the barrier
+        if self.dist.main:
+            handlers.append(signal.signal(signal.SIGTERM, self._on_sigterm))
+        lock = RunLock(self.run_dir) if self.dist.main else None
+        try:
+            if lock is not None:
+                lock.acquire()  # before the model is built: a refused trainer takes no memory from the holder
+            self._build()
+            self.dist.barrier()  # ranks > 0 read or write the folder only once rank 0 holds its lock
+            if not self.dist.main:
+                handlers.append(signal.signal(signal.SIGTERM, self._on_sigterm))
+            if self.stop_requested and self.dist.world == 1:  # SIGTERM before the first step: nothing to save
+                raise SystemExit(SIGTERM_EXIT)
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.release()
+            for h in handlers:
+                signal.signal(signal.SIGTERM, h)
+
+    def _train(self) -> dict:
         run = self.run
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._build()
         start = self._load_state()
         if self.dist.main:
             self._clean_after(start)
         self.dist.barrier()
+        log_path = self.run_dir / "log.jsonl"
         if start == 0 and self.dist.main:
-            (self.run_dir / "log.jsonl").write_text("")
-        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-        log = open(self.run_dir / "log.jsonl", "a") if self.dist.main else None
+            write_text(log_path, "")
+        log = open(log_path, "a") if self.dist.main else None
         t_begin = time.time()
         tokens_per_step = run.batch_size * run.seq_len
         if self.progress:
@@ -387,13 +394,20 @@ class Trainer:
                     self.opt.zero_grad(set_to_none=True)
                 else:
                     gn = float(self.engine.get_global_grad_norm() or float("nan"))
-                loss_val = self.dist.mean(ce_sum / self.accum)
+                # ranks stop at the same step even if SIGTERM reaches them at different times
+                loss_val, stop = self.dist.mean_and_any(ce_sum / self.accum, self.stop_requested)
                 done = step + 1
                 dt = time.time() - t0
                 if log is not None:
-                    log.write(json.dumps({"step": done, "loss": loss_val, "lr": lr, "tokens_seen": done * tokens_per_step,
-                                          "tokens_per_s": tokens_per_step / max(dt, 1e-9), "grad_norm": gn}) + "\n")
-                    log.flush()
+                    try:
+                        log.write(json.dumps({"step": done, "loss": loss_val, "lr": lr, "tokens_seen": done * tokens_per_step,
+                                              "tokens_per_s": tokens_per_step / max(dt, 1e-9), "grad_norm": gn}) + "\n")
+                        log.flush()
+                    except OSError as e:  # an append cannot be atomic; a torn last line is dropped on resume
+                        full = disk_full_error(e, log_path)
+                        if full is not None:
+                            raise full from None
+                        raise
                 if not math.isfinite(loss_val):
                     raise TokenscaleError(f"run {run.name}: loss is {loss_val} at step {done}; lower lr or check the data")
                 if done in self.ckpt_steps:
@@ -410,15 +424,17 @@ class Trainer:
                               f"{(done - start) * tokens_per_step / el:,.0f} tok/s", file=sys.stderr, flush=True)
                 elif done % run.state_every == 0:
                     self._save_state(done)
-                if self.stop_requested:
+                if self.dist.world == 1:
+                    stop = self.stop_requested  # also a SIGTERM that came during this step's saves
+                if stop:
                     self._save_state(done)
                     if self.progress:
                         print(f"[{run.name}] SIGTERM: state saved at step {done}; exiting", file=sys.stderr, flush=True)
                     raise SystemExit(SIGTERM_EXIT)
         finally:
             if log is not None:
-                log.close()
-            signal.signal(signal.SIGTERM, old_handler)
+                with contextlib.suppress(OSError):  # a flush that failed (full disk) fails again here
+                    log.close()
         wall = time.time() - t_begin
         summary = {
             "run": run.name, "axis": run.axis, "steps": self.total, "tokens": self.total * tokens_per_step,
@@ -429,13 +445,7 @@ class Trainer:
             "arch": run.model, "tokenscale_version": __version__,
         }
         if self.dist.main:
-            _atomic_json(self.run_dir / "train.json", summary)
+            write_json(self.run_dir / "train.json", summary)
         self.dist.barrier()
         return summary
 
-
-def read_log(run_dir: str | Path) -> list[dict]:
-    p = Path(run_dir) / "log.jsonl"
-    if not p.is_file():
-        raise TokenscaleError(f"training log not found: {p}")
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
