@@ -21,35 +21,78 @@ def _cfg(tmp_path, **extra):
 
 
 def test_run_series_are_the_runs_own_checkpoints(tmp_path):
-    cfg = _cfg(tmp_path)
-    (s,) = series.build_series(cfg).values()
-    assert s.name == "tiny" and s.kind == "run" and s.steps == sorted(s.steps) and len(s.steps) >= 4
-    assert s.checkpoint(s.steps[-1]) == f"{tmp_path}/r/runs/tiny/checkpoints/step{s.steps[-1]:08d}"
-    assert s.token_set == f"{tmp_path}/r/data/valid_tokens.h5" and s.ready == (f"{tmp_path}/r/runs/tiny/train.json",)
-    with pytest.raises(TokenscaleError, match=r"series tiny: no checkpoint at step 999999"):
-        s.checkpoint(999999)
+    wf = series.build_workflow(_cfg(tmp_path))
+    (s,) = wf.series.values()
+    src = wf.sources["tiny"]
+    assert s.name == "tiny" and s.kind == "run" and not s.deferred and s.token_set == "valid"
+    assert [step for _, step in s.members] == src.steps == sorted(src.steps) and len(src.steps) >= 4
+    assert src.checkpoint(src.steps[-1]) == f"{tmp_path}/r/runs/tiny/checkpoints/step{src.steps[-1]:08d}"
+    assert wf.token_sets["valid"].path == f"{tmp_path}/r/data/valid_tokens.h5"
+    assert src.ready == (f"{tmp_path}/r/runs/tiny/train.json",)
+    with pytest.raises(TokenscaleError, match=r"source tiny: no checkpoint at step 999999"):
+        src.checkpoint(999999)
+
+
+def test_eval_blocks_partition_a_source():
+    src = series.Source("r", tuple((s, f"c/step{s}") for s in (1, 2, 4, 8, 16)))
+    assert series.eval_blocks(src, 0) == [[1, 2, 4, 8, 16]]
+    assert series.eval_blocks(src, 2) == [[1, 2], [4, 8], [16]]
+    assert [series.block_of(src, s, 2) for s in src.steps] == [0, 0, 1, 1, 2]
 
 
 def test_external_series_discovers_steps_and_names_clash(tmp_path):
     folder = tmp_path / "pythia"
     for name in ("step1000", "step00000010", "checkpoint-100", "notes"):
         (folder / name).mkdir(parents=True)
-    cfg = _cfg(tmp_path, external=[{"name": "ext", "path": str(folder)}])
-    ext = series.build_series(cfg)["ext"]
-    assert ext.kind == "external" and ext.steps == [10, 100, 1000]
-    assert ext.checkpoint(100) == str(folder / "checkpoint-100") and ext.ready == ()
+    wf = series.build_workflow(_cfg(tmp_path, external=[{"name": "ext", "path": str(folder)}]))
+    ext = wf.series["ext"]
+    assert ext.kind == "external" and [s for _, s in ext.members] == [10, 100, 1000] and ext.token_set == "ext"
+    assert wf.sources["ext"].checkpoint(100) == str(folder / "checkpoint-100") and wf.sources["ext"].ready == ()
+    assert wf.token_sets["ext"].path == f"{tmp_path}/r/tokens/ext.h5"
     clash = _cfg(tmp_path, external=[{"name": "tiny", "path": str(folder)}])
-    with pytest.raises(TokenscaleError, match=r"config: series name 'tiny' is used by both run and external"):
-        series.build_series(clash)
+    with pytest.raises(TokenscaleError, match=r"config: source name 'tiny' is declared twice"):
+        series.build_workflow(clash)
 
 
 def test_a_new_kind_is_one_builder(tmp_path, monkeypatch):
-    def toy(cfg):
-        yield series.Series("toy1", "toy", "tokens.h5", ((5, "a/step5"), (50, "a/step50")))
+    def toy(cfg, wf):
+        yield series.Series("toy1", "toy", "valid", (("tiny", 1),), ("tiny",))
+        yield series.Series("bad", "toy", "valid", (("nope", 1),), ("nope",))
 
     monkeypatch.setitem(series.BUILDERS, "toy", toy)
-    got = series.build_series(_cfg(tmp_path))
-    assert set(got) == {"tiny", "toy1"} and got["toy1"].steps == [5, 50]
+    with pytest.raises(TokenscaleError, match=r"series bad: unknown source 'nope'"):
+        series.build_workflow(_cfg(tmp_path))
+
+
+def _pick_two(s, sources, inputs):
+    return [(s.sources[0], step) for step in sorted(int(x) for x in open(inputs[0]).read().split())]
+
+
+def test_deferred_series_is_resolved_checked_and_written(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    wf = series.build_workflow(_cfg(tmp_path))
+    steps = wf.sources["tiny"].steps
+    d = series.Series("late", "toy", "valid", None, ("tiny",), inputs=("chosen.txt",), resolver="test_series:_pick_two")
+    wf.series["late"] = d
+    back, sources = series.parse_series_spec(series.series_spec(wf, "late"))
+    assert back == d and sources == {"tiny": wf.sources["tiny"]}
+    chosen = tmp_path / "chosen.txt"
+    chosen.write_text(f"{steps[-1]} {steps[1]}")
+    members = series.resolve(back, sources, [str(chosen)])
+    assert members == [("tiny", steps[1]), ("tiny", steps[-1])]
+    out = series.write_manifest(tmp_path / "m.json", back, members)
+    assert series.read_manifest(out) == members
+    chosen.write_text("999999")
+    with pytest.raises(TokenscaleError, match=r"source tiny: no checkpoint at step 999999"):
+        series.resolve(back, sources, [str(chosen)])
+    chosen.write_text(f"{steps[1]} {steps[1]}")
+    with pytest.raises(TokenscaleError, match=r"series late: a checkpoint is chosen twice"):
+        series.resolve(back, sources, [str(chosen)])
+    with pytest.raises(TokenscaleError, match=r"resolver 'nope:f' cannot be imported"):
+        series.resolve(series.Series("x", "toy", "valid", None, ("tiny",), resolver="nope:f"), sources, [])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(TokenscaleError, match=r"bad.json: not a series manifest"):
+        series.read_manifest(tmp_path / "bad.json")
 
 
 def _dry_run(*args, cwd=REPO) -> subprocess.CompletedProcess:
@@ -58,14 +101,18 @@ def _dry_run(*args, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_toy_kind_gets_every_downstream_rule_and_no_torch_is_imported(tmp_path):
-    """A kind registered in BUILDERS (tests/data/toy_series/Snakefile) is evaluated, fitted and analysed by the
-    same rules; building the DAG imports no torch (Snakemake starts fast, --lint too)."""
+def test_new_kinds_get_every_downstream_rule_each_checkpoint_evaluated_once_no_torch(tmp_path):
+    """Kinds registered in BUILDERS (tests/data/toy_series) are evaluated, fitted and analysed by the same rules;
+    the checkpoints the three series share are evaluated by one job; building the DAG imports no torch."""
     p = _dry_run("-s", "tests/data/toy_series/Snakefile", "-d", str(REPO), "--configfile", "config/smoke.yaml",
                  "--config", f"results={tmp_path}", "--", "all")
     assert p.returncode == 0, p.stderr[-3000:]
-    for rule in ("evaluate_checkpoint", "assemble_shard", "fit_shard", "fit_table", "analyze"):
-        assert re.search(rf"rule {rule}:\n(?:    .*\n)*?    wildcards: .*series=toy1", p.stdout), rule
+    jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", p.stdout, re.M)
+    assert [w for r, w in jobs if r == "evaluate_checkpoint"] == ["tokens=valid, source=t_smoke, block=000"]
+    for name in ("t_smoke", "toy1", "best3"):
+        for rule in ("assemble_shard", "fit_shard", "fit_table", "analyze"):
+            assert any(r == rule and f"series={name}" in w for r, w in jobs), (rule, name)
+    assert [w for r, w in jobs if r == "series_manifest"] == ["series=best3"]
     imported = {ln.rsplit("|", 1)[1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:")}
     assert "snakemake" in imported and "tokenscale.series" in imported
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}, "torch imported while building the DAG"

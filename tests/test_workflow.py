@@ -51,7 +51,7 @@ def smoke(tmp_path_factory) -> Path:
 
 
 def test_hostile_results_path_runs_nothing(smoke):
-    assert smoke.name == HOSTILE and (smoke / "runs" / RUN / "analysis" / "summary.json").is_file()
+    assert smoke.name == HOSTILE and (smoke / "series" / RUN / "analysis" / "summary.json").is_file()
     assert not (REPO / "pwned").exists() and not list(smoke.parent.glob("pwned*"))
 
 
@@ -59,13 +59,13 @@ def test_smoke_outputs_and_cross_checks(smoke):
     from tokenscale.fit import load_fits
     from tokenscale.io import read_eval_losses, read_run_trajectories
 
-    run = smoke / "runs" / RUN
+    run, out = smoke / "runs" / RUN, smoke / "series" / RUN
     train = json.loads((run / "train.json").read_text())
     steps = train["checkpoints"]
     assert steps[-1] == train["steps"] and len(steps) >= 8
 
     # trajectories: finite (N, K), K = number of checkpoints, axis = checkpoint steps
-    shards = sorted((run / "trajectories").glob("shard-*.h5"))
+    shards = sorted((out / "trajectories").glob("shard-*.h5"))
     assert len(shards) == 2
     losses, axis, meta = read_run_trajectories(shards)
     n_valid = 24 * 32
@@ -78,11 +78,11 @@ def test_smoke_outputs_and_cross_checks(smoke):
     assert sorted(logged) == steps
     for k, s in enumerate(steps):
         assert abs(float(losses[:, k].mean(dtype=np.float64)) - logged[s]) < 1e-4, s
-    ev, attrs = read_eval_losses(next((run / "evals").glob(f"block-*/step{steps[-1]:08d}.h5")))
+    ev, attrs = read_eval_losses(next((smoke / "evals" / "valid" / RUN).glob(f"block-*/step{steps[-1]:08d}.h5")))
     np.testing.assert_array_equal(ev, losses[:, -1])
 
     # fits: one row per token, mostly converged, parameters finite where converged
-    fit = load_fits(run / "fits.h5")
+    fit = load_fits(out / "fits.h5")
     assert len(fit) == n_valid
     ok = fit.status == 0
     assert ok.mean() > 0.8
@@ -90,11 +90,11 @@ def test_smoke_outputs_and_cross_checks(smoke):
     assert set(np.unique(fit.category)) <= {0, 1, 2, 3}
 
     # analysis: summary numbers and every figure
-    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    summary = json.loads((out / "analysis" / "summary.json").read_text())
     assert summary["run"] == RUN and summary["config_sha256"] == train["config_sha256"]
-    figs = sorted(p.name for p in (run / "analysis" / "figures").glob("*.png"))
+    figs = sorted(p.name for p in (out / "analysis" / "figures").glob("*.png"))
     assert len(figs) >= 6, figs
-    assert all((run / "analysis" / "figures" / f).stat().st_size > 10_000 for f in figs)
+    assert all((out / "analysis" / "figures" / f).stat().st_size > 10_000 for f in figs)
 
 
 def test_rerun_is_incremental(smoke):
@@ -104,12 +104,12 @@ def test_rerun_is_incremental(smoke):
 
 def test_killed_eval_job_is_redone(smoke, tmp_path):
     """SIGKILL snakemake while the evaluation job is writing; the rerun redoes the job, outputs are the same."""
-    run = smoke / "runs" / RUN
+    run = smoke / "series" / RUN
     before = {p.name: np.asarray(read(p)) for p in sorted((run / "trajectories").glob("*.h5"))}
     cmd = [*SNAKEMAKE, "--cores", "2", "--configfile", "config/smoke.yaml", "--config", f"results={smoke}",
            "--forcerun", "evaluate_checkpoint", "--", *[str(p) for p in sorted((run / "trajectories").glob("*.h5"))]]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    block = run / "evals" / "block-000"
+    block = smoke / "evals" / "valid" / RUN / "block-000"
     n_ckpts = len(list(block.glob("step*.h5")))
     t0 = time.time()
     deadline = t0 + 300
@@ -144,10 +144,10 @@ def _mtime(p: Path) -> float:
         return 0.0
 
 
-def read(path):
+def read(path, full=False):
     from tokenscale.io import read_trajectories
 
-    return read_trajectories(path)[0]
+    return read_trajectories(path) if full else read_trajectories(path)[0]
 
 
 def test_external_pythia_layout_series(smoke, tmp_path):
@@ -165,18 +165,42 @@ def test_external_pythia_layout_series(smoke, tmp_path):
     extra = tmp_path / "external.yaml"
     # no `tokenizer`: the documented default is the first checkpoint's folder
     extra.write_text(yaml.safe_dump({"external": [{"name": "pythia_like", "path": str(series)}]}))
-    smk(str(smoke / "runs" / "pythia_like" / "analysis" / "summary.json"), results=smoke, extra_config=extra)
+    smk(str(smoke / "series" / "pythia_like" / "analysis" / "summary.json"), results=smoke, extra_config=extra)
 
     from tokenscale.io import read_run_trajectories
 
-    ext = sorted((smoke / "runs" / "pythia_like" / "trajectories").glob("*.h5"))
-    own = sorted((run / "trajectories").glob("*.h5"))
+    ext = sorted((smoke / "series" / "pythia_like" / "trajectories").glob("*.h5"))
+    own = sorted((smoke / "series" / RUN / "trajectories").glob("*.h5"))
     le, axis, _ = read_run_trajectories(ext)
     lo, _, _ = read_run_trajectories(own)
     np.testing.assert_array_equal(axis["step"], steps)
     # same documents, same tokenizer, same sequence length -> the same token set, the same losses
     np.testing.assert_allclose(le, lo, atol=1e-5, rtol=0)
-    assert (smoke / "runs" / "pythia_like" / "fits.h5").is_file()
+    assert (smoke / "series" / "pythia_like" / "fits.h5").is_file()
+
+
+def test_deferred_series_reuses_the_runs_evaluations(smoke):
+    """A series chosen after training (tests/data/toy_series: the run's three checkpoints with the lowest logged
+    validation loss) goes through the series_manifest checkpoint; its checkpoints were already evaluated for the
+    run's own series, so no evaluation job runs, and its trajectories are those columns of the run's."""
+    target = smoke / "series" / "best3" / "trajectories" / "shard-000.h5"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               PYTHONPATH=str(REPO / "tests" / "data" / "toy_series"))
+    cmd = [*SNAKEMAKE, "-s", "tests/data/toy_series/Snakefile", "-d", str(REPO), "--cores", "2",
+           "--configfile", "config/smoke.yaml", "--config", f"results={smoke}", "--", str(target)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "evaluate_checkpoint" not in p.stderr + p.stdout and "series_manifest" in p.stderr + p.stdout
+    manifest = json.loads((smoke / "series" / "best3" / "manifest.json").read_text())
+    with open(smoke / "runs" / RUN / "val_loss.csv") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: float(r["val_loss"]))[:3]
+    chosen = sorted(int(r["step"]) for r in rows)
+    assert manifest["members"] == [[RUN, s] for s in chosen]
+    losses, axis, _ = read(target, full=True)
+    own, own_axis, _ = read(smoke / "series" / RUN / "trajectories" / "shard-000.h5", full=True)
+    cols = [list(own_axis["step"]).index(s) for s in chosen]
+    np.testing.assert_array_equal(axis["step"], chosen)
+    np.testing.assert_array_equal(losses, own[:, cols])
 
 
 def test_lint_is_clean():

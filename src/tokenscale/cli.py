@@ -214,6 +214,19 @@ def cmd_external_tokens(args) -> int:
     return 0
 
 
+def cmd_series_manifest(args) -> int:
+    from .series import parse_series_spec, resolve, write_manifest
+
+    try:
+        series, sources = parse_series_spec(args.spec)
+    except (ValueError, KeyError, TypeError) as e:
+        raise TokenscaleError(f"--spec is not a series spec: {e}") from None
+    members = resolve(series, sources, args.inputs)
+    write_manifest(args.out, series, members)
+    print(f"series-manifest: {series.name}: {len(members)} checkpoints -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_assemble(args) -> int:
     from .io import shard_ranges, token_set_info, write_trajectory_shard
 
@@ -387,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, required=True, help="tokens per sequence")
     p.add_argument("--n-seqs", type=_positive_int, required=True, help="number of sequences in the token set")
     p.add_argument("--out", required=True, help="output token set HDF5")
+
+    p = _command(sub, "series-manifest", cmd_series_manifest, "choose the checkpoints of a deferred series",
+                 "A series whose members depend on training results (e.g. a frontier) is resolved by its resolver "
+                 "function once those results exist; the members are written to a manifest (docs/architecture.md).")
+    p.add_argument("--spec", required=True, help="JSON of the series and its sources (what the workflow passes)")
+    p.add_argument("--inputs", nargs="*", default=[], help="the files the resolver reads (training results)")
+    p.add_argument("--out", required=True, help="output manifest JSON")
 
     p = _command(sub, "assemble", cmd_assemble, "per-checkpoint evals -> one trajectory shard (tokens x checkpoints)",
                  "Shard i of n holds a contiguous, even range of the token set's tokens.")

@@ -1,32 +1,49 @@
 """Series: what the workflow evaluates, fits and analyses downstream of training.
 
-A series is an ordered list of checkpoints (each with its axis value, the step) evaluated on one token set.
-Each kind of series is one small builder that turns a config entry into a :class:`Series`:
+Three small notions, all plain data (this module imports neither torch nor h5py: Snakemake imports it to
+build the DAG):
 
-* ``run`` -- a training run's own checkpoints on the T axis, evaluated on the shared validation token set;
-  ready once the run's ``train.json`` exists.
-* ``external`` -- a folder of step-numbered checkpoints (Pythia layout), evaluated on the validation
-  documents tokenized with the series' own tokenizer.
+* a **source** is a set of step-numbered checkpoints that exist together: one training run's
+  ``checkpoints/step*/`` or one external folder (Pythia layout). ``ready`` lists the files that exist once
+  they can be read (a run's ``train.json``).
+* a **token set** is an HDF5 of token sequences (docs/formats.md) that checkpoints are evaluated on: the
+  shared validation set, or the validation documents tokenized with an external series' own tokenizer.
+* a **series** is an ordered list of members ``(source, step)`` on one token set: the trajectories, fits and
+  the decomposition are computed per series.
 
-A new kind (a D or M frontier, candidate training tokens, synthetic answers) is one more builder in
-:data:`BUILDERS` and a config section it reads. The workflow (``workflow/rules/common.smk``) only ever asks a
-:class:`Series` for its steps, checkpoint folders, token set and readiness, never which kind it is.
+Each (token set, source, checkpoint) is evaluated once, whichever series use it: evaluation files live under
+``evals/{token set}/{source}/`` in blocks of ``eval.checkpoints_per_job`` of the source's checkpoints, and a
+series reads the files of its members from there.
 
-This module imports neither torch nor h5py: Snakemake imports it to build the DAG.
+Each kind of series is one builder in :data:`BUILDERS` (config -> series). Today's kinds:
+
+* ``run`` -- a training run's own checkpoints on the T axis, on the shared validation token set;
+* ``external`` -- an external folder's checkpoints, on its own token set.
+
+A series whose members are only known after training (a D or M frontier picks one checkpoint from each of
+many runs by their results) is *deferred*: its builder gives ``members=None``, the sources it may draw on,
+the files its choice depends on (``inputs``) and a ``resolver`` (``"package.module:function"``); the workflow
+runs a Snakemake ``checkpoint`` (rule ``series_manifest``, ``tokenscale series-manifest``) that calls
+``resolver(series, sources, inputs)`` and writes the members to ``series/{name}/manifest.json``; the DAG below
+it is built from that file. A new kind is one builder (and, if deferred, one resolver) plus a config entry.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from . import TokenscaleError
 
-__all__ = ["Series", "BUILDERS", "build_series", "discover_checkpoints", "step_from_name"]
+__all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "build_workflow", "discover_checkpoints",
+           "step_from_name", "eval_blocks", "block_of", "resolve", "series_spec", "parse_series_spec",
+           "read_manifest", "write_manifest"]
 
 _STEP_DIR = re.compile(r"^(?:step|checkpoint-|global_step)0*(\d+)$")
+MANIFEST_FORMAT = "tokenscale-series-manifest-v1"
 
 
 def step_from_name(name: str) -> int | None:
@@ -62,15 +79,12 @@ def discover_checkpoints(series_dir: str | Path, *, complete_only: bool = False)
 
 
 @dataclass(frozen=True)
-class Series:
-    """One series: ``checkpoints`` are (step, folder) pairs ordered by step, all evaluated on ``token_set``."""
+class Source:
+    """Checkpoints that exist together: ``checkpoints`` are (step, folder) pairs ordered by step."""
 
     name: str
-    kind: str
-    token_set: str  # token-set HDF5 path (an output of some rule, or an existing file)
     checkpoints: tuple[tuple[int, str], ...]
-    ready: tuple[str, ...] = ()  # files that exist once every checkpoint can be read (e.g. a run's train.json)
-    config_hash: str = ""  # provenance written into the trajectory shards
+    ready: tuple[str, ...] = ()
 
     @property
     def steps(self) -> list[int]:
@@ -80,38 +94,173 @@ class Series:
         for s, path in self.checkpoints:
             if s == step:
                 return path
-        raise TokenscaleError(f"series {self.name}: no checkpoint at step {step}")
+        raise TokenscaleError(f"source {self.name}: no checkpoint at step {step}")
 
 
-def run_series(cfg: dict) -> Iterator[Series]:
+@dataclass(frozen=True)
+class TokenSet:
+    """A token-set HDF5 (``path``) known to the workflow as ``name`` (the ``evals/{name}/`` folder)."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """Members ``(source, step)`` in axis order, all evaluated on ``token_set``.
+
+    ``members`` is None for a deferred series: ``resolver`` picks them from ``sources`` after ``inputs`` exist.
+    """
+
+    name: str
+    kind: str
+    token_set: str  # a TokenSet name
+    members: tuple[tuple[str, int], ...] | None
+    sources: tuple[str, ...]
+    config_hash: str = ""  # provenance written into the trajectory shards
+    inputs: tuple[str, ...] = ()  # deferred: files the choice of members reads
+    resolver: str = ""  # deferred: "package.module:function" choosing the members
+
+    @property
+    def deferred(self) -> bool:
+        return self.members is None
+
+
+@dataclass
+class Workflow:
+    """Everything downstream of training that a validated config declares."""
+
+    sources: dict[str, Source] = field(default_factory=dict)
+    token_sets: dict[str, TokenSet] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
+
+    def add(self, *, sources: Iterable[Source] = (), token_sets: Iterable[TokenSet] = (),
+            series: Iterable[Series] = ()) -> None:
+        for kind, table, items in (("source", self.sources, sources), ("token set", self.token_sets, token_sets),
+                                   ("series", self.series, series)):
+            for item in items:
+                if item.name in table and table[item.name] != item:
+                    raise TokenscaleError(f"config: {kind} name {item.name!r} is declared twice")
+                table[item.name] = item
+
+
+# ------------------------------------------------------------------------------------------------ builders
+def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each training run's own checkpoints (T axis) on the shared validation token set."""
     from .config import run_configs
 
+    wf.add(token_sets=[TokenSet("valid", f"{cfg['results']}/data/valid_tokens.h5")])
     for name, run in run_configs(cfg).items():
         root = f"{cfg['results']}/runs/{name}"
         ckpts = tuple((s, f"{root}/checkpoints/step{s:08d}") for s in run.checkpoint_steps())
-        yield Series(name, "run", f"{cfg['results']}/data/valid_tokens.h5", ckpts, (f"{root}/train.json",), run.hash)
+        wf.add(sources=[Source(name, ckpts, (f"{root}/train.json",))])
+        yield Series(name, "run", "valid", tuple((name, s) for s, _ in ckpts), (name,), run.hash)
 
 
-def external_series(cfg: dict) -> Iterator[Series]:
+def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Folders of step-numbered checkpoints, on the validation documents tokenized with their own tokenizer."""
     for entry in cfg["external"]:
         name = entry["name"]
         ckpts = tuple((s, str(p)) for s, p in discover_checkpoints(entry["path"]))
-        yield Series(name, "external", f"{cfg['results']}/runs/{name}/valid_tokens.h5", ckpts, (), "external")
+        wf.add(sources=[Source(name, ckpts)], token_sets=[TokenSet(name, f"{cfg['results']}/tokens/{name}.h5")])
+        yield Series(name, "external", name, tuple((name, s) for s, _ in ckpts), (name,), "external")
 
 
-# kind -> builder: every series of that kind in a validated config
-BUILDERS: dict[str, Callable[[dict], Iterable[Series]]] = {"run": run_series, "external": external_series}
+# kind -> builder: every series of that kind in a validated config (registering its sources and token sets)
+BUILDERS: dict[str, Callable[[dict, Workflow], Iterable[Series]]] = {
+    "run": _run_series,
+    "external": _external_series,
+}
 
-
-def build_series(cfg: dict) -> dict[str, Series]:
-    """Every series a validated config declares, by name (names are unique across kinds)."""
-    out: dict[str, Series] = {}
+def build_workflow(cfg: dict) -> Workflow:
+    """Sources, token sets and series of a validated config (series names unique across kinds)."""
+    wf = Workflow()
     for kind, build in BUILDERS.items():
-        for series in build(cfg):
-            if series.name in out:
-                raise TokenscaleError(
-                    f"config: series name {series.name!r} is used by both {out[series.name].kind} and {kind}")
-            out[series.name] = series
-    return out
+        for s in build(cfg, wf):
+            if s.name in wf.series:
+                raise TokenscaleError(f"config: series name {s.name!r} is used by both {wf.series[s.name].kind} and {kind}")
+            missing = [src for src in s.sources if src not in wf.sources]
+            if missing or s.token_set not in wf.token_sets:
+                what = f"source {missing[0]!r}" if missing else f"token set {s.token_set!r}"
+                raise TokenscaleError(f"series {s.name}: unknown {what}")
+            if s.deferred and ":" not in s.resolver:
+                raise TokenscaleError(f"series {s.name}: resolver {s.resolver!r} is not 'module:function'")
+            wf.series[s.name] = s
+    return wf
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def eval_blocks(source: Source, per_job: int) -> list[list[int]]:
+    """The source's checkpoint steps in evaluation jobs of ``per_job`` (0 = all in one job)."""
+    steps = source.steps
+    size = per_job or len(steps)
+    return [steps[i : i + size] for i in range(0, len(steps), size)]
+
+
+def block_of(source: Source, step: int, per_job: int) -> int:
+    for b, steps in enumerate(eval_blocks(source, per_job)):
+        if step in steps:
+            return b
+    raise TokenscaleError(f"source {source.name}: no checkpoint at step {step}")
+
+
+# ------------------------------------------------------------------------------------------------ manifests
+def load_resolver(spec: str) -> Callable[[Series, dict, Sequence[str]], Sequence[tuple[str, int]]]:
+    """The function named by ``"package.module:function"``."""
+    import importlib
+
+    module, _, func = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        raise TokenscaleError(f"resolver {spec!r} cannot be imported: {e}") from None
+
+
+def resolve(series: Series, sources: dict[str, Source], inputs: Sequence[str]) -> list[tuple[str, int]]:
+    """Members of a deferred series from its resolver, checked: its own sources, existing steps, no duplicates."""
+    chosen = load_resolver(series.resolver)(series, sources, inputs)
+    members = [(str(src), int(step)) for src, step in chosen]
+    if not members:
+        raise TokenscaleError(f"series {series.name}: its resolver chose no checkpoint")
+    for src, step in members:
+        if src not in series.sources:
+            raise TokenscaleError(f"series {series.name}: member source {src!r} is not one of its sources")
+        sources[src].checkpoint(step)
+    if len(set(members)) != len(members):
+        raise TokenscaleError(f"series {series.name}: a checkpoint is chosen twice")
+    return members
+
+
+def series_spec(wf: Workflow, name: str) -> str:
+    """JSON of a series and the sources it draws on (what ``tokenscale series-manifest`` resolves)."""
+    s = wf.series[name]
+    return json.dumps({"series": asdict(s), "sources": {n: asdict(wf.sources[n]) for n in s.sources}}, sort_keys=True)
+
+
+def parse_series_spec(text: str) -> tuple[Series, dict[str, Source]]:
+    d = json.loads(text)
+
+    def tup(x):
+        return tuple(tup(v) for v in x) if isinstance(x, list) else x
+
+    series = Series(**{k: tup(v) for k, v in d["series"].items()})
+    sources = {n: Source(**{k: tup(v) for k, v in src.items()}) for n, src in d["sources"].items()}
+    return series, sources
+
+
+def write_manifest(path: str | Path, series: Series, members: Sequence[tuple[str, int]]) -> Path:
+    from .atomic import write_json
+
+    return write_json(path, {"format": MANIFEST_FORMAT, "series": series.name, "kind": series.kind,
+                             "token_set": series.token_set, "members": [list(m) for m in members]})
+
+
+def read_manifest(path: str | Path) -> list[tuple[str, int]]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TokenscaleError(f"{p}: cannot read series manifest ({e}); rerun its series_manifest job") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise TokenscaleError(f"{p}: not a series manifest ({MANIFEST_FORMAT})")
+    return [(str(src), int(step)) for src, step in data["members"]]

@@ -6,9 +6,9 @@ rule analyze:
         trajectories=trajectory_shards,
         fits=rules.fit_table.output.table,
     output:
-        summary=f"{RESULTS}/runs/{{series}}/analysis/summary.json",
+        summary=f"{RESULTS}/series/{{series}}/analysis/summary.json",
         figures=report(
-            directory(f"{RESULTS}/runs/{{series}}/analysis/figures"),
+            directory(f"{RESULTS}/series/{{series}}/analysis/figures"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Decomposition",

@@ -1,6 +1,6 @@
 # Helper functions: the only place with Python logic in the workflow. Everything heavy is in tokenscale.
-# Downstream of training, rules are keyed by {series} (tokenscale.series). The helpers below ask a series for
-# its checkpoints, token set and readiness and never which kind it is. Nothing here imports torch.
+# Downstream of training, rules are keyed by {series}, {source} and {tokens} (tokenscale.series). The helpers
+# ask a series for its members and token set and never which kind it is. Nothing here imports torch.
 import json
 from pathlib import Path
 
@@ -8,21 +8,25 @@ from snakemake.exceptions import WorkflowError
 
 from tokenscale import TokenscaleError
 from tokenscale.config import run_configs
-from tokenscale.series import build_series
+from tokenscale.series import block_of, build_workflow, eval_blocks, read_manifest, series_spec
 
 RESULTS = CFG["results"]
 DATA = f"{RESULTS}/data"
 RUNS = run_configs(CFG)
 EXTERNAL = {e["name"]: e for e in CFG["external"]}
 try:
-    SERIES = build_series(CFG)
+    WF = build_workflow(CFG)
 except TokenscaleError as e:
     raise WorkflowError(str(e)) from None
+SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
+PER_JOB = CFG["eval"]["checkpoints_per_job"]
 
 
 wildcard_constraints:
     run="[A-Za-z0-9][A-Za-z0-9_.-]*",
     series="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    source="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    tokens="[A-Za-z0-9][A-Za-z0-9_.-]*",
     block="[0-9]+",
     shard="[0-9]+",
 
@@ -40,55 +44,70 @@ def run_spec(run):
     )
 
 
-def series_dir(wildcards):
-    return f"{RESULTS}/runs/{wildcards.series}"
+# ---------------------------------------------------------------------------------------------- evaluation
+def source_ready(wildcards):
+    """Files that exist once the source's checkpoints can be read (a run's train.json; none for a folder)."""
+    return list(SOURCES[wildcards.source].ready)
 
 
-def checkpoint_ready(wildcards):
-    """Files that exist once the series' checkpoints can be read (a run's train.json; none for a folder)."""
-    return list(SERIES[wildcards.series].ready)
-
-
-def token_set(wildcards):
-    return SERIES[wildcards.series].token_set
-
-
-def eval_blocks(series):
-    """Checkpoint steps of a series grouped into evaluation jobs of eval.checkpoints_per_job (0 = one job)."""
-    all_steps = SERIES[series].steps
-    size = CFG["eval"]["checkpoints_per_job"] or len(all_steps)
-    return [all_steps[i : i + size] for i in range(0, len(all_steps), size)]
+def token_set_file(wildcards):
+    return TOKEN_SETS[wildcards.tokens].path
 
 
 def block_checkpoints(wildcards):
-    """Checkpoint folders evaluated by one job: block {block} of series {series}."""
-    blocks = eval_blocks(wildcards.series)
+    """Checkpoint folders evaluated by one job: block {block} of source {source}."""
+    blocks = eval_blocks(SOURCES[wildcards.source], PER_JOB)
     b = int(wildcards.block)
     if b >= len(blocks):
-        raise WorkflowError(f"series {wildcards.series}: evaluation block {b} does not exist ({len(blocks)} blocks)")
-    return [SERIES[wildcards.series].checkpoint(s) for s in blocks[b]]
+        raise WorkflowError(f"source {wildcards.source}: evaluation block {b} does not exist ({len(blocks)} blocks)")
+    return [SOURCES[wildcards.source].checkpoint(s) for s in blocks[b]]
 
 
-def eval_dirs(wildcards):
-    n = len(eval_blocks(wildcards.series))
-    return [f"{series_dir(wildcards)}/evals/block-{b:03d}" for b in range(n)]
+def eval_block_dir(tokens, source, block):
+    return f"{RESULTS}/evals/{tokens}/{source}/block-{block:03d}"
 
 
-def shard_ids():
-    return list(range(CFG["eval"]["shards"]))
+# ---------------------------------------------------------------------------------------------- series
+def series_dir(wildcards):
+    return f"{RESULTS}/series/{wildcards.series}"
+
+
+def members(series):
+    """(source, step) pairs of a series; a deferred series' come from its manifest (a Snakemake checkpoint)."""
+    s = SERIES[series]
+    if not s.deferred:
+        return list(s.members)
+    return read_manifest(checkpoints.series_manifest.get(series=series).output.manifest)
+
+
+def series_token_set(wildcards):
+    return TOKEN_SETS[SERIES[wildcards.series].token_set].path
+
+
+def series_evals(wildcards):
+    """The eval files of a series' members, in member order (each inside its evaluation block folder)."""
+    tokens = SERIES[wildcards.series].token_set
+    return [
+        f"{eval_block_dir(tokens, src, block_of(SOURCES[src], step, PER_JOB))}/step{step:08d}.h5"
+        for src, step in members(wildcards.series)
+    ]
+
+
+def series_eval_dirs(wildcards):
+    return sorted({str(Path(f).parent) for f in series_evals(wildcards)})
 
 
 def trajectory_shards(wildcards):
-    return [f"{series_dir(wildcards)}/trajectories/shard-{i:03d}.h5" for i in shard_ids()]
+    return [f"{series_dir(wildcards)}/trajectories/shard-{i:03d}.h5" for i in range(CFG["eval"]["shards"])]
 
 
 def fit_shards(wildcards):
-    return [f"{series_dir(wildcards)}/fits/shard-{i:03d}.h5" for i in shard_ids()]
+    return [f"{series_dir(wildcards)}/fits/shard-{i:03d}.h5" for i in range(CFG["eval"]["shards"])]
 
 
 def all_targets():
     out = [f"{DATA}/valid_tokens.h5"]
     out += [f"{RESULTS}/runs/{r}/train.json" for r in RUNS]
-    out += [f"{RESULTS}/runs/{s}/fits.h5" for s in SERIES]
-    out += [f"{RESULTS}/runs/{s}/analysis/summary.json" for s in SERIES]
+    out += [f"{RESULTS}/series/{s}/fits.h5" for s in SERIES]
+    out += [f"{RESULTS}/series/{s}/analysis/summary.json" for s in SERIES]
     return out

@@ -1,22 +1,23 @@
-# Per-token loss of every validation token at every checkpoint, then trajectory shards (tokens x checkpoints).
+# Per-token loss of a token set at every checkpoint of a source (each pair once, whichever series use it),
+# then trajectory shards (tokens x checkpoints) per series.
 
 
 rule external_token_set:
-    # An external checkpoint series is evaluated on the same validation documents, tokenized with its tokenizer
+    # An external checkpoint folder is evaluated on the same validation documents, tokenized with its tokenizer
     # (default: the one saved in its first checkpoint folder).
     input:
         docs=rules.prepare_corpus.output.valid,
     output:
-        tokens=f"{RESULTS}/runs/{{series}}/valid_tokens.h5",
+        tokens=f"{RESULTS}/tokens/{{tokens}}.h5",
     params:
-        series=lambda w: EXTERNAL[w.series]["path"],
-        tokenizer=lambda w: EXTERNAL[w.series]["tokenizer"] or SERIES[w.series].checkpoints[0][1],
-        seq_len=lambda w: EXTERNAL[w.series]["seq_len"] or CFG["data"]["seq_len"],
+        series=lambda w: EXTERNAL[w.tokens]["path"],
+        tokenizer=lambda w: EXTERNAL[w.tokens]["tokenizer"] or SOURCES[w.tokens].checkpoints[0][1],
+        seq_len=lambda w: EXTERNAL[w.tokens]["seq_len"] or CFG["data"]["seq_len"],
         n_seqs=CFG["data"]["valid_sequences"],
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/external_token_set/{{series}}.log",
+        f"{RESULTS}/logs/external_token_set/{{tokens}}.log",
     resources:
         mem_mb=4000,
         runtime=30,
@@ -26,13 +27,13 @@ rule external_token_set:
 
 
 rule evaluate_checkpoint:
-    # One job evaluates eval.checkpoints_per_job checkpoints (1 on a cluster = one job per checkpoint) and
-    # writes one atomic eval file per checkpoint into its block folder; a killed job's folder is removed.
+    # One job evaluates eval.checkpoints_per_job checkpoints of a source (1 on a cluster = one job per checkpoint)
+    # and writes one atomic eval file per checkpoint into its block folder; a killed job's folder is removed.
     input:
-        ready=checkpoint_ready,
-        tokens=token_set,
+        ready=source_ready,
+        tokens=token_set_file,
     output:
-        evals=directory(f"{RESULTS}/runs/{{series}}/evals/block-{{block}}"),
+        evals=directory(f"{RESULTS}/evals/{{tokens}}/{{source}}/block-{{block}}"),
     params:
         checkpoints=block_checkpoints,
         batch_size=CFG["eval"]["batch_size"],
@@ -40,9 +41,9 @@ rule evaluate_checkpoint:
     conda:
         "../../envs/tokenscale.yaml"
     log:
-        f"{RESULTS}/logs/evaluate/{{series}}/block-{{block}}.log",
+        f"{RESULTS}/logs/evaluate/{{tokens}}/{{source}}/block-{{block}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{series}}/block-{{block}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{tokens}}/{{source}}/block-{{block}}.tsv"
     threads: CFG["threads"]
     resources:
         mem_mb=8000,
@@ -52,13 +53,34 @@ rule evaluate_checkpoint:
         "--batch-size {params.batch_size:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
 
 
+checkpoint series_manifest:
+    # Only for deferred series (members chosen from training results, e.g. a frontier): the DAG below this
+    # series is built from the manifest once it exists.
+    input:
+        lambda w: list(SERIES[w.series].inputs),
+    output:
+        manifest=f"{RESULTS}/series/{{series}}/manifest.json",
+    params:
+        spec=lambda w: series_spec(WF, w.series),
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/series_manifest/{{series}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "tokenscale series-manifest --spec {params.spec:q} --inputs {input:q} --out {output.manifest:q} > {log:q} 2>&1"
+
+
 rule assemble_shard:
     input:
-        evals=eval_dirs,
-        tokens=token_set,
+        evals=series_eval_dirs,
+        tokens=series_token_set,
     output:
-        shard=f"{RESULTS}/runs/{{series}}/trajectories/shard-{{shard}}.h5",
+        shard=f"{RESULTS}/series/{{series}}/trajectories/shard-{{shard}}.h5",
     params:
+        evals=series_evals,
         n_shards=CFG["eval"]["shards"],
         config_hash=lambda w: SERIES[w.series].config_hash,
     conda:
@@ -71,6 +93,6 @@ rule assemble_shard:
         mem_mb=8000,
         runtime=60,
     shell:
-        "tokenscale assemble --evals {input.evals:q} --tokens {input.tokens:q} --shard {wildcards.shard:q} "
-        "--n-shards {params.n_shards:q} --run {wildcards.series:q} --config-hash {params.config_hash:q} "
+        "tokenscale assemble --evals {params.evals:q} --tokens {input.tokens:q} --shard {wildcards.shard:q} "
+        "--n-shards {params.n_shards:q} --run {wildcards.series:q} --config-hash={params.config_hash:q} "
         "--out {output.shard:q} > {log:q} 2>&1"

@@ -5,7 +5,7 @@ rule fit_shard:
     input:
         shard=rules.assemble_shard.output.shard,
     output:
-        fits=f"{RESULTS}/runs/{{series}}/fits/shard-{{shard}}.h5",
+        fits=f"{RESULTS}/series/{{series}}/fits/shard-{{shard}}.h5",
     params:
         axis=CFG["fit"]["axis"],
         transform=CFG["fit"]["transform"],
@@ -31,7 +31,7 @@ rule fit_table:
     input:
         fits=fit_shards,
     output:
-        table=f"{RESULTS}/runs/{{series}}/fits.h5",
+        table=f"{RESULTS}/series/{{series}}/fits.h5",
     conda:
         "../../envs/tokenscale.yaml"
     log:

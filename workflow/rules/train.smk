@@ -11,6 +11,7 @@ rule train:
         tokenizer=rules.train_tokenizer.output.tokenizer,
     output:
         summary=f"{RESULTS}/runs/{{run}}/train.json",
+        val_loss=f"{RESULTS}/runs/{{run}}/val_loss.csv",
     params:
         spec=lambda w: run_spec(w.run),
         data=lambda w, input: Path(input.meta).parent,
