@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -110,14 +111,16 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(out_path: os.PathLike | str, *, is_dir: bool = False) -> Iterator[Path]:
+def atomic_output(out_path: os.PathLike | str, *, is_dir: bool = False, unique: bool = False) -> Iterator[Path]:
     """Yield a temp path to write ``out_path`` into; publish it atomically when the block ends.
 
-    ``is_dir=True`` yields an empty folder. A stale temp from a killed writer is removed first.
+    ``is_dir=True`` yields an empty folder. A stale temp from a killed writer is removed first. ``unique=True``
+    gives the temp a per-process name (``<out>.<pid>.<random>.tmp``), for outputs that several processes may
+    write at once with the same content (a shared build cache): the last rename wins, none sees a partial file.
     """
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp" if unique else out.name + ".tmp")
     remove(tmp)
     if is_dir:
         tmp.mkdir()

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from tokenscale import TokenscaleError
+from tokenscale.atomic import atomic_output
 
 __all__ = ["Box", "available", "load", "prep", "fit", "fit_chunk", "build_error"]
 
@@ -77,6 +78,19 @@ def _compiler() -> str | None:
     return shutil.which(cc.split()[0]) and cc
 
 
+class _CompileFailed(Exception):
+    pass
+
+
+def _compile(cmd: list[str]) -> str | None:
+    """Run a compiler command; None on success, else its error in one line."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{' '.join(cmd)}: {e}"
+    return None if proc.returncode == 0 else " ".join((proc.stderr or proc.stdout).split())[:300]
+
+
 def _build(cc: str) -> Path:
     """Compile the kernel (cached); returns the shared library path.  Raises RuntimeError on failure."""
     src = b"".join((_SRC_DIR / name).read_bytes() for name in _SOURCES)
@@ -94,27 +108,17 @@ def _build(cc: str) -> Path:
             if lib.is_file():
                 return lib
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=lib.name + ".", suffix=".tmp", dir=folder)
-                os.close(fd)
-            except OSError:
-                continue  # not writable: try the next folder
-            cmd = cc.split() + flags + ["-o", tmp, str(_SRC_DIR / "fit_lm.c"), "-lm"]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            except (OSError, subprocess.SubprocessError) as e:
-                proc = None
-                errors.append(f"{' '.join(cmd)}: {e}")
-            if proc is not None and proc.returncode == 0:
-                os.replace(tmp, lib)
+                with atomic_output(lib, unique=True) as tmp:  # concurrent builders: the last rename wins
+                    cmd = cc.split() + flags + ["-o", str(tmp), str(_SRC_DIR / "fit_lm.c"), "-lm"]
+                    error = _compile(cmd)
+                    if error is not None:
+                        raise _CompileFailed(error)
                 return lib
-            if proc is not None:
-                errors.append(" ".join((proc.stderr or proc.stdout).split())[:300])
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            break  # a compile error does not depend on the folder
+            except _CompileFailed as e:
+                errors.append(str(e))
+                break  # a compile error does not depend on the folder
+            except (OSError, TokenscaleError):
+                continue  # not writable: try the next folder
     raise RuntimeError("; ".join(errors) or "no writable cache folder")
 
 
