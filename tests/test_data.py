@@ -84,3 +84,31 @@ def test_prepared_data_layout(data_dir):
         assert np.all(flat_pos[1:][same] == flat_pos[:-1][same] + 1)  # positions advance inside a document
         assert f.attrs["tokenizer_sha256"] == tt.meta["tokenizer_sha256"]
     assert load_tokenizer(data_dir / "tokenizer" / "tokenizer.json").convert_tokens_to_ids(EOS) == tt.meta["eos_id"]
+
+
+def test_invalid_utf8_in_corpora_is_replaced_and_reported(tmp_path, capsys):
+    """Invalid UTF-8 becomes U+FFFD as before, but each file with replacements gets one stderr line with the count."""
+    txt = tmp_path / "latin1.txt"
+    # \xff and \xe9 (Latin-1 bytes) and a cut 3-byte sequence \xe2\x82: three replacements; the literal,
+    # validly encoded U+FFFD (\xef\xbf\xbd) is not counted
+    txt.write_bytes(b"Caf\xe9 prose block one.\n\nSecond block \xff with a cut \xe2\x82 euro.\n\n"
+                    b"A literal \xef\xbf\xbd stays.\n\n" + b"Filler prose paragraph.\n\n" * 20)
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(b'{"text": "bad \xc3( byte", "domain": "math"}\n'
+                      + b"".join(json.dumps({"text": f"math {i} + {i}", "domain": "math"}).encode() + b"\n" for i in range(30)))
+    clean = tmp_path / "clean.txt"
+    clean.write_text("Clean block.\n\n" * 10)
+    cfg = _data_cfg(builtin=False, valid_fraction=0.2, corpora=[{"path": str(txt), "domain": "prose"}, {"path": str(jsonl)},
+                                                                 {"path": str(clean), "domain": "prose"}])
+    build_corpus(cfg, tmp_path / "out")
+    err = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert err == [f"tokenscale: warning: {txt}: 3 invalid UTF-8 byte sequences replaced by U+FFFD",
+                   f"tokenscale: warning: {jsonl}: 1 invalid UTF-8 byte sequence replaced by U+FFFD"]
+    texts = [json.loads(x)["text"] for f in ("train.jsonl", "valid.jsonl") for x in (tmp_path / "out" / f).read_text().splitlines()]
+    assert any(t.startswith("Caf\ufffd prose") for t in texts) and "bad \ufffd( byte" in texts  # replacement kept
+    assert any("A literal \ufffd stays." in t for t in texts)
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_prepared_data_has_no_leftovers(data_dir):
+    assert not list(data_dir.parent.rglob("*.tmp")) and not list(data_dir.parent.rglob("*.old"))

@@ -17,6 +17,7 @@ import transformers
 from tokenscale import TokenscaleError
 from tokenscale import evaluate as ev
 from tokenscale import io as tio
+from tokenscale.series import discover_checkpoints
 
 V = 300
 DOMAINS = ["web", "code"]
@@ -173,19 +174,19 @@ def test_discover_checkpoints(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "step3").write_text("a file, not a folder")
     (tmp_path / "step1" / "COMPLETE").write_text("")
-    got = ev.discover_checkpoints(tmp_path)
+    got = discover_checkpoints(tmp_path)
     assert [s for s, _ in got] == [1, 7, 10, 100]
     assert [p.name for _, p in got] == ["step1", "checkpoint-7", "step00000010", "step100"]
-    assert [s for s, _ in ev.discover_checkpoints(tmp_path, complete_only=True)] == [1]
+    assert [s for s, _ in discover_checkpoints(tmp_path, complete_only=True)] == [1]
     (tmp_path / "step0000100").mkdir()
     with pytest.raises(TokenscaleError, match="step 100"):
-        ev.discover_checkpoints(tmp_path)
+        discover_checkpoints(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(TokenscaleError, match="no step-numbered"):
-        ev.discover_checkpoints(empty)
+        discover_checkpoints(empty)
     with pytest.raises(TokenscaleError, match="not found"):
-        ev.discover_checkpoints(tmp_path / "missing")
+        discover_checkpoints(tmp_path / "missing")
 
 
 def test_load_token_set_errors(tmp_path):
@@ -214,7 +215,7 @@ def test_pythia_series_end_to_end(tmp_path):
     ids = make_token_set(ts, S=5, T=12)
     S, T = 5, 12
 
-    ckpts = ev.discover_checkpoints(series)
+    ckpts = discover_checkpoints(series)
     assert [s for s, _ in ckpts] == [1, 10, 100]
     evals = []
     for step, d in ckpts:
@@ -306,3 +307,62 @@ def test_killed_eval_leaves_nothing_readable(tmp_path, monkeypatch):
 def test_evaluate_imports_no_deepspeed():
     code = "import sys, tokenscale.evaluate, tokenscale.io; sys.exit('deepspeed' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ----------------------------------------------------------------------------- CLI: block folders, corrupt numbers
+def test_cli_eval_folder_manifest_and_corrupt_numbers(tmp_path):
+    """`evaluate --out-dir` writes MANIFEST.json last; `assemble` verifies it and refuses NaN / 1e30 written
+    into an eval file (the issue's reproduction) with one line naming the file."""
+    from conftest import run_cli
+
+    series = tmp_path / "series"
+    for seed, name in enumerate(["step1", "step10"]):
+        save_ckpt(tiny_model(seed), series / name, complete=False)
+    ts = tmp_path / "ts.h5"
+    make_token_set(ts, S=3, T=8)
+    block = tmp_path / "evals" / "block-000"
+    ckpts = [series / "step1", series / "step10"]
+    run_cli("evaluate", "--checkpoint", *ckpts, "--tokens", ts, "--out-dir", block, "--device", "cpu", "--batch-size", 2)
+    m = json.loads((block / "MANIFEST.json").read_text())
+    assert sorted(m["files"]) == ["step00000001.h5", "step00000010.h5"] and m["checkpoints"] == [str(c) for c in ckpts]
+    assert sorted(x.name for x in block.iterdir()) == ["MANIFEST.json", "step00000001.h5", "step00000010.h5"]
+
+    def assemble(*evals):
+        return run_cli("assemble", "--evals", *evals, "--tokens", ts, "--shard", 0, "--n-shards", 1, "--run", "r",
+                       "--out", tmp_path / "shard.h5", check=False)
+
+    def one_error_line(p, *needles):
+        assert p.returncode == 2, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tokenscale: error: "), p.stderr
+        for n in needles:
+            assert n in lines[0], lines[0]
+
+    assert assemble(block).returncode == 0
+    good = tio.read_trajectories(tmp_path / "shard.h5")[0]
+    # a stray step file in the folder: evaluate refuses before touching the folder (manifest kept)
+    p = run_cli("evaluate", "--checkpoint", ckpts[0], "--tokens", ts, "--out-dir", block, "--device", "cpu", check=False)
+    one_error_line(p, str(block / "step00000010.h5"), "not a checkpoint of this evaluate job")
+    assert (block / "MANIFEST.json").is_file()
+
+    f = block / "step00000010.h5"
+    original = f.read_bytes()
+    loose = tmp_path / "loose"  # eval files outside a block folder: only the eval file's own checks apply
+    loose.mkdir()
+    (loose / "a.h5").write_bytes((block / "step00000001.h5").read_bytes())
+    for value, why in ((np.nan, "loss[5] = nan is not a finite, non-negative loss"),
+                       (1e30, "loss data do not match the stored loss_sha256")):
+        with h5py.File(f, "r+") as h:
+            h["loss"][5] = value
+        (loose / "b.h5").write_bytes(f.read_bytes())
+        one_error_line(assemble(loose / "a.h5", loose / "b.h5"), str(loose / "b.h5"), why, "rerun its evaluate job")
+        for evals in ([block], [block / "step00000001.h5", f]):  # the folder, or files picked out of it
+            one_error_line(assemble(*evals), str(f), "sha256 differs from MANIFEST.json",
+                           "snakemake --forcerun evaluate_checkpoint", f"delete {block}")
+        f.write_bytes(original)
+    assert assemble(block).returncode == 0
+    np.testing.assert_array_equal(tio.read_trajectories(tmp_path / "shard.h5")[0], good)
+    # a folder whose evaluate job did not finish (no manifest yet)
+    (block / "MANIFEST.json").unlink()
+    for evals in ([block], [block / "step00000001.h5", f]):
+        one_error_line(assemble(*evals), str(block), "no MANIFEST.json", "did not finish")

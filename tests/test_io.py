@@ -293,3 +293,259 @@ def test_io_imports_no_torch_or_deepspeed():
     code = "import sys, tokenscale.io; bad = [m for m in ('torch', 'deepspeed') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- integrity checks
+def _loss_sha(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a, dtype="<f4").tobytes()).hexdigest()
+
+
+def _loss_crc(a: np.ndarray) -> str:
+    import zlib
+
+    return f"{zlib.crc32(np.ascontiguousarray(a, dtype='<f4').tobytes()):08x}"
+
+
+def test_eval_file_stores_checksum_and_mean(setup):
+    tmp, ts, data, N, paths, cols = setup
+    loss, attrs = tio.read_eval_losses(paths[0])
+    assert attrs["loss_sha256"] == _loss_sha(cols[100])
+    assert attrs["mean_loss"] == float(np.mean(cols[100], dtype=np.float64))  # the writer's own, exactly
+    # a mean_loss given by the caller is kept when it matches (in any summation order) and refused otherwise
+    x = np.random.default_rng(5).random(10_000, dtype=np.float32) * 7
+    seq = 0.0
+    for v in x.astype(np.float64):  # naive sequential float64 sum: a different rounding from numpy's pairwise one
+        seq += v
+    p = tio.write_eval_file(tmp / "m.h5", x, {"step": 1, "tokens_seen": 1, "mean_loss": seq / x.size})
+    assert tio.read_eval_losses(p)[1]["mean_loss"] == seq / x.size
+    with pytest.raises(TokenscaleError, match=r"m2\.h5: eval attrs mean_loss=1\.0 but the losses have mean"):
+        tio.write_eval_file(tmp / "m2.h5", x, {"step": 1, "tokens_seen": 1, "mean_loss": 1.0})
+    for bad in (np.nan, np.inf, -1.0):
+        y = x.copy()
+        y[3] = bad
+        with pytest.raises(TokenscaleError, match=r"bad\.h5: loss\[3\] = .* is not a finite, non-negative loss"):
+            tio.write_eval_file(tmp / "bad.h5", y, {"step": 1, "tokens_seen": 1})
+        assert not (tmp / "bad.h5").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("nan", r"loss\[5\] = nan is not a finite, non-negative loss"),
+    ("inf", r"loss\[5\] = inf is not a finite, non-negative loss"),
+    ("negative", r"loss\[5\] = -0\.5 is not a finite, non-negative loss"),
+    ("huge", r"loss data do not match the stored loss_sha256 .*rerun its evaluate job"),
+    ("tiny_change", r"loss data do not match the stored loss_sha256"),
+    ("mean_attr", r"stored mean_loss 123\.0 does not match the loss data"),
+    ("huge_no_checksum", r"stored mean_loss .* does not match the loss data .*rerun its evaluate job"),
+    ("nan_no_checksum", r"loss\[5\] = nan is not a finite"),
+])
+def test_corrupt_eval_numbers_rejected(setup, damage, message):
+    """NaN / 1e30 / edits written into an intact eval file are refused by every reader and by the assembler."""
+    tmp, ts, data, N, paths, cols = setup
+    p = paths[2]
+    with h5py.File(p, "r+") as f:
+        if damage.endswith("no_checksum"):  # an older file / another tool: no loss_sha256, mean_loss still checked
+            del f.attrs["loss_sha256"]
+        if damage.startswith("nan"):
+            f["loss"][5] = np.nan
+        elif damage == "inf":
+            f["loss"][5] = np.inf
+        elif damage == "negative":
+            f["loss"][5] = -0.5
+        elif damage.startswith("huge"):
+            f["loss"][5] = 1e30
+        elif damage == "tiny_change":
+            f["loss"][5] = np.nextafter(f["loss"][5], np.float32(np.inf))
+        elif damage == "mean_attr":
+            f.attrs["mean_loss"] = 123.0
+    for read in (tio.read_eval_losses, tio.read_eval_header):
+        with pytest.raises(TokenscaleError, match=message) as e:
+            read(p)
+        one_line_naming(e, p)
+    out = tmp / "t.h5"
+    with pytest.raises(TokenscaleError, match=message) as e:
+        tio.write_trajectory_shards(paths, ts, [out], attrs={})
+    one_line_naming(e, p)
+    assert not out.exists() and not list(tmp.glob("t.h5*"))
+    assert tio.read_eval_header(p, verify=False)["step"] == 10  # structure-only reading still works
+
+
+def test_eval_file_without_checksum_or_mean_is_readable(setup):
+    """Files from older versions / other tools (no loss_sha256, no mean_loss) pass the finite checks."""
+    tmp, ts, data, N, paths, cols = setup
+    for p in paths:
+        with h5py.File(p, "r+") as f:
+            del f.attrs["loss_sha256"]
+            if p == paths[0]:
+                del f.attrs["mean_loss"]
+    loss, attrs = tio.read_eval_losses(paths[0])
+    np.testing.assert_array_equal(loss, cols[100])
+    out = tmp / "t.h5"
+    tio.write_trajectory_shards(paths, ts, [out], attrs={})
+    assert tio.read_trajectories(out)[0].shape == (N, 4)
+
+
+def test_eval_verification_is_blockwise(setup, monkeypatch):
+    tmp, ts, data, N, paths, cols = setup
+    monkeypatch.setattr(tio, "_VERIFY_BYTES", 4 * 5)  # 5 values per block: many blocks, a short last one
+    loss, attrs = tio.read_eval_losses(paths[0])
+    np.testing.assert_array_equal(loss, cols[100])
+    with h5py.File(paths[0], "r+") as f:
+        f["loss"][N - 1] = np.nan
+    with pytest.raises(TokenscaleError, match=rf"loss\[{N - 1}\] = nan"):
+        tio.read_eval_header(paths[0])
+
+
+def test_shard_checksum_independent_of_blocks(setup, monkeypatch):
+    tmp, ts, data, N, paths, cols = setup
+    full = np.stack([cols[s] for s in sorted(cols)], axis=1)
+    ranges = tio.shard_ranges(N, 2)
+    a = [tmp / "a0.h5", tmp / "a1.h5"]
+    tio.write_trajectory_shards(paths, ts, a, attrs={})
+    monkeypatch.setattr(tio, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(tio, "_BLOCK_BYTES", 4 * 4 * 4 * 2)
+    monkeypatch.setattr(tio, "_VERIFY_BYTES", 4 * 4 * 4 * 3)
+    b = [tmp / "b0.h5", tmp / "b1.h5"]
+    tio.write_trajectory_shards(paths, ts, b, attrs={})
+    for i, (lo, hi) in enumerate(ranges):
+        crc = _loss_crc(full[lo:hi])
+        for out in (a[i], b[i]):
+            loss, _, meta = tio.read_trajectories(out)
+            np.testing.assert_array_equal(loss, full[lo:hi])
+            assert meta["attrs"]["loss_crc32"] == crc
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("nan", r"loss\[5, 2\] = nan is not a finite, non-negative loss"),
+    ("huge", r"loss data do not match the stored loss_crc32 .*rerun its assemble job"),
+    ("tiny_change", r"loss data do not match the stored loss_crc32"),
+    ("nan_no_checksum", r"loss\[5, 2\] = nan is not a finite"),
+])
+def test_corrupt_shard_numbers_rejected(setup, damage, message, monkeypatch):
+    tmp, ts, data, N, paths, cols = setup
+    monkeypatch.setattr(tio, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(tio, "_VERIFY_BYTES", 4 * 4 * 4 * 2)  # verified in several blocks
+    out = tmp / "traj.h5"
+    tio.write_trajectory_shards(paths, ts, [out], attrs={})
+    with h5py.File(out, "r+") as f:
+        if damage.endswith("no_checksum"):
+            del f.attrs["loss_crc32"]
+        f["loss"][5, 2] = {"huge": 1e30, "tiny_change": np.nextafter(f["loss"][5, 2], np.float32(0))}.get(damage, np.nan)
+    with pytest.raises(TokenscaleError, match=message) as e:
+        tio.read_trajectories(out)
+    one_line_naming(e, out)
+    with pytest.raises(TokenscaleError, match=message):
+        tio.read_run_trajectories([out])
+
+
+def test_shard_without_checksum_is_readable(setup):
+    tmp, ts, data, N, paths, cols = setup
+    out = tmp / "traj.h5"
+    tio.write_trajectory_shards(paths, ts, [out], attrs={})
+    with h5py.File(out, "r+") as f:
+        del f.attrs["loss_crc32"]
+    assert tio.read_trajectories(out)[0].shape == (N, 4)
+
+
+def test_outputs_are_byte_identical_across_writes(setup):
+    """Same inputs, same paths -> byte-identical eval files and shards (no timestamps in the HDF5 files)."""
+    tmp, ts, data, N, paths, cols = setup
+    outs = [tmp / "s0.h5", tmp / "s1.h5"]
+
+    def write_all() -> dict:
+        for s, p in zip([100, 1, 10, 1000], paths):
+            tio.write_eval_file(p, cols[s], {"step": s, "tokens_seen": s * 1000, "token_set_sha256": tio.sha256_file(ts),
+                                             "checkpoint": f"/ckpts/step{s}", "run": "r1", "config_sha256": "abc"})
+        tio.write_trajectory_shards(paths, ts, outs, attrs={"model": "m"})
+        return {p.name: p.read_bytes() for p in [*paths, *outs]}
+
+    first = write_all()
+    assert write_all() == first
+    assert not list(tmp.glob("*.tmp")) and not list(tmp.glob("*.part"))
+
+
+# ----------------------------------------------------------------------------- evaluation folder manifest
+def _eval_folder(tmp: Path, ts: Path, N: int, steps=(1, 10, 100)) -> Path:
+    d = tmp / "evals" / "block-000"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    files = []
+    for s in steps:
+        files.append(tio.write_eval_file(d / f"step{s:08d}.h5", rng.random(N, dtype=np.float32),
+                                         {"step": s, "tokens_seen": s, "token_set_sha256": tio.sha256_file(ts)}))
+    tio.write_eval_manifest(d, files, checkpoints=[f"/ck/step{s}" for s in steps])
+    return d
+
+
+def test_eval_manifest_roundtrip(setup):
+    tmp, ts, data, N, paths, cols = setup
+    d = _eval_folder(tmp, ts, N)
+    m = json.loads((d / "MANIFEST.json").read_text())
+    assert m["format"] == "tokenscale-eval-manifest-v1" and m["checkpoints"] == ["/ck/step1", "/ck/step10", "/ck/step100"]
+    assert sorted(m["files"]) == ["step00000001.h5", "step00000010.h5", "step00000100.h5"]
+    for name, e in m["files"].items():
+        assert e["sha256"] == tio.sha256_file(d / name) and e["size"] == (d / name).stat().st_size
+    assert tio.eval_folder_files(d) == [d / n for n in sorted(m["files"])]
+    (d / "step00000010.h5.tmp").write_bytes(b"leftover of a killed attempt")  # never looked at
+    assert len(tio.eval_folder_files(d)) == 3
+    with pytest.raises(TokenscaleError, match="not inside the evaluation folder"):
+        tio.write_eval_manifest(d, [paths[0]], checkpoints=["x"])
+
+
+@pytest.mark.parametrize("damage, bad, message", [
+    ("no_manifest", None, r"evaluation folder has no MANIFEST\.json, so its evaluate job did not finish; rerun its evaluate job"),
+    ("corrupt_file", "step00000010.h5", (r"eval file sha256 differs from MANIFEST\.json .*rerun its evaluate job "
+                                         r"\(snakemake --forcerun evaluate_checkpoint, or delete .*block-000\)")),
+    ("truncated_file", "step00000010.h5", r"eval file has \d+ bytes, MANIFEST\.json says \d+"),
+    ("missing_file", "step00000100.h5", r"eval file listed in MANIFEST\.json is missing"),
+    ("extra_file", "step00000005.h5", r"eval file not listed in MANIFEST\.json"),
+    ("bad_json", "MANIFEST.json", r"cannot read the evaluation manifest"),
+    ("wrong_format", "MANIFEST.json", r"not a valid evaluation manifest"),
+])
+def test_eval_manifest_rejects_incomplete_or_changed_folder(setup, damage, bad, message):
+    tmp, ts, data, N, paths, cols = setup
+    d = _eval_folder(tmp, ts, N)
+    if damage == "no_manifest":
+        (d / "MANIFEST.json").unlink()
+    elif damage == "corrupt_file":
+        with h5py.File(d / bad, "r+") as f:
+            f["loss"][5] = np.nan
+    elif damage == "truncated_file":
+        b = (d / bad).read_bytes()
+        (d / bad).write_bytes(b[: len(b) // 2])
+    elif damage == "missing_file":
+        (d / bad).unlink()
+    elif damage == "extra_file":
+        (d / bad).write_bytes((d / "step00000001.h5").read_bytes())
+    elif damage == "bad_json":
+        (d / bad).write_text('{"format": ')
+    elif damage == "wrong_format":
+        (d / bad).write_text('{"files": []}')
+    with pytest.raises(TokenscaleError, match=message) as e:
+        tio.eval_folder_files(d)
+    one_line_naming(e, d / bad if bad else d)
+
+
+def test_eval_files_picked_from_a_block_folder_are_checked(setup):
+    """Files given one by one (as the workflow's series pass them) are held to their block folder's manifest."""
+    tmp, ts, data, N, paths, cols = setup
+    d = _eval_folder(tmp, ts, N)
+    picked = [d / "step00000010.h5", d / "step00000001.h5"]
+    assert tio.expand_eval_paths([*picked, paths[0]]) == [*picked, paths[0]]  # paths[0]: not in a block folder
+    assert tio.expand_eval_paths([d]) == sorted(d.glob("step*.h5"))
+    with h5py.File(picked[0], "r+") as f:
+        f["loss"][0] = 1e30
+    with pytest.raises(TokenscaleError, match=r"sha256 differs from MANIFEST\.json") as e:
+        tio.expand_eval_paths(picked)
+    one_line_naming(e, picked[0])
+    (d / "MANIFEST.json").unlink()
+    with pytest.raises(TokenscaleError, match=r"no MANIFEST\.json, so its evaluate job did not finish") as e:
+        tio.expand_eval_paths(picked[1:])
+    one_line_naming(e, d)
+    # a block-<N> folder is recognised by its name even before any manifest exists
+    other = tmp / "block-7"
+    other.mkdir()
+    (other / "step00000001.h5").write_bytes(paths[0].read_bytes())
+    with pytest.raises(TokenscaleError, match="did not finish"):
+        tio.expand_eval_paths([other / "step00000001.h5"])

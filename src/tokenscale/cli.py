@@ -161,45 +161,54 @@ def cmd_evaluate(args) -> int:
         raise TokenscaleError(f"evaluate: --out takes one checkpoint, got {len(args.checkpoint)}; use --out-dir")
     _threads(args.threads)
     device = _device(args.device)
-    if args.out_dir is not None:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    for i, ckpt in enumerate(args.checkpoint, 1):
+    if args.out is not None:
+        outs = [Path(args.out)]
+    else:
+        # a block folder: one step<N>.h5 per checkpoint, then MANIFEST.json last (the consumer requires it)
+        from . import atomic
+        from .io import EVAL_MANIFEST
+
+        out_dir = Path(args.out_dir)
+        outs = [out_dir / f"step{_step_of(Path(c).name):08d}.h5" for c in args.checkpoint]
+        seen: dict = {}
+        for c, o in zip(args.checkpoint, outs):
+            if o.name in seen:
+                raise TokenscaleError(f"evaluate: checkpoints {seen[o.name]} and {c} have the same step ({o.name})")
+            seen[o.name] = c
+        extra = sorted(x.name for x in out_dir.glob("step*.h5") if x.name not in seen)
+        if extra:
+            raise TokenscaleError(f"{out_dir / extra[0]}: not a checkpoint of this evaluate job; remove it "
+                                  f"(or the folder {out_dir}) and rerun")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.remove(out_dir / EVAL_MANIFEST)  # the folder is incomplete until the new manifest is written
+    for i, (ckpt, out) in enumerate(zip(args.checkpoint, outs), 1):
         t0 = time.time()
-        if args.out is not None:
-            out = args.out
-        else:
-            name = Path(ckpt).name
-            step = _step_of(name)
-            out = Path(args.out_dir) / f"step{step:08d}.h5"
         out = evaluate_checkpoint(ckpt, args.tokens, out, batch_size=args.batch_size, device=device)
         print(f"evaluate [{i}/{len(args.checkpoint)}]: {ckpt} -> {out} in {time.time() - t0:.1f}s", file=sys.stderr,
               flush=True)
+    if args.out_dir is not None:
+        from .io import write_eval_manifest
+
+        m = write_eval_manifest(args.out_dir, outs, checkpoints=args.checkpoint)
+        print(f"evaluate: {len(outs)} eval files -> {m}", file=sys.stderr, flush=True)
     return 0
 
 
 def _step_of(name: str) -> int:
-    from .evaluate import _step_from_name
+    from .series import step_from_name
 
-    step = _step_from_name(name)
+    step = step_from_name(name)
     if step is None:
         raise TokenscaleError(f"evaluate: cannot tell the step of checkpoint folder {name!r} (expected step<N>)")
     return step
 
 
 def _expand_evals(paths) -> list:
-    """Eval files given directly or as block folders (every step*.h5 inside)."""
-    from pathlib import Path
+    """Eval files given directly or as block folders, verified against the block folders' MANIFEST.json
+    (a block folder without one is an unfinished evaluate job): :func:`tokenscale.io.expand_eval_paths`."""
+    from .io import expand_eval_paths
 
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("step*.h5"))
-            if not found:
-                raise TokenscaleError(f"{p}: evaluation folder holds no step*.h5 files; rerun its evaluate job")
-            out += found
-        else:
-            out.append(p)
-    return out
+    return expand_eval_paths(paths)
 
 
 def cmd_external_tokens(args) -> int:

@@ -15,21 +15,62 @@ Stages (each a CLI step and a workflow rule):
 from __future__ import annotations
 
 import ast
+import codecs
+import contextlib
 import functools
 import hashlib
 import json
-import os
 import sys
 import sysconfig
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import TokenscaleError, __version__
+from . import TokenscaleError, __version__, atomic
 
 EOS = "<|endoftext|>"
 DOC_CHUNK_CHARS = 4000  # builtin prose topics are split at paragraph boundaries into ~this size
+
+
+# --------------------------------------------------------------------------------------------- text decoding
+# Invalid UTF-8 in a corpus file becomes U+FFFD (exactly what errors="replace" does), but it is counted and
+# reported: one stderr line per file.
+_REPLACE_COUNTING = "tokenscale-replace-counting"
+_replaced = threading.local()
+
+
+def _replace_counting(e: UnicodeError) -> tuple[str, int]:
+    if not isinstance(e, UnicodeDecodeError):
+        raise e
+    _replaced.n = getattr(_replaced, "n", 0) + 1
+    return "\ufffd", e.end  # = codecs.replace_errors for decoding
+
+
+codecs.register_error(_REPLACE_COUNTING, _replace_counting)
+
+
+@contextlib.contextmanager
+def _count_replacements(path: Path | str) -> Iterator[str]:
+    """``with _count_replacements(path) as errors: open(path, encoding="utf-8", errors=errors)``: after the
+    block, one stderr warning if any invalid UTF-8 byte sequence of ``path`` was replaced by U+FFFD."""
+    outer = getattr(_replaced, "n", 0)
+    _replaced.n = 0
+    try:
+        yield _REPLACE_COUNTING
+        n = _replaced.n
+    finally:
+        _replaced.n = outer
+    if n:
+        print(f"tokenscale: warning: {path}: {n} invalid UTF-8 byte sequence{'s' if n != 1 else ''} replaced by U+FFFD",
+              file=sys.stderr, flush=True)
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file; invalid bytes become U+FFFD, counted and reported (:func:`_count_replacements`)."""
+    with _count_replacements(path) as errors:
+        return path.read_text(encoding="utf-8", errors=errors)
 
 
 # --------------------------------------------------------------------------------------------- corpus
@@ -87,7 +128,7 @@ def _builtin_documents(domains: tuple[str, ...], max_chars: int | None) -> tuple
         ds_part, code_part = [], []
         for f in _stdlib_files():
             rel = str(f.relative_to(root))
-            src = f.read_text(encoding="utf-8", errors="replace")
+            src = _read_text(f)
             if "code" in domains and src.strip():
                 code_part.append({"domain": "code", "source": f"stdlib:{rel}", "text": src})
             if "docstrings" in domains:
@@ -125,7 +166,7 @@ def read_user_corpus(entry: dict, index: int) -> list[dict]:
     default_domain = entry.get("domain") or path.stem
     docs = []
     if fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
+        with _count_replacements(path) as errors, open(path, encoding="utf-8", errors=errors) as f:
             for ln, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -138,7 +179,7 @@ def read_user_corpus(entry: dict, index: int) -> list[dict]:
                 dom = row.get("domain") or default_domain
                 docs.append({"domain": str(dom), "source": f"{path.name}:{ln}", "text": row["text"]})
     else:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = _read_text(path)
         for j, block in enumerate(_chunk_paragraphs(text)):
             docs.append({"domain": default_domain, "source": f"{path.name}#{j}", "text": block})
     return [d for d in docs if d["text"].strip()]
@@ -181,13 +222,11 @@ def build_corpus(data_cfg: dict, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     for split, rows in (("train", train), ("valid", valid)):
-        tmp = out_dir / f"{split}.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic.atomic_output(out_dir / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
             for d in rows:
                 line = json.dumps({"id": d["id"], "domain": d["domain"], "source": d["source"], "text": d["text"]}, ensure_ascii=False)
                 f.write(line + "\n")
                 h.update(split.encode() + b"\0" + line.encode() + b"\n")
-        os.replace(tmp, out_dir / f"{split}.jsonl")
     domains = sorted({d["domain"] for d in docs})
     manifest = {
         "corpus_sha256": h.hexdigest(),
@@ -203,7 +242,7 @@ def build_corpus(data_cfg: dict, out_dir: str | Path) -> dict:
         "tokenscale": __version__,
         "data_config": {k: data_cfg[k] for k in ("builtin", "builtin_domains", "builtin_max_chars", "corpora", "valid_fraction", "split_seed")},
     }
-    _write_json(out_dir / "manifest.json", manifest)
+    atomic.write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 
@@ -236,15 +275,9 @@ def train_tokenizer(train_docs_path: str | Path, out_dir: str | Path, *, vocab_s
     )
     tok.train_from_iterator((d["text"] for d in docs), trainer=trainer, length=len(docs))
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None)
-    fast.save_pretrained(tmp)  # writes tokenizer.json + tokenizer_config.json
-    _replace_dir(tmp, out_dir)
+    with atomic.atomic_output(out_dir, is_dir=True) as tmp:
+        fast.save_pretrained(tmp)  # writes tokenizer.json + tokenizer_config.json
     return out_dir
 
 
@@ -294,15 +327,15 @@ def tokenize_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: 
     n_samples = (n_tokens - 1) // seq_len
     if n_samples < 1:
         raise TokenscaleError(f"data: training split has only {n_tokens} tokens, less than one sequence of {seq_len + 1}")
-    tmp = out_dir / "train_tokens.bin.tmp"
-    mm = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
-    for s, e in zip(starts, enc):
-        mm[s : s + len(e)] = e
-        mm[s + len(e)] = eos
-    mm.flush()
-    del mm
-    os.replace(tmp, out_dir / "train_tokens.bin")
-    np.savez(out_dir / "train_docs.npz", doc_start=starts, doc_domain=np.array([dom_code[d["domain"]] for d in train_docs], dtype=np.int16))
+    with atomic.atomic_output(out_dir / "train_tokens.bin") as tmp:
+        mm = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
+        for s, e in zip(starts, enc):
+            mm[s : s + len(e)] = e
+            mm[s + len(e)] = eos
+        mm.flush()
+        del mm
+    with atomic.atomic_output(out_dir / "train_docs.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, doc_start=starts, doc_domain=np.array([dom_code[d["domain"]] for d in train_docs], dtype=np.int16))
     meta = {
         "dtype": np.dtype(dtype).name,
         "n_tokens": n_tokens,
@@ -314,7 +347,7 @@ def tokenize_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: 
         "tokenizer_sha256": tokenizer_sha256(tokenizer_dir),
         "corpus_sha256": manifest["corpus_sha256"],
     }
-    _write_json(out_dir / "train_tokens.json", meta)
+    atomic.write_json(out_dir / "train_tokens.json", meta)
 
     valid_docs = read_documents(corpus_dir / "valid.jsonl")
     build_token_set(
@@ -364,9 +397,7 @@ def build_token_set(docs: list[dict], tokenizer, out_path: str | Path, *, seq_le
     input_ids = stream[rows].astype(np.int32)
     tgt = rows[:, 1:]
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("input_ids", data=input_ids)
         f.create_dataset("token_id", data=input_ids[:, 1:])
         f.create_dataset("doc_id", data=doc_id_s[tgt])
@@ -378,7 +409,6 @@ def build_token_set(docs: list[dict], tokenizer, out_path: str | Path, *, seq_le
         f.attrs["tokenscale_version"] = __version__
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
-    os.replace(tmp, out_path)
     return out_path
 
 
@@ -406,18 +436,3 @@ class TrainTokens:
             raise TokenscaleError(f"sample index out of range [0, {self.n_samples}): {idx.min()}..{idx.max()}")
         rows = idx[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
         return self.tokens[rows].astype(np.int64)
-
-
-# --------------------------------------------------------------------------------------------- helpers
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    import shutil
-
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)

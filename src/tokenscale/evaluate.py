@@ -4,8 +4,8 @@
   validation loss as ``mean_loss(model, valid_input_ids)``, so ``mean(token_losses) == val_loss``.
 * :func:`evaluate_checkpoint` writes one per-checkpoint eval HDF5 (atomic tmp + fsync + rename);
   :func:`tokenscale.io.write_trajectory_shards` assembles these into trajectory shards.
-* :func:`discover_checkpoints` lists an external checkpoint series (Pythia ``step1000/``,
-  ``step00001000/``, HF Trainer ``checkpoint-1000/``).
+* checkpoint folders of a series (Pythia ``step1000/``, ``step00001000/``, HF Trainer ``checkpoint-1000/``)
+  are found by :func:`tokenscale.series.discover_checkpoints`.
 
 Analysis module: never imports deepspeed.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from tokenscale import TokenscaleError, __version__
 from tokenscale import io as tio
+from tokenscale.series import step_from_name
 
 __all__ = [
     "token_losses",
@@ -33,7 +33,6 @@ __all__ = [
     "load_token_set",
     "load_checkpoint_model",
     "evaluate_checkpoint",
-    "discover_checkpoints",
 ]
 
 # Max number of logits elements handled by one F.cross_entropy call (rows x vocab).  On CPU a small
@@ -43,7 +42,6 @@ __all__ = [
 # fp32 upcast of the bf16 logits without many kernel launches.
 CE_CHUNK_ELEMENTS = 1 << 20
 CE_CHUNK_ELEMENTS_CUDA = 1 << 26
-_STEP_DIR = re.compile(r"^(?:step|checkpoint-|global_step)(\d+)$")
 
 
 def _resolve_device(model: Any, device: Any) -> torch.device:
@@ -260,11 +258,6 @@ def load_checkpoint_model(ckpt_dir: os.PathLike | str, *, device: Any = None, dt
     return model
 
 
-def _step_from_name(name: str) -> int | None:
-    m = _STEP_DIR.match(name)
-    return int(m.group(1)) if m else None
-
-
 def _run_name(ckpt: Path) -> str:
     parent = ckpt.resolve().parent
     return parent.parent.name if parent.name == "checkpoints" else parent.name
@@ -303,7 +296,7 @@ def evaluate_checkpoint(
 
     step_v = pick("step", step)
     if step_v is None:
-        step_v = _step_from_name(ckpt.name)
+        step_v = step_from_name(ckpt.name)
     if step_v is None:
         raise TokenscaleError(f"cannot tell the step of checkpoint {ckpt} (no tokenscale.json, no step argument)")
     tokens_v = pick("tokens_seen", tokens_seen)
@@ -347,29 +340,3 @@ def evaluate_checkpoint(
     del model
     attrs["seconds"] = float(time.perf_counter() - t0)
     return tio.write_eval_file(out, losses, attrs)
-
-
-def discover_checkpoints(series_dir: os.PathLike | str, *, complete_only: bool = False) -> list[tuple[int, Path]]:
-    """Step-numbered checkpoint subfolders of ``series_dir``, sorted by step.
-
-    Matches ``step<N>`` (any zero padding: ``step1000``, ``step00001000``), ``checkpoint-<N>``
-    (HF Trainer) and ``global_step<N>``; other entries are ignored.  ``complete_only`` skips
-    folders without a ``COMPLETE`` marker.  Errors if the directory is missing, two folders name
-    the same step, or nothing matches.
-    """
-    d = Path(series_dir)
-    if not d.is_dir():
-        raise TokenscaleError(f"checkpoint series directory not found: {d}")
-    found: dict[int, Path] = {}
-    for entry in d.iterdir():
-        step = _step_from_name(entry.name)
-        if step is None or not entry.is_dir():
-            continue
-        if complete_only and not (entry / "COMPLETE").exists():
-            continue
-        if step in found:
-            raise TokenscaleError(f"{d}: two checkpoint folders for step {step}: {found[step].name}, {entry.name}")
-        found[step] = entry
-    if not found:
-        raise TokenscaleError(f"no step-numbered checkpoint folders (step<N>/, checkpoint-<N>/) in {d}")
-    return sorted(found.items())

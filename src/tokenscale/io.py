@@ -5,10 +5,16 @@ Layouts are documented in ``docs/formats.md`` (token sets, checkpoints) and
 
 This is an analysis module: it imports neither torch nor deepspeed.
 
-Atomicity: every writer writes ``<out>.tmp``, flushes + fsyncs it and then ``os.replace``-s it onto
-``<out>``.  A killed job therefore leaves at most a ``*.tmp`` file, which no reader ever opens; and
+Atomicity: every writer goes through :func:`tokenscale.atomic.atomic_output` (``<out>.tmp``, fsync,
+``os.replace``).  A killed job therefore leaves at most a ``*.tmp`` file, which no reader ever opens; and
 every reader validates the required datasets and their shapes, so a truncated/corrupted final file is
 rejected with a one-line :class:`tokenscale.TokenscaleError` naming the file.
+
+Integrity: eval files store ``loss_sha256`` and trajectory shards ``loss_crc32`` (of the loss values as
+little-endian float32 bytes, row-major); readers check that every loss is finite and >= 0, that the
+checksum matches (when stored) and, for eval files, that the stored ``mean_loss`` matches the data.  An
+evaluation block folder carries a ``MANIFEST.json`` written last (:func:`write_eval_manifest`), which
+:func:`eval_folder_files` requires and verifies.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import contextlib
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from tokenscale import TokenscaleError, __version__
+from tokenscale import TokenscaleError, __version__, atomic
 
 __all__ = [
     "sha256_file",
@@ -32,6 +39,10 @@ __all__ = [
     "write_eval_file",
     "read_eval_header",
     "read_eval_losses",
+    "write_eval_manifest",
+    "eval_folder_files",
+    "expand_eval_paths",
+    "LossCheck",
     "write_trajectory_shards",
     "write_trajectory_shard",
     "read_trajectories",
@@ -45,6 +56,14 @@ EVAL_FORMAT = "tokenscale-eval-v1"
 TRAJ_FORMAT = "tokenscale-trajectories-v1"
 CHUNK_ROWS = 4096
 _BLOCK_BYTES = 256 * 2**20  # row-block budget when assembling shards
+# checksums of the loss values (little-endian float32 bytes, row-major): eval files carry a sha256; trajectory
+# shards, read far more often and ~100x larger, a CRC-32 (1.3 ms per 5 MB against 3 ms for sha256 with SHA
+# instructions, 10 ms without; decompressing a 5 MB shard takes ~12 ms).  docs/trajectories.md#integrity-checks
+LOSS_SHA256 = "loss_sha256"
+LOSS_CRC32 = "loss_crc32"
+EVAL_MANIFEST = "MANIFEST.json"  # written last into an evaluation block folder
+MANIFEST_FORMAT = "tokenscale-eval-manifest-v1"
+_VERIFY_BYTES = 4 * 2**20  # block size when verifying losses while reading (stays in cache)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -124,45 +143,70 @@ def _to_attr(v: Any) -> Any:
     return str(v)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_path(out: Path) -> Path:
-    return out.with_name(out.name + ".tmp")
-
-
 @contextlib.contextmanager
 def _atomic_h5(out_path: os.PathLike | str) -> Iterator[h5py.File]:
-    """Write an HDF5 file to ``out.tmp``, fsync, then ``os.replace`` it to ``out``.
+    """An HDF5 file written through :func:`tokenscale.atomic.atomic_output` (tmp, fsync, rename)."""
+    with atomic.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
+        f.flush()
 
-    On an exception the tmp file is removed; on a hard kill it is left behind, and readers never
-    look at ``*.tmp``.
+
+class LossCheck:
+    """Streaming integrity check of a loss array fed in row-major order, block by block.
+
+    ``update(block)`` checks that every value is finite and >= 0 (else a one-line error naming ``path``
+    and the first bad element) and feeds the block's little-endian float32 bytes to the checksum
+    (``digest``: ``"sha256"`` or ``"crc32"``); with ``total=True`` it also sums the values in float64.
+    ``hexdigest()`` is the checksum as stored (``loss_sha256`` / ``loss_crc32``, lowercase hex): it depends
+    only on the values, not on how they were split into blocks.  ``hint`` ends the error messages.
     """
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(out)
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+
+    def __init__(self, path: os.PathLike | str, *, digest: str = "sha256", hint: str = "", total: bool = False):
+        if digest not in ("sha256", "crc32"):
+            raise ValueError(f"unknown digest {digest!r}")
+        self.path, self.digest, self.hint, self.rows = Path(path), digest, hint, 0
+        self.total: float | None = 0.0 if total else None
+        self._sha = hashlib.sha256() if digest == "sha256" else None
+        self._crc = 0
+
+    def update(self, block: np.ndarray) -> None:
+        b = np.ascontiguousarray(block, dtype="<f4")
+        if b.size:
+            lo, hi = b.min(), b.max()  # NaN propagates into both; two passes without temporaries
+            if not (lo >= 0 and hi < np.inf):
+                bad = np.unravel_index(int(np.flatnonzero(~((b >= 0) & (b < np.inf)))[0]), b.shape)
+                idx = ", ".join(str(int(i) + (self.rows if j == 0 else 0)) for j, i in enumerate(bad))
+                raise _err(self.path, f"loss[{idx}] = {float(b[bad])!r} is not a finite, non-negative loss"
+                                      + (f" (corrupt file; {self.hint})" if self.hint else ""))
+            if self.total is not None:
+                self.total += float(np.sum(b, dtype=np.float64))
+        if self._sha is not None:
+            self._sha.update(b)
+        else:
+            self._crc = zlib.crc32(b, self._crc)
+        self.rows += b.shape[0] if b.ndim else 1
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest() if self._sha is not None else f"{self._crc:08x}"
+
+    def verify(self, stored: Any) -> None:
+        """Compare with the stored checksum (skipped when the file has none: older files, other tools)."""
+        if stored is None:
+            return
+        if str(stored) != self.hexdigest():
+            raise _err(self.path, f"loss data do not match the stored loss_{self.digest} (file altered or corrupt)"
+                                  + (f"; {self.hint}" if self.hint else ""))
+
+
+def _mean_tolerance(n: int, mean: float) -> float:
+    """Largest difference between two float64 means of the same ``n`` non-negative float32 values.
+
+    float32 -> float64 is exact, so two computations differ only by summation order; any order is within
+    ``(n-1)·u·Σx`` of the exact sum (u = 2**-53), so two of them are within ``2·n·u·mean`` after the division.
+    A valid file never fails this, whatever tool or order computed ``mean_loss``; smaller edits are left
+    to the checksum.
+    """
+    return (n + 2) * 2.0**-52 * abs(mean)
 
 
 def sha256_file(path: os.PathLike | str, *, bufsize: int = 1 << 22) -> str:
@@ -243,13 +287,23 @@ def write_eval_file(out_path: os.PathLike | str, losses: np.ndarray, attrs: dict
     """Atomically write a per-checkpoint eval file: dataset ``loss`` (N,) float32 + attrs.
 
     ``losses`` may be (S, T) or (N,); it is stored flattened row-major (token instance ``s*T+t``).
-    ``attrs`` must contain ``step`` and ``tokens_seen``.
+    ``attrs`` must contain ``step`` and ``tokens_seen``.  Every loss must be finite and >= 0.  Adds
+    ``loss_sha256`` and, unless given (then it must match), ``mean_loss`` (float64 mean).
     """
     out = Path(out_path)
     loss = np.ascontiguousarray(losses, dtype=np.float32).reshape(-1)
     for key in ("step", "tokens_seen"):
         if key not in attrs or attrs[key] is None:
             raise _err(out, f"eval attrs need '{key}'")
+    check = LossCheck(out)
+    check.update(loss)
+    attrs = dict(attrs)
+    if loss.size:
+        mean = float(np.mean(loss, dtype=np.float64))
+        given = attrs.setdefault("mean_loss", mean)
+        if not abs(float(given) - mean) <= _mean_tolerance(loss.size, mean):
+            raise _err(out, f"eval attrs mean_loss={given!r} but the losses have mean {mean!r}")
+    attrs[LOSS_SHA256] = check.hexdigest()
     with _atomic_h5(out) as f:
         f.create_dataset("loss", data=loss, chunks=(min(max(loss.size, 1), 1 << 16),) if loss.size else None)
         f.attrs["format"] = EVAL_FORMAT
@@ -260,31 +314,180 @@ def write_eval_file(out_path: os.PathLike | str, losses: np.ndarray, attrs: dict
     return out
 
 
-def read_eval_header(path: os.PathLike | str) -> dict:
-    """Validate a per-checkpoint eval file and return its attrs (+ ``path``, ``n_tokens``)."""
+_EVAL_RERUN = "rerun its evaluate job"
+
+
+def _eval_header(f: h5py.File, p: Path) -> dict:
+    if "loss" not in f or not isinstance(f["loss"], h5py.Dataset):
+        raise _err(p, "not a valid eval file (missing dataset 'loss')")
+    d = f["loss"]
+    if d.ndim != 1 or d.dtype != np.float32:
+        raise _err(p, f"not a valid eval file (loss shape {d.shape} dtype {d.dtype}, expected (N,) float32)")
+    attrs = _attrs_dict(f.attrs)
+    for key in ("step", "tokens_seen", "n_tokens"):
+        if key not in attrs:
+            raise _err(p, f"not a valid eval file (missing attribute '{key}')")
+    if int(attrs["n_tokens"]) != d.shape[0]:
+        raise _err(p, f"not a valid eval file (loss has {d.shape[0]} rows, n_tokens={attrs['n_tokens']})")
+    return attrs
+
+
+def _verify_eval_loss(f: h5py.File, p: Path, attrs: dict, *, keep: bool) -> np.ndarray | None:
+    """Read ``loss`` block by block: finite and >= 0, ``loss_sha256`` (if stored), ``mean_loss`` (if stored)."""
+    d = f["loss"]
+    n = d.shape[0]
+    out = np.empty(n, dtype=np.float32) if keep else None
+    step = max(1, _VERIFY_BYTES // 4)
+    buf = np.empty(min(n, step), dtype=np.float32)
+    check = LossCheck(p, hint=_EVAL_RERUN, total=True)
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        dst = out[i0:i1] if out is not None else buf[: i1 - i0]
+        d.read_direct(dst, np.s_[i0:i1])
+        check.update(dst)
+    check.verify(attrs.get(LOSS_SHA256))
+    stored = attrs.get("mean_loss")
+    if stored is not None and n:
+        mean = check.total / n
+        if not abs(float(stored) - mean) <= _mean_tolerance(n, mean):
+            raise _err(p, f"stored mean_loss {float(stored)!r} does not match the loss data (mean {mean!r}): "
+                          f"file altered or corrupt; {_EVAL_RERUN}")
+    return out
+
+
+def read_eval_header(path: os.PathLike | str, *, verify: bool = True) -> dict:
+    """Validate a per-checkpoint eval file and return its attrs (+ ``path``, ``n_tokens``).
+
+    ``verify`` (default) also reads the losses and checks them (finite, >= 0, ``loss_sha256`` and
+    ``mean_loss`` when stored); ``verify=False`` only checks the structure.
+    """
     p = Path(path)
     with _reading(p, "eval") as f:
-        if "loss" not in f or not isinstance(f["loss"], h5py.Dataset):
-            raise _err(p, "not a valid eval file (missing dataset 'loss')")
-        d = f["loss"]
-        if d.ndim != 1 or d.dtype != np.float32:
-            raise _err(p, f"not a valid eval file (loss shape {d.shape} dtype {d.dtype}, expected (N,) float32)")
-        attrs = _attrs_dict(f.attrs)
-        for key in ("step", "tokens_seen", "n_tokens"):
-            if key not in attrs:
-                raise _err(p, f"not a valid eval file (missing attribute '{key}')")
-        if int(attrs["n_tokens"]) != d.shape[0]:
-            raise _err(p, f"not a valid eval file (loss has {d.shape[0]} rows, n_tokens={attrs['n_tokens']})")
+        attrs = _eval_header(f, p)
+        if verify:
+            _verify_eval_loss(f, p, attrs, keep=False)
     attrs["path"] = p
     return attrs
 
 
 def read_eval_losses(path: os.PathLike | str) -> tuple[np.ndarray, dict]:
-    """Read a per-checkpoint eval file: ``(loss (N,) float32, attrs)``."""
-    attrs = read_eval_header(path)
-    with _reading(path, "eval") as f:
-        loss = f["loss"][()]
+    """Read and verify a per-checkpoint eval file: ``(loss (N,) float32, attrs)``."""
+    p = Path(path)
+    with _reading(p, "eval") as f:
+        attrs = _eval_header(f, p)
+        loss = _verify_eval_loss(f, p, attrs, keep=True)
+    attrs["path"] = p
+    assert loss is not None
     return loss, attrs
+
+
+def _manifest_rerun(folder: Path) -> str:
+    return f"rerun its evaluate job (snakemake --forcerun evaluate_checkpoint, or delete {folder})"
+
+
+def write_eval_manifest(folder: os.PathLike | str, eval_files: Sequence[os.PathLike | str], *,
+                        checkpoints: Sequence[os.PathLike | str]) -> Path:
+    """Write ``<folder>/MANIFEST.json`` (atomically; call it after every eval file is written).
+
+    Lists each eval file (which must be in ``folder``) with its sha256, size and checkpoint; a folder
+    without it is an unfinished evaluation job (:func:`eval_folder_files`).
+    """
+    d = Path(folder)
+    files = [Path(x) for x in eval_files]
+    if len(checkpoints) != len(files):
+        raise TokenscaleError(f"{d}: {len(files)} eval files but {len(checkpoints)} checkpoints")
+    entries: dict[str, dict] = {}
+    for x, ckpt in zip(files, checkpoints):
+        if x.parent.resolve() != d.resolve():
+            raise _err(x, f"not inside the evaluation folder {d}")
+        if x.name in entries:
+            raise _err(x, "listed twice")
+        entries[x.name] = {"sha256": sha256_file(x), "size": x.stat().st_size, "checkpoint": str(ckpt)}
+    manifest = {"format": MANIFEST_FORMAT, "package_version": __version__,
+                "checkpoints": [str(c) for c in checkpoints], "files": entries}
+    return atomic.write_json(d / EVAL_MANIFEST, manifest)
+
+
+def _read_manifest(d: Path) -> dict:
+    """``files`` of a block folder's manifest; one-line errors when it is missing or unreadable."""
+    mp = d / EVAL_MANIFEST
+    rerun = _manifest_rerun(d)
+    if not d.is_dir():
+        raise _err(d, "evaluation folder not found")
+    if not mp.is_file():
+        raise _err(d, f"evaluation folder has no {EVAL_MANIFEST}, so its evaluate job did not finish; {rerun}")
+    try:
+        m = json.loads(mp.read_text())
+    except (OSError, ValueError) as e:
+        raise _err(mp, f"cannot read the evaluation manifest ({e}); {rerun}") from None
+    files = m.get("files") if isinstance(m, dict) else None
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+        raise _err(mp, f"not a valid evaluation manifest (format {MANIFEST_FORMAT}); {rerun}")
+    if not files:
+        raise _err(mp, f"evaluation manifest lists no eval files; {rerun}")
+    for name, entry in files.items():
+        if Path(name).name != name or not isinstance(entry, dict):
+            raise _err(mp, f"not a valid evaluation manifest (entry {name!r}); {rerun}")
+    return files
+
+
+def _check_listed(x: Path, files: dict) -> None:
+    """``x`` is listed in its folder's manifest ``files`` and has the listed size and sha256."""
+    rerun = _manifest_rerun(x.parent)
+    entry = files.get(x.name)
+    if entry is None:
+        raise _err(x, f"eval file not listed in {EVAL_MANIFEST} (left over or added later); {rerun}")
+    if not x.is_file():
+        raise _err(x, f"eval file listed in {EVAL_MANIFEST} is missing; {rerun}")
+    size = x.stat().st_size
+    if size != entry.get("size"):
+        raise _err(x, f"eval file has {size} bytes, {EVAL_MANIFEST} says {entry.get('size')} (changed or truncated); {rerun}")
+    if sha256_file(x) != entry.get("sha256"):
+        raise _err(x, f"eval file sha256 differs from {EVAL_MANIFEST} (changed or corrupt); {rerun}")
+
+
+def eval_folder_files(folder: os.PathLike | str) -> list[Path]:
+    """The eval files of an evaluation block folder, verified against its ``MANIFEST.json``.
+
+    The manifest must exist (else the evaluate job did not finish), every listed file must be there with
+    the listed size and sha256, and no other ``step*.h5`` may be present.  Errors are one line naming the
+    folder or file and saying to rerun the evaluate job.
+    """
+    d = Path(folder)
+    files = _read_manifest(d)
+    extra = sorted(x.name for x in d.glob("step*.h5") if x.name not in files)
+    if extra:
+        _check_listed(d / extra[0], files)  # raises: not listed
+    out = [d / name for name in sorted(files)]
+    for x in out:
+        _check_listed(x, files)
+    return out
+
+
+def _is_block_folder(d: Path) -> bool:
+    return (d / EVAL_MANIFEST).exists() or (d.name.startswith("block-") and d.name[6:].isdigit())
+
+
+def expand_eval_paths(paths: Sequence[os.PathLike | str]) -> list[Path]:
+    """Eval files given directly or as evaluation block folders, checked against the block manifests.
+
+    A folder gives every file of :func:`eval_folder_files`.  A file inside a block folder (one named
+    ``block-<N>`` or holding a ``MANIFEST.json``) must be listed in, and match, that folder's manifest, so
+    picking single files out of an unfinished or altered block is refused too.  Other files are returned
+    as they are (the eval readers check them).
+    """
+    out: list[Path] = []
+    manifests: dict[Path, dict] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += eval_folder_files(p)
+            continue
+        if _is_block_folder(p.parent):
+            if p.parent not in manifests:
+                manifests[p.parent] = _read_manifest(p.parent)
+            _check_listed(p, manifests[p.parent])
+        out.append(p)
+    return out
 
 
 # ----------------------------------------------------------------------------- trajectory shards
@@ -299,7 +502,7 @@ def shard_ranges(n_tokens: int, n_shards: int) -> list[tuple[int, int]]:
 def _collect_evals(eval_paths: Sequence[os.PathLike | str], n_tokens: int, ts_sha: str) -> list[dict]:
     if not eval_paths:
         raise TokenscaleError("write_trajectory_shards: no eval files given")
-    headers = [read_eval_header(p) for p in eval_paths]
+    headers = [read_eval_header(p) for p in eval_paths]  # verifies every eval file's losses
     headers.sort(key=lambda h: int(h["step"]))
     seen: dict[int, Path] = {}
     for h in headers:
@@ -370,14 +573,18 @@ def _write_one_shard(
             stack.callback(ef.close)
             evals.append(ef)
         buf = np.empty((min(block, n), K), dtype=np.float32)
+        # checksum of the (n, K) matrix, fed block by block in row order (the evals were verified already)
+        check = LossCheck(out, digest="crc32", hint="an eval file changed while it was being assembled; rerun")
         for b0 in range(0, n, block):
             b1 = min(n, b0 + block)
             for k, (ef, h) in enumerate(zip(evals, headers)):
                 with _guard(h["path"], "eval"):
                     ef["loss"].read_direct(buf, np.s_[lo + b0 : lo + b1], np.s_[: b1 - b0, k])
+            check.update(buf[: b1 - b0])
             dset[b0:b1] = buf[: b1 - b0]
         full = _shard_attrs(attrs, headers, ts)
         full.update(shard_index=int(shard_index), shard_count=int(shard_count), token_start=int(lo), token_stop=int(hi))
+        full[LOSS_CRC32] = check.hexdigest()
         for k, v in full.items():
             f.attrs[k] = _to_attr(v)
 
@@ -405,8 +612,8 @@ def write_trajectory_shards(
     ts = token_set_info(token_set_path)
     headers = _collect_evals(eval_paths, ts["n_tokens"], ts["sha256"])
     ranges = shard_ranges(ts["n_tokens"], len(outs))
-    # write every shard under a private name, then rename them all: a crash never leaves a
-    # partial set of *final* shard files from this call.
+    # write every shard (atomically, fsynced) under a private ``.part`` name, then rename them all: a
+    # crash never leaves a partial set of *final* shard files from this call.
     staged: list[tuple[Path, Path]] = []
     try:
         for i, (out, (lo, hi)) in enumerate(zip(outs, ranges)):
@@ -416,11 +623,10 @@ def write_trajectory_shards(
         for staging, out in staged:
             os.replace(staging, out)
         for d in {o.parent for o in outs}:
-            _fsync_dir(d)
+            atomic.fsync_dir(d)
     except BaseException:
         for staging, _ in staged:
-            with contextlib.suppress(OSError):
-                staging.unlink()
+            atomic.remove(staging)
         raise
 
 
@@ -467,18 +673,36 @@ def _read_traj(p: Path, load_loss: bool = True) -> tuple[np.ndarray | None, dict
         for name in ("token_index", *(f"meta/{m}" for m in META_DATASETS)):
             if f[name].shape != (n,):
                 raise _err(p, f"not a valid trajectory shard ({name} shape {f[name].shape} != ({n},))")
+        loss, check = _read_shard_loss(ls, p) if load_loss else (None, None)
         axis = {"step": f["axis/step"][()].astype(np.int64), "tokens": f["axis/tokens"][()].astype(np.int64)}
         meta: dict[str, Any] = {m: f[f"meta/{m}"][()] for m in META_DATASETS}
         meta["token_index"] = f["token_index"][()]
         meta["attrs"] = _attrs_dict(f.attrs, json_keys=("checkpoints", "eval_files", "domain_names"))
-        loss = ls[()] if load_loss else None
-    if loss is not None and loss.dtype != np.float32:
-        loss = loss.astype(np.float32)
+    if check is not None:
+        check.verify(meta["attrs"].get(LOSS_CRC32))
     return loss, axis, meta
 
 
+def _read_shard_loss(ls: h5py.Dataset, p: Path) -> tuple[np.ndarray, LossCheck]:
+    """Read a shard's ``loss`` in chunk-aligned row blocks of ~4 MiB, checking and checksumming each block
+    right after it is decompressed (still in cache); the caller ``verify``-s the returned check."""
+    n, K = ls.shape
+    check = LossCheck(p, digest="crc32", hint="rerun its assemble job")
+    if ls.dtype != np.float32 or not ls.chunks or n == 0:
+        loss = np.ascontiguousarray(ls[()], dtype=np.float32)
+        check.update(loss)
+    else:
+        loss = np.empty((n, K), dtype=np.float32)
+        rows = max(1, _VERIFY_BYTES // (4 * max(K, 1)) // ls.chunks[0]) * ls.chunks[0]
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            ls.read_direct(loss, np.s_[r0:r1], np.s_[r0:r1])
+            check.update(loss[r0:r1])
+    return loss, check
+
+
 def read_trajectories(path: os.PathLike | str) -> tuple[np.ndarray, dict, dict]:
-    """Read one trajectory shard.
+    """Read one trajectory shard (verified: losses finite and >= 0, ``loss_crc32`` when stored).
 
     Returns ``(losses (n, K) float32 nats, {"step": (K,) int64, "tokens": (K,) int64},
     {"doc_id", "doc_pos", "domain", "token_id", "token_index": (n,), "attrs": {...}})``.
