@@ -1,4 +1,4 @@
-"""Layout of the fit engine (:mod:`tokenscale.fit`) and its file format (:mod:`tokenscale.fitsio`).
+"""Layout of the fit engine (:mod:`tokenscale.fit`) and its file format (:mod:`tokenscale.io.fits`).
 
 * no import cycle among the fit modules (every import statement, also those inside functions);
 * every module imports in a fresh interpreter, and the torch-free ones (the package itself, the problem,
@@ -26,8 +26,8 @@ SRC = Path(tokenscale.__file__).parent
 FIT_MODULES = sorted(
     "tokenscale." + ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
     for p in (SRC / "fit").rglob("*.py")
-) + ["tokenscale.fitsio"]
-TORCH_FREE = ["tokenscale.fit", "tokenscale.fit.problem", "tokenscale.fit.engines", "tokenscale.fitsio"]
+) + ["tokenscale.io.fits"]
+TORCH_FREE = ["tokenscale.fit", "tokenscale.fit.problem", "tokenscale.fit.engines", "tokenscale.io.fits"]
 
 
 def _path(module: str) -> Path:
@@ -81,7 +81,7 @@ def test_fit_modules_have_no_import_cycle():
             visit(m, [m])
     # the old pair that imported each other: the Triton kernel reads the problem's constants, not the API
     assert "tokenscale.fit.api" not in graph["tokenscale.fit.engines.triton_lm"]
-    assert graph["tokenscale.fitsio"] == set()  # self-contained: no fit module
+    assert graph["tokenscale.io.fits"] == set()  # self-contained: no fit module
 
 
 def _run(code: str) -> str:
@@ -107,9 +107,9 @@ def test_reading_a_fits_file_imports_no_torch(tmp_path):
     path = tmp_path / "fits.h5"
     save_fits(path, fit, token_index=np.arange(50))
     out = _run(
-        "import sys, tokenscale.fitsio as io\n"
+        "import sys, tokenscale.io.fits as io\n"
         f"f = io.load_fits({str(path)!r})\n"
-        "assert 'torch' not in sys.modules, 'tokenscale.fitsio imported torch'\n"
+        "assert 'torch' not in sys.modules, 'tokenscale.io.fits imported torch'\n"
         "from tokenscale.fit import CATEGORY_NAMES, SigmoidFit, concat_fits, load_fits, save_fits\n"
         f"g = concat_fits([load_fits({str(path)!r}), f])\n"
         f"save_fits({str(tmp_path / 'again.h5')!r}, g)\n"
@@ -121,7 +121,8 @@ def test_reading_a_fits_file_imports_no_torch(tmp_path):
 
 
 def test_category_and_status_names_have_one_definition():
-    from tokenscale import figures, fit, fitsio, spectrum
+    from tokenscale import figures, fit, spectrum
+    from tokenscale.io import fits as fitsio
     from tokenscale.fit import problem
 
     assert fit.CATEGORY_NAMES is fitsio.CATEGORY_NAMES is problem.CATEGORY_NAMES
@@ -187,3 +188,37 @@ def test_the_c_kernel_box_has_the_fields_the_problem_fills():
     c_fields = [name for decl in struct.split(";") if decl.strip()
                 for name in re.sub(r"^\s*(double|int)\s+", "", decl.strip()).replace(" ", "").split(",")]
     assert c_fields == box_fields
+
+
+ALL_MODULES = sorted(
+    "tokenscale." + ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+    for p in SRC.rglob("*.py")
+)
+# file formats, series, the atomic writer, config, analysis and the CLI's start: no torch (the DAG, `tokenscale
+# --help`, reading results and the analysis never pay for it)
+TORCH_FREE_ELSEWHERE = ["tokenscale.io", "tokenscale.io.fits", "tokenscale.series", "tokenscale.atomic",
+                        "tokenscale.config", "tokenscale.workflow", "tokenscale.spectrum", "tokenscale.figures",
+                        "tokenscale.cli"]
+
+
+def test_package_has_no_import_cycle():
+    graph = {m: {d for d in _imports(m) if d in ALL_MODULES and d != "tokenscale"} for m in ALL_MODULES}
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]) -> None:
+        for d in sorted(graph[m]):
+            if d in path:
+                pytest.fail(f"import cycle: {' -> '.join(path[path.index(d):] + [d])}")
+            if d not in done:
+                visit(d, path + [d])
+        done.add(m)
+
+    for m in ALL_MODULES:
+        visit(m, [m])
+
+
+def test_formats_series_and_analysis_import_no_torch():
+    code = "import sys\n" + "".join(f"import {m}\n" for m in TORCH_FREE_ELSEWHERE)
+    code += "from tokenscale.cli import build_parser\nbuild_parser()\n"
+    code += "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    assert _run(code).strip() == "[]"

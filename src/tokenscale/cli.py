@@ -273,7 +273,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_fit_table(args) -> int:
-    from .fitsio import concat_fits, load_fits, save_fits
+    from .io.fits import concat_fits, load_fits, save_fits
 
     parts = [load_fits(p) for p in args.fits]
     save_fits(args.out, concat_fits(parts), attrs={"shards": [str(p) for p in args.fits]})
@@ -283,7 +283,7 @@ def cmd_fit_table(args) -> int:
 def cmd_analyze(args) -> int:
     from .config import validate_config
     from .figures import make_figures
-    from .fitsio import load_fits
+    from .io.fits import load_fits
     from .io import read_run_trajectories
     from .spectrum import analyze, write_summary
 

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from tokenscale import TokenscaleError
 from tokenscale.atomic import atomic_output
-from tokenscale.fitsio import CATEGORY_NAMES
+from tokenscale.io.fits import CATEGORY_NAMES
 
 FIGURE_NAMES = ("fig01_overview", "fig02_token_trajectories", "fig03_step_axis",
                 "fig10_shape_vs_tau", "fig11_pulse_svd", "fig12_reconstruction")

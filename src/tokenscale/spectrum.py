@@ -99,7 +99,7 @@ from scipy.signal import savgol_filter
 from scipy.special import expit
 
 from tokenscale import TokenscaleError, atomic
-from tokenscale.fitsio import CATEGORY_NAMES
+from tokenscale.io.fits import CATEGORY_NAMES
 
 FINE_BINS = 1024  # fine τ histogram for the tail fit (bins across the window on x)
 _STATUS_INVALID = 2

@@ -9,7 +9,7 @@ import torch; the first use of a torch-backed name does)::
 Where things are (each module depends only on those above it):
 
 ==========================  =================================================================  =========
-``tokenscale.fitsio``       SigmoidFit, CategoryRule, STATUS/CATEGORY_NAMES, save/load/concat  no torch
+``tokenscale.io.fits``       SigmoidFit, CategoryRule, STATUS/CATEGORY_NAMES, save/load/concat  no torch
 ``problem``                 the math (docstring), bounds, start grid, LM constants: Problem    no torch
 ``engines/__init__``        ENGINES: the registry of engine names (API, CLI and schema)        no torch
 ``engines/torch_lm``        the batched torch engine (reference; grid start used by triton)
@@ -33,14 +33,14 @@ _EXPORTS = {
     "grid_init": "tokenscale.fit.api",
     "ENGINES": "tokenscale.fit.engines",
     "Problem": "tokenscale.fit.problem",
-    "SigmoidFit": "tokenscale.fitsio",
-    "CategoryRule": "tokenscale.fitsio",
-    "STATUS_NAMES": "tokenscale.fitsio",
-    "CATEGORY_NAMES": "tokenscale.fitsio",
-    "FITS_FORMAT": "tokenscale.fitsio",
-    "concat_fits": "tokenscale.fitsio",
-    "save_fits": "tokenscale.fitsio",
-    "load_fits": "tokenscale.fitsio",
+    "SigmoidFit": "tokenscale.io.fits",
+    "CategoryRule": "tokenscale.io.fits",
+    "STATUS_NAMES": "tokenscale.io.fits",
+    "CATEGORY_NAMES": "tokenscale.io.fits",
+    "FITS_FORMAT": "tokenscale.io.fits",
+    "concat_fits": "tokenscale.io.fits",
+    "save_fits": "tokenscale.io.fits",
+    "load_fits": "tokenscale.io.fits",
 }
 
 __all__ = list(_EXPORTS)

@@ -3,7 +3,7 @@
 Input handling (shapes, axis, dtype, device, options: one-line :class:`tokenscale.TokenscaleError` for bad
 values), the choice of engine (:data:`tokenscale.fit.engines.ENGINES`), blocks of rows converted to the compute
 dtype/device and fitted (:func:`tokenscale.fit.chunks.fit_block`), and the assembly of the results into a
-:class:`tokenscale.fitsio.SigmoidFit` (derived parameters, ``r2``, categories) - in memory, or streamed
+:class:`tokenscale.io.fits.SigmoidFit` (derived parameters, ``r2``, categories) - in memory, or streamed
 block by block into a fits file.  The math is in :mod:`tokenscale.fit.problem`.
 """
 
@@ -23,7 +23,7 @@ from tokenscale.fit.chunks import fit_block
 from tokenscale.fit.engines import ENGINES, native
 from tokenscale.fit.engines.torch_lm import TorchProblem, closed_form, grid_start
 from tokenscale.fit.problem import DEFER_AFTER, TRANSFORMS
-from tokenscale.fitsio import (
+from tokenscale.io.fits import (
     ARRAY_FIELDS,
     CATEGORY_NAMES,
     STATUS_NAMES,

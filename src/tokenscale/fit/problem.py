@@ -48,7 +48,7 @@ observed).
    ``invalid_input`` (NaN parameters) without affecting other rows.
 
 Status and category codes (:data:`STATUS_NAMES`, :data:`CATEGORY_NAMES`, :class:`CategoryRule`) are part
-of the result's file format and are defined in :mod:`tokenscale.fitsio`; they are re-exported here.
+of the result's file format and are defined in :mod:`tokenscale.io.fits`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import math
 import numpy as np
 
 from tokenscale import TokenscaleError
-from tokenscale.fitsio import CATEGORY_NAMES, STATUS_NAMES, CategoryRule, logistic
+from tokenscale.io.fits import CATEGORY_NAMES, STATUS_NAMES, CategoryRule, logistic
 
 __all__ = [
     "STATUS_NAMES", "CATEGORY_NAMES", "CategoryRule", "TRANSFORMS", "Problem",
