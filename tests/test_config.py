@@ -133,3 +133,11 @@ def test_library_and_cli_defaults_are_the_schema_defaults():
     with pytest.raises(KeyError, match="no key 'eval.nope'"):
         schema_default("eval.nope")
     assert schema_default("runs.lr") == validate_config({"runs": [{"name": "a", "axis": "T"}]})["runs"][0]["lr"]
+
+
+def test_run_views_of_a_validated_config_equal_validated_entries():
+    cfg = load_config(REPO / "config" / "config.yaml")
+    for name, run in run_configs(cfg).items():
+        entry = next(r for r in cfg["runs"] if r["name"] == name)
+        again = RunConfig.from_dict(entry, cfg["data"]["seq_len"])
+        assert run == again and run.hash == again.hash and run.spec == again.spec

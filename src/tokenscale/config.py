@@ -163,8 +163,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, run: dict, seq_len: int) -> "RunConfig":
+        """A run entry as written in a config (validated here, defaults filled)."""
         cfg = validate_config({"runs": [run], "data": {"seq_len": seq_len}})
-        r = cfg["runs"][0]
+        return cls._of_valid(cfg["runs"][0], seq_len)
+
+    @classmethod
+    def _of_valid(cls, run: dict, seq_len: int) -> "RunConfig":
+        r = copy.deepcopy(run)
         return cls(**{k: r[k] for k in r}, seq_len=seq_len, spec={**r, "seq_len": seq_len})
 
     @property
@@ -194,5 +199,5 @@ def checkpoint_steps(total_steps: int, count: int, first_step: int = 1) -> list[
 
 
 def run_configs(cfg: dict) -> dict[str, RunConfig]:
-    """Typed views of every run in a validated config, keyed by name."""
-    return {r["name"]: RunConfig.from_dict(r, cfg["data"]["seq_len"]) for r in cfg["runs"]}
+    """Typed views of every run in a validated config (:func:`validate_config`; not validated again), by name."""
+    return {r["name"]: RunConfig._of_valid(r, cfg["data"]["seq_len"]) for r in cfg["runs"]}
