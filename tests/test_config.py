@@ -141,3 +141,13 @@ def test_run_views_of_a_validated_config_equal_validated_entries():
         entry = next(r for r in cfg["runs"] if r["name"] == name)
         again = RunConfig.from_dict(entry, cfg["data"]["seq_len"])
         assert run == again and run.hash == again.hash and run.spec == again.spec
+
+
+def test_every_subcommand_has_a_description_and_every_option_a_help_text():
+    from tokenscale.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert p.description and len(p.description) > 20, name
+        missing = [a.option_strings[0] for a in p._actions if a.option_strings and not a.help]
+        assert not missing, (name, missing)
