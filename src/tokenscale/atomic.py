@@ -28,7 +28,8 @@ from typing import Any, Iterator
 
 from . import TokenscaleError
 
-__all__ = ["atomic_output", "write_text", "write_json", "fsync_dir", "fsync_tree", "remove", "disk_full_error"]
+__all__ = ["atomic_output", "write_text", "write_json", "fsync_dir", "fsync_tree", "remove", "is_full_disk",
+           "disk_full_error"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _NEARLY_FULL_BYTES = 1 << 20  # below this, a failed write is reported as a full disk
@@ -84,10 +85,15 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
+def is_full_disk(exc: BaseException) -> bool:
+    """Whether ``exc`` is an OS error saying the disk (or the quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _FULL
+
+
 def disk_full_error(exc: BaseException, path: os.PathLike | str) -> TokenscaleError | None:
     """A one-line error if ``exc`` (raised while writing ``path``) came from a full disk or quota, else None."""
     p = Path(path)
-    full = isinstance(exc, OSError) and exc.errno in _FULL
+    full = is_full_disk(exc)
     full = full or "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
     # a nested writer (a file inside an atomic folder) already said so: name the outer output instead
     full = full or (isinstance(exc, TokenscaleError) and "no space left on device" in str(exc))

@@ -478,11 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokenscale: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk that a writer did not name itself
-        import errno
+        from .atomic import disk_full_error, is_full_disk
 
-        from .atomic import disk_full_error
-
-        full = disk_full_error(e, e.filename) if e.filename and e.errno in (errno.ENOSPC, errno.EDQUOT) else None
+        full = disk_full_error(e, e.filename) if e.filename and is_full_disk(e) else None
         if full is None:
             raise
         print(f"tokenscale: error: {full}", file=sys.stderr)

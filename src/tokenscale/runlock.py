@@ -37,7 +37,6 @@ and the lock keeps a resubmitted job from running next to the old one. Linux onl
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -53,12 +52,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import TokenscaleError
-from .atomic import disk_full_error, fsync_dir
+from .atomic import disk_full_error, fsync_dir, is_full_disk
 
 __all__ = ["RunLock", "install_job_guard", "lock_info", "snakemake_ancestors"]
 
 LOCK_NAME = "LOCK"
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 # squeue -o %T states of a job that no longer runs (anything else, e.g. PENDING, RUNNING, COMPLETING, counts as alive)
 _ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
           "REVOKED", "SPECIAL_EXIT", "TIMEOUT"}
@@ -265,7 +263,7 @@ class RunLock:
                 except FileExistsError:
                     ok = os.stat(tmp).st_nlink == 2  # NFS: a retried link() can say EEXIST after it succeeded
                 except OSError as e:
-                    if e.errno in _FULL:
+                    if is_full_disk(e):
                         raise
                     try:  # no hard links on this filesystem
                         self._write_new(self.path, raw)
@@ -276,7 +274,7 @@ class RunLock:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         except OSError as e:
-            if e.errno in _FULL:
+            if is_full_disk(e):
                 raise disk_full_error(e, self.path) from None
             raise
         if ok:
