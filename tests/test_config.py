@@ -75,7 +75,7 @@ def test_cli_bad_config_prints_one_line(tmp_path):
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert lines == ["tokenscale: error: config: unknown key 'runs[0].bacth_size' (allowed: axis, batch_size, "
-                     "checkpoints, deepspeed_config, device, engine, grad_clip, lr, micro_batch_size, model, name, nproc, "
+                     "checkpoints, deepspeed_config, device, engine, grad_clip, lr, micro_batch_size, model, name, nproc, perf, "
                      "precision, schedule, seed, state_every, tokens, weight_decay)"]
 
 

@@ -2,7 +2,17 @@ import pytest
 import torch
 
 from tokenscale import TokenscaleError
-from tokenscale.model import PRESETS, build_model, describe_presets, model_stats, resolve_arch
+from tokenscale.model import (
+    PRESETS,
+    build_model,
+    describe_presets,
+    lm_head_flops_per_token,
+    matmul_params,
+    model_flops_per_token,
+    model_stats,
+    nonembedding_flops_per_token,
+    resolve_arch,
+)
 
 
 def test_moe_stats_count_topk_experts():
@@ -14,8 +24,11 @@ def test_moe_stats_count_topk_experts():
     assert s.total_params == sum(p.numel() for p in m.parameters())
     assert s.active_params == s.total_params - expert + expert * cfg.num_experts_per_tok // cfg.num_experts
     assert s.embedding_params == 300 * cfg.hidden_size  # tied embeddings counted once
-    d_attn = cfg.num_attention_heads * cfg.head_dim
-    assert s.flops_per_token == 6 * s.nonembedding_active_params + 6 * cfg.num_hidden_layers * 32 * d_attn
+    arch = resolve_arch({"preset": "moe-nano"})
+    assert s.flops_per_token == nonembedding_flops_per_token(arch, 32)  # the FLOPs come from the architecture
+    assert s.head_flops_per_token == lm_head_flops_per_token(arch, 300) == 6 * 32 * 300
+    assert s.model_flops_per_token == model_flops_per_token(arch, 32, 300) == s.flops_per_token + 6 * 32 * 300
+    assert set(s.as_dict()) >= {"flops_per_token", "head_flops_per_token", "model_flops_per_token"}
 
 
 def test_dense_family_active_equals_total():
@@ -79,3 +92,54 @@ def test_accepted_shapes_train(family, hidden, heads, head_dim):
     model = build_model(spec, 50, 16, seed=0)
     out = model(input_ids=torch.randint(0, 50, (2, 16)))
     out.logits.float().sum().backward()
+
+
+# ----------------------------------------------------------------------------- FLOPs per token
+def test_flops_hand_count_moe():
+    arch = resolve_arch({"preset": "moe-nano", "hidden_size": 64, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,
+                         "head_dim": 8, "num_experts": 8, "experts_per_token": 2, "moe_intermediate_size": 48})
+    # per layer: q 64*4*8 = 2048, k+v 2*64*2*8 = 2048, o 4*8*64 = 2048           -> attention 6144
+    #            router 64*8 = 512, active experts 2*3*64*48 = 18432                -> MLP 18944
+    # N = 3 * (6144 + 18944) = 3 * 25088 = 75264
+    assert matmul_params(arch) == 75264
+    # M = 6*75264 + 12*L*H*hd*l = 451584 + 12*3*4*8*128 = 451584 + 147456 = 599040
+    assert nonembedding_flops_per_token(arch, 128) == 599040
+    # head = 6*d*V = 6*64*1000 = 384000; model = 599040 + 384000 = 983040
+    assert lm_head_flops_per_token(arch, 1000) == 384000
+    assert model_flops_per_token(arch, 128, 1000) == 983040
+
+
+def test_flops_hand_count_dense():
+    arch = resolve_arch({"preset": "dense-nano", "hidden_size": 48, "num_layers": 2, "num_heads": 3,
+                         "num_kv_heads": 1, "head_dim": 10, "intermediate_size": 100})
+    # per layer: q 48*3*10 = 1440, k+v 2*48*1*10 = 960, o 3*10*48 = 1440 -> 3840; MLP 3*48*100 = 14400
+    # N = 2 * (3840 + 14400) = 2 * 18240 = 36480
+    assert matmul_params(arch) == 36480
+    # M = 6*36480 + 12*2*3*10*64 = 218880 + 46080 = 264960; head = 6*48*500 = 144000
+    assert nonembedding_flops_per_token(arch, 64) == 264960
+    assert model_flops_per_token(arch, 64, 500) == 264960 + 144000
+
+
+@pytest.mark.parametrize("d, heads, layers, seq_len", [(48, 4, 2, 64), (96, 8, 3, 2048), (1536, 12, 24, 4096)])
+def test_dense_flops_match_deepseek_llm(d, heads, layers, seq_len):
+    """K = H, H*hd = d, f = 8d/3 (SwiGLU with the weights of a 4d two-matrix MLP): M = 72*L*d^2 + 12*L*d*l."""
+    arch = resolve_arch({"preset": "dense-nano", "hidden_size": d, "num_layers": layers, "num_heads": heads,
+                         "num_kv_heads": heads, "head_dim": d // heads, "intermediate_size": 8 * d // 3})
+    assert nonembedding_flops_per_token(arch, seq_len) == 72 * layers * d**2 + 12 * layers * d * seq_len
+
+
+_MATMUL = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "mlp.gate.weight",
+           "gate_proj.weight", "up_proj.weight", "down_proj.weight", "experts.gate_up_proj", "experts.down_proj")
+
+
+@pytest.mark.parametrize("preset", ["moe-nano", "dense-nano"])
+def test_matmul_params_match_built_model(preset):
+    """The analytic N is the built model's matmul weights (experts scaled by k/E); norms and embeddings are not."""
+    model = build_model({"preset": preset}, vocab_size=300, max_positions=32, seed=0)
+    cfg, n = model.config, 0
+    for name, p in model.named_parameters():
+        if "norm" in name or "embed_tokens" in name or name.startswith("lm_head"):
+            continue
+        assert name.endswith(_MATMUL), name  # nothing else carries weights
+        n += p.numel() * cfg.num_experts_per_tok // cfg.num_experts if ".experts." in name else p.numel()
+    assert matmul_params(resolve_arch({"preset": preset})) == n

@@ -48,10 +48,13 @@ def cmd_models(args) -> int:
     from .model import describe_presets
 
     rows = describe_presets(args.vocab_size, args.seq_len)
-    print(f"{'preset':<12} {'total':>10} {'active':>10} {'non-emb active':>15} {'GFLOPs/token':>13}")
+    print(f"{'':<12} {'':>10} {'':>10} {'':>15} {'GFLOPs/token (training)':>32}")
+    print(f"{'preset':<12} {'total':>10} {'active':>10} {'non-emb active':>15} {'M':>10} {'head':>10} {'model':>10}")
     for r in rows:
         print(f"{r['preset']:<12} {r['total_params']/1e6:>9.2f}M {r['active_params']/1e6:>9.2f}M "
-              f"{r['nonembedding_active_params']/1e6:>14.2f}M {r['flops_per_token']/1e9:>13.4f}")
+              f"{r['nonembedding_active_params']/1e6:>14.2f}M {r['flops_per_token']/1e9:>10.4f} "
+              f"{r['head_flops_per_token']/1e9:>10.4f} {r['model_flops_per_token']/1e9:>10.4f}")
+    print("M = non-embedding (the paper's axis), head = LM head 6*d*V, model = M + head (what MFU counts)")
     return 0
 
 

@@ -158,6 +158,7 @@ class RunConfig:
     nproc: int
     precision: str
     device: str
+    perf: dict
     seq_len: int
     spec: dict = field(repr=False, compare=False)
 

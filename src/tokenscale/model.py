@@ -1,13 +1,29 @@
 """Model construction from config: an MoE family (Qwen3-MoE classes) and a dense family (Llama classes).
 
 Nothing is downloaded: models are built with ``AutoModelForCausalLM.from_config``. Size presets go from tiny
-CPU models to the paper's 290M-6B scales; :func:`model_stats` reports total parameters, active parameters
-and non-embedding FLOPs per token (the paper's M axis, DeepSeek-LLM convention):
+CPU models to the paper's 290M-6B scales; :func:`model_stats` reports total and active parameters (counted
+from the built model) and FLOPs per token (computed from the architecture alone, no torch needed).
 
-    M = 6 * N_active_nonembedding + 6 * n_layers * seq_len * d_attn
+FLOPs per token, one convention everywhere (DeepSeek-LLM's, generalised to GQA and MoE). With d = hidden_size,
+L = num_layers, H = num_heads, K = num_kv_heads, hd = head_dim, f = intermediate_size (dense),
+E = num_experts, k = experts_per_token, f_e = moe_intermediate_size (MoE), V = vocab size, l = seq_len,
+the active non-embedding matmul weights of one layer are
 
-(6N for forward+backward matmuls of the active non-embedding weights, plus the attention score/value
-products, which scale with context length.)
+    N_layer = d*H*hd + 2*d*K*hd + H*hd*d        (attention projections q; k, v; o)
+            + 3*d*f                             (dense SwiGLU MLP: gate, up, down)
+         or + d*E + k*3*d*f_e                   (MoE: router, and only the k active experts)
+
+(norm weights are not matmuls and are excluded), and the training FLOPs per token (forward + backward =
+3 x forward, 2 FLOPs per multiply-add) are
+
+    M          = 6*L*N_layer + 12*L*H*hd*l      (the paper's M axis: non-embedding)
+    head       = 6*d*V                          (LM head; the embedding lookup is not a matmul: not counted)
+    model FLOPs = M + head                      (what MFU divides by the peak, see ``throughput``)
+
+The 12*L*H*hd*l term is the attention scores Q.K^T and the weighted sum A.V: 2*l*H*hd forward FLOPs each per
+token and layer, times 3, with no causal discount. For a dense model with K = H, H*hd = d and f = 8d/3 (the
+SwiGLU width whose three matrices hold the 8d^2 weights of a classic two-matrix 4d MLP), N_layer = 12d^2 and
+M = 72*L*d^2 + 12*L*d*l exactly, DeepSeek-LLM's formula.
 """
 
 from __future__ import annotations
@@ -55,6 +71,8 @@ class ModelStats:
     embedding_params: int
     nonembedding_active_params: int
     flops_per_token: float  # non-embedding training FLOPs per token (M)
+    head_flops_per_token: float  # LM head training FLOPs per token (6*d*V)
+    model_flops_per_token: float  # M + head: the FLOPs per token MFU counts
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -149,19 +167,75 @@ def hf_config(spec: dict, vocab_size: int, max_positions: int):
     return LlamaConfig(**common, intermediate_size=arch["intermediate_size"])
 
 
-def build_model(spec: dict, vocab_size: int, max_positions: int, seed: int):
-    """Initialise a causal LM deterministically from ``seed``."""
+def build_model(spec: dict, vocab_size: int, max_positions: int, seed: int, *, attention: str = "sdpa",
+                experts: str | None = None):
+    """Initialise a causal LM deterministically from ``seed``.
+
+    ``attention`` and ``experts`` (MoE only) choose the transformers implementations; they change how the
+    model computes, not its weights (the same seed gives the same initial weights whichever is chosen)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     cfg = hf_config(spec, vocab_size, max_positions)
+    kw = {"experts_implementation": experts} if experts and cfg.model_type.endswith("moe") else {}
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention, **kw)
     return model
 
 
+def matmul_params(arch: dict) -> int:
+    """Active non-embedding matmul weights N = L * N_layer of a resolved architecture (module docstring).
+
+    Parameters
+    ----------
+    arch : dict
+        Output of :func:`resolve_arch` (or :func:`arch_from_config`).
+
+    Returns
+    -------
+    int
+        q/k/v/o projections plus the dense MLP, or the router plus the k active experts, summed over layers.
+        Norm weights are excluded: they are not matmuls.
+    """
+    d, hd = arch["hidden_size"], arch["head_dim"]
+    attn = d * arch["num_heads"] * hd + 2 * d * arch["num_kv_heads"] * hd + arch["num_heads"] * hd * d
+    if arch["family"] == "moe":
+        mlp = d * arch["num_experts"] + arch["experts_per_token"] * 3 * d * arch["moe_intermediate_size"]
+    else:
+        mlp = 3 * d * arch["intermediate_size"]
+    return arch["num_layers"] * (attn + mlp)
+
+
+def nonembedding_flops_per_token(arch: dict, seq_len: int) -> float:
+    """M = 6*N + 12*L*H*hd*seq_len: non-embedding training FLOPs per token (the paper's M axis)."""
+    return 6.0 * matmul_params(arch) + 12.0 * arch["num_layers"] * arch["num_heads"] * arch["head_dim"] * seq_len
+
+
+def lm_head_flops_per_token(arch: dict, vocab_size: int) -> float:
+    """6*d*V: training FLOPs per token of the LM head (tied or not, it is one d x V matmul)."""
+    return 6.0 * arch["hidden_size"] * vocab_size
+
+
+def model_flops_per_token(arch: dict, seq_len: int, vocab_size: int) -> float:
+    """M + 6*d*V: the training FLOPs per token that MFU counts (the embedding lookup is not a matmul)."""
+    return nonembedding_flops_per_token(arch, seq_len) + lm_head_flops_per_token(arch, vocab_size)
+
+
+def arch_from_config(cfg) -> dict:
+    """The architecture dict (the keys the FLOPs functions read) of a transformers config from :func:`hf_config`."""
+    arch = dict(hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
+                num_kv_heads=cfg.num_key_value_heads,
+                head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    if getattr(cfg, "num_experts", None):
+        if getattr(cfg, "mlp_only_layers", None) or getattr(cfg, "decoder_sparse_step", 1) != 1:
+            raise TokenscaleError("model: FLOPs are defined for configs whose every layer is sparse")
+        return dict(arch, family="moe", num_experts=cfg.num_experts, experts_per_token=cfg.num_experts_per_tok,
+                    moe_intermediate_size=cfg.moe_intermediate_size)
+    return dict(arch, family="dense", intermediate_size=cfg.intermediate_size)
+
+
 def model_stats(model, seq_len: int) -> ModelStats:
-    """Parameter counts and non-embedding FLOPs/token of a built model (MoE experts counted top-k/E)."""
+    """Parameter counts of a built model (MoE experts counted top-k/E) and its FLOPs/token (module docstring)."""
     cfg = model.config
     n_exp = getattr(cfg, "num_experts", None)
     top_k = getattr(cfg, "num_experts_per_tok", None)
@@ -180,10 +254,10 @@ def model_stats(model, seq_len: int) -> ModelStats:
             active += n * top_k // n_exp
         else:
             active += n
-    nonemb_active = active - emb
-    d_attn = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
-    flops = 6.0 * nonemb_active + 6.0 * cfg.num_hidden_layers * seq_len * d_attn
-    return ModelStats(total, active, emb, nonemb_active, flops)
+    arch = arch_from_config(cfg)
+    flops = nonembedding_flops_per_token(arch, seq_len)
+    head = lm_head_flops_per_token(arch, cfg.vocab_size)
+    return ModelStats(total, active, emb, active - emb, flops, head, flops + head)
 
 
 def describe_presets(vocab_size: int = 32000, seq_len: int = 2048) -> list[dict]:

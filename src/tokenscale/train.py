@@ -4,9 +4,13 @@ Run folder layout (``results/runs/{run}/``)::
 
     checkpoints/step{step:08d}/   HF model + tokenizer + tokenscale.json, COMPLETE written last (atomic rename)
     state/                        resumable trainer state (model, optimizer, scheduler, RNG, data position)
-    log.jsonl                     one line per optimizer step: step, loss, lr, tokens_seen, tokens_per_s, grad_norm
+    log.jsonl                     one line per optimizer step: step, loss, lr, tokens_seen, tokens_per_s, flops_per_s,
+                                  mfu, grad_norm (throughput of that step alone)
     val_loss.csv                  step, tokens_seen, val_loss at every checkpoint
-    train.json                    written at the end: summary (params, FLOPs/token, wall time, tokens/s)
+    train.json                    written at the end: params, model FLOPs/token, tokens/s, achieved FLOP/s and MFU
+                                  (end to end, and model steps only), where the time went (steps, validation,
+                                  checkpoints, state, other), the device's peak and its source, the resolved
+                                  fast-path settings (``perf``)
     LOCK                          while a trainer runs: its host, PID, start time, SLURM job (tokenscale.runlock)
 
 Data order: sample indices come from a position-indexed sampler (:mod:`tokenscale.sampler`); the global batch
@@ -14,6 +18,12 @@ at step ``s`` is positions ``[s*B, (s+1)*B)``, split contiguously over ranks, so
 the number of ranks and resuming needs only the step. A run killed at any point (SIGKILL included) and
 restarted continues from the last saved state and reproduces the uninterrupted loss curve bit for bit on CPU.
 SIGTERM (what SLURM sends at the time limit) saves state at the end of the current step and exits 143.
+
+The model step: the HF transformer body (optionally ``torch.compile``-d), then the LM head and the loss through
+:func:`tokenscale.lmloss.linear_cross_entropy` (fused and chunked by default), plus the MoE router's
+load-balancing loss; the experts and attention implementations, fused AdamW, batch prefetch and bf16 autocast
+(float32 master weights) are the run's ``perf`` settings (docs/training-speed.md). Checkpoints are plain HF
+``save_pretrained`` folders whichever path trained them.
 
 One trainer per run folder: rank 0 holds ``LOCK`` (:mod:`tokenscale.runlock`) before anything in the folder is
 read or written; the other ranks wait for it at a barrier. Every file and folder is written through
@@ -30,6 +40,7 @@ import random
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +52,11 @@ from . import TokenscaleError, __version__
 from .atomic import atomic_output, disk_full_error, remove, write_json, write_text
 from .config import RunConfig
 from .data import TrainTokens, load_tokenizer
-from .model import build_model, model_stats
+from .lmloss import linear_cross_entropy
+from .model import build_model, model_stats, resolve_arch
 from .runlock import RunLock
 from .sampler import load_sampler, rank_slice
+from .throughput import mfu, peak_flops
 
 SIGTERM_EXIT = 143
 
@@ -110,6 +123,66 @@ def pick_device(name: str, dist: Dist) -> torch.device:
     return torch.device("cpu")
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (train.json records it next to the MFU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+# --------------------------------------------------------------------------------------------- fast paths
+def resolve_perf(perf: dict, device: torch.device, family: str) -> dict:
+    """The run's ``perf`` settings with every ``auto`` replaced by what runs on this device type.
+
+    The choices are the measured ones (benchmarks/bench_train.py, docs/training-speed.md); the resolved
+    dict is what train.json records."""
+    cuda = device.type == "cuda"
+    out = dict(perf)
+    out["loss"] = "chunked" if perf["loss"] == "auto" else perf["loss"]
+    if family != "moe":
+        out["experts"] = None
+    elif perf["experts"] == "auto":
+        out["experts"] = "grouped_mm" if cuda else "eager"
+    out["fused_adamw"] = cuda if perf["fused_adamw"] == "auto" else perf["fused_adamw"] == "on"
+    return out
+
+
+class BatchReader:
+    """The batch of each step, in order; with ``prefetch`` the next step's batch is read in a background thread
+    (into pinned memory on CUDA, copied without blocking)."""
+
+    def __init__(self, read, device: torch.device, prefetch: bool):
+        self.read, self.device = read, device  # read(step) -> (b, T+1) int64 numpy array
+        self.pin = device.type == "cuda"
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tokenscale-batches") if prefetch else None
+        self.pending: tuple[int, object] | None = None
+
+    def _host(self, step: int) -> torch.Tensor:
+        t = torch.from_numpy(self.read(step))
+        return t.pin_memory() if self.pin else t
+
+    def get(self, step: int, last: int) -> torch.Tensor:
+        """(b, T+1) ids of ``step`` on the device; starts reading ``step + 1`` when it is below ``last``."""
+        if self.pending is not None and self.pending[0] == step:
+            host = self.pending[1].result()
+        else:
+            host = self._host(step)
+        self.pending = None
+        if self.pool is not None and step + 1 < last:
+            self.pending = (step + 1, self.pool.submit(self._host, step + 1))
+        return host.to(self.device, non_blocking=self.pin)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 # --------------------------------------------------------------------------------------------- state I/O
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
@@ -150,16 +223,21 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build(self):
         run = self.run
-        self.model = build_model(run.model, self.tokens.vocab_size, run.seq_len, run.seed)
+        self.perf = resolve_perf(run.perf, self.device, resolve_arch(run.model)["family"])
+        self.model = build_model(run.model, self.tokens.vocab_size, run.seq_len, run.seed,
+                                 attention=self.perf["attention"], experts=self.perf["experts"])
         if self.init_from is not None:
             self._load_weights(self.init_from)
         self.model.to(self.device)
         self.stats = model_stats(self.model, run.seq_len)
+        # the transformer body (embeddings -> final norm); the LM head and the loss are computed in _forward_loss
+        self.body = torch.compile(self.model.model) if self.perf["compile"] else self.model.model
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
         groups = [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.opt = torch.optim.AdamW(groups, lr=run.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.opt = torch.optim.AdamW(groups, lr=run.lr, betas=(0.9, 0.95), eps=1e-8,
+                                     **({"fused": True} if self.perf["fused_adamw"] else {}))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(run.schedule, self.total))
         self.engine = None
         if run.engine == "deepspeed":
@@ -314,19 +392,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _forward_loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (b, T+1) -> (training loss incl. router aux loss, CE) scalars."""
+        """ids (b, T+1) -> (training loss incl. router aux loss, CE) scalars.
+
+        The body runs as the HF model's own forward would (DeepSpeed ZeRO 1-2 needs no forward hooks); the LM
+        head and cross-entropy go through :func:`tokenscale.lmloss.linear_cross_entropy`."""
         inp, tgt = ids[:, :-1], ids[:, 1:]  # (b, T), (b, T)
-        model = self.engine if self.engine is not None else self.model
-        is_moe = hasattr(self.model.config, "num_experts")
+        cfg = self.model.config
+        is_moe = hasattr(cfg, "num_experts")
         kw = {"output_router_logits": True} if is_moe else {}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.run.precision == "bf16" and self.device.type == "cuda"):
-            out = model(input_ids=inp, **kw)
-        logits = out.logits.float()  # (b, T, V)
-        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.run.precision == "bf16"):
+            out = self.body(input_ids=inp, **kw)
+            h = out.last_hidden_state  # (b, T, d)
+            ce = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.model.lm_head.weight, tgt.reshape(-1),
+                                      self.perf["loss"])
         loss = ce
-        aux = getattr(out, "aux_loss", None)
-        if aux is not None:
-            loss = ce + self.model.config.router_aux_loss_coef * aux.float()
+        if is_moe:
+            from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+            aux = load_balancing_loss_func(out.router_logits, cfg.num_experts, cfg.num_experts_per_tok, None)
+            loss = ce + cfg.router_aux_loss_coef * aux.float()
         return loss, ce
 
     def _on_sigterm(self, signum, frame):
@@ -363,67 +447,29 @@ class Trainer:
         log_path = self.run_dir / "log.jsonl"
         if start == 0 and self.dist.main:
             write_text(log_path, "")
-        log = open(log_path, "a") if self.dist.main else None
+        self.log = open(log_path, "a") if self.dist.main else None
+        self.peak, self.peak_source = peak_flops(self.device, run.precision, run.perf["peak_tflops"])
+        self.seconds = {"steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "state": 0.0}
         t_begin = time.time()
-        tokens_per_step = run.batch_size * run.seq_len
         if self.progress:
             print(f"[{run.name}] {self.stats.total_params/1e6:.2f}M params ({self.stats.active_params/1e6:.2f}M active), "
                   f"{self.total} steps, engine={run.engine}, world={self.dist.world}, device={self.device}, "
-                  f"{'resuming at step ' + str(start) if start else 'from scratch'}", file=sys.stderr, flush=True)
+                  f"perf={self.perf}, {'resuming at step ' + str(start) if start else 'from scratch'}",
+                  file=sys.stderr, flush=True)
         model = self.engine if self.engine is not None else self.model
         model.train()
+        batches = BatchReader(self._read_batch, self.device, self.perf["prefetch"])
         try:
             for step in range(start, self.total):
                 t0 = time.time()
-                idx = self.sampler.indices(step * run.batch_size, run.batch_size)[self.local_batch]  # (B/W,)
-                batch = torch.from_numpy(self.tokens.batch(idx)).to(self.device)  # (B/W, T+1)
-                ce_sum = 0.0
-                for m in range(self.accum):
-                    loss, ce = self._forward_loss(batch[m * self.micro:(m + 1) * self.micro])
-                    if self.engine is not None:
-                        self.engine.backward(loss)
-                        self.engine.step()
-                    else:
-                        (loss / self.accum).backward()
-                    ce_sum += ce.item()
-                lr = self.opt.param_groups[0]["lr"]
-                if self.engine is None:
-                    gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), run.grad_clip or float("inf")).item()
-                    self.opt.step()
-                    self.sched.step()
-                    self.opt.zero_grad(set_to_none=True)
-                else:
-                    gn = float(self.engine.get_global_grad_norm() or float("nan"))
-                # ranks stop at the same step even if SIGTERM reaches them at different times
-                loss_val, stop = self.dist.mean_and_any(ce_sum / self.accum, self.stop_requested)
-                done = step + 1
+                loss_val, lr, gn, stop = self._step(batches.get(step, self.total))
                 dt = time.time() - t0
-                if log is not None:
-                    try:
-                        log.write(json.dumps({"step": done, "loss": loss_val, "lr": lr, "tokens_seen": done * tokens_per_step,
-                                              "tokens_per_s": tokens_per_step / max(dt, 1e-9), "grad_norm": gn}) + "\n")
-                        log.flush()
-                    except OSError as e:  # an append cannot be atomic; a torn last line is dropped on resume
-                        full = disk_full_error(e, log_path)
-                        if full is not None:
-                            raise full from None
-                        raise
+                self.seconds["steps"] += dt
+                done = step + 1
+                self._log_step(log_path, done, loss_val, lr, gn, dt)
                 if not math.isfinite(loss_val):
                     raise TokenscaleError(f"run {run.name}: loss is {loss_val} at step {done}; lower lr or check the data")
-                if done in self.ckpt_steps:
-                    model.eval()
-                    if self.dist.main:
-                        val = self._val_loss()
-                        self._save_checkpoint(done, val)
-                        self._write_val_csv()
-                    model.train()
-                    self._save_state(done)
-                    if self.progress:
-                        el = time.time() - t_begin
-                        print(f"[{run.name}] step {done}/{self.total} loss {loss_val:.4f} val {val:.4f} lr {lr:.2e} "
-                              f"{(done - start) * tokens_per_step / el:,.0f} tok/s", file=sys.stderr, flush=True)
-                elif done % run.state_every == 0:
-                    self._save_state(done)
+                self._save_after_step(done, model, loss_val, lr, start, t_begin)
                 if self.dist.world == 1:
                     stop = self.stop_requested  # also a SIGTERM that came during this step's saves
                 if stop:
@@ -432,15 +478,101 @@ class Trainer:
                         print(f"[{run.name}] SIGTERM: state saved at step {done}; exiting", file=sys.stderr, flush=True)
                     raise SystemExit(SIGTERM_EXIT)
         finally:
-            if log is not None:
+            batches.close()
+            if self.log is not None:
                 with contextlib.suppress(OSError):  # a flush that failed (full disk) fails again here
-                    log.close()
-        wall = time.time() - t_begin
+                    self.log.close()
+        return self._summary(start, time.time() - t_begin)
+
+    def _read_batch(self, step: int) -> np.ndarray:
+        """(B/W, T+1) token ids of this rank's share of the global batch of ``step``."""
+        idx = self.sampler.indices(step * self.run.batch_size, self.run.batch_size)[self.local_batch]  # (B/W,)
+        return self.tokens.batch(idx)
+
+    def _step(self, batch: torch.Tensor) -> tuple[float, float, float, bool]:
+        """One optimizer step on ``batch`` (B/W, T+1) -> (mean CE over ranks, lr used, grad norm, stop?)."""
+        ce_sum = 0.0
+        for m in range(self.accum):
+            loss, ce = self._forward_loss(batch[m * self.micro:(m + 1) * self.micro])
+            if self.engine is not None:
+                self.engine.backward(loss)
+                self.engine.step()
+            else:
+                (loss / self.accum).backward()
+            ce_sum += ce.item()
+        lr = self.opt.param_groups[0]["lr"]
+        if self.engine is None:
+            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip or float("inf")).item()
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        else:
+            gn = float(self.engine.get_global_grad_norm() or float("nan"))
+        # ranks stop at the same step even if SIGTERM reaches them at different times
+        loss_val, stop = self.dist.mean_and_any(ce_sum / self.accum, self.stop_requested)
+        return loss_val, lr, gn, stop
+
+    def _throughput(self, tokens: int, seconds: float) -> dict:
+        """tokens/s, achieved model FLOP/s and MFU (:mod:`tokenscale.throughput`) over all ranks."""
+        tps = tokens / max(seconds, 1e-9)
+        return {"tokens_per_s": tps, "flops_per_s": tps * self.stats.model_flops_per_token,
+                "mfu": mfu(tps, self.stats.model_flops_per_token, self.peak * self.dist.world)}
+
+    def _log_step(self, log_path: Path, done: int, loss_val: float, lr: float, gn: float, dt: float):
+        if self.log is None:
+            return
+        tokens_per_step = self.run.batch_size * self.run.seq_len
+        row = {"step": done, "loss": loss_val, "lr": lr, "tokens_seen": done * tokens_per_step,
+               **self._throughput(tokens_per_step, dt), "grad_norm": gn}
+        try:
+            self.log.write(json.dumps(row) + "\n")
+            self.log.flush()
+        except OSError as e:  # an append cannot be atomic; a torn last line is dropped on resume
+            full = disk_full_error(e, log_path)
+            if full is not None:
+                raise full from None
+            raise
+
+    def _save_after_step(self, done: int, model, loss_val: float, lr: float, start: int, t_begin: float):
+        """Checkpoint (with in-loop validation) at the planned steps, trainer state every ``state_every``."""
+        if done in self.ckpt_steps:
+            model.eval()
+            if self.dist.main:
+                t = time.time()
+                val = self._val_loss()
+                self.seconds["validation"] += time.time() - t
+                t = time.time()
+                self._save_checkpoint(done, val)
+                self._write_val_csv()
+                self.seconds["checkpoints"] += time.time() - t
+            model.train()
+            self._timed_state_save(done)
+            if self.progress:
+                el = time.time() - t_begin
+                print(f"[{self.run.name}] step {done}/{self.total} loss {loss_val:.4f} val {val:.4f} lr {lr:.2e} "
+                      f"{(done - start) * self.run.batch_size * self.run.seq_len / el:,.0f} tok/s",
+                      file=sys.stderr, flush=True)
+        elif done % self.run.state_every == 0:
+            self._timed_state_save(done)
+
+    def _timed_state_save(self, done: int):
+        t = time.time()
+        self._save_state(done)
+        self.seconds["state"] += time.time() - t
+
+    def _summary(self, start: int, wall: float) -> dict:
+        run = self.run
+        tokens = (self.total - start) * run.batch_size * run.seq_len
         summary = {
-            "run": run.name, "axis": run.axis, "steps": self.total, "tokens": self.total * tokens_per_step,
-            "resumed_from": start, "wall_s": wall,
-            "tokens_per_s": (self.total - start) * tokens_per_step / max(wall, 1e-9),
-            "engine": run.engine, "world": self.dist.world, "device": str(self.device),
+            "run": run.name, "axis": run.axis, "steps": self.total, "tokens": self.total * run.batch_size * run.seq_len,
+            "resumed_from": start, "wall_s": wall, **self._throughput(tokens, wall),
+            "steps_only": self._throughput(tokens, self.seconds["steps"]),
+            "seconds": {**self.seconds, "other": wall - sum(self.seconds.values())},
+            "model_flops_per_token": self.stats.model_flops_per_token,
+            "peak_flops_per_s": self.peak if math.isfinite(self.peak) else None, "peak_source": self.peak_source,
+            "perf": self.perf,
+            "precision": run.precision, "engine": run.engine, "world": self.dist.world, "device": str(self.device),
+            "device_name": device_name(self.device),
             "checkpoints": sorted(self.ckpt_steps), "config_sha256": run.hash, "model_stats": self.stats.as_dict(),
             "arch": run.model, "tokenscale_version": __version__,
         }
@@ -448,4 +580,3 @@ class Trainer:
             write_json(self.run_dir / "train.json", summary)
         self.dist.barrier()
         return summary
-
