@@ -8,11 +8,13 @@ the last training loss; then the speed-up of each arm over the first, with its r
 
     python benchmarks/bench_train.py                          # the demo model on this CPU (prepares data)
     python benchmarks/bench_train.py --data results/data      # reuse the demo's prepared data
+    python benchmarks/bench_train.py --data results/data --demo --rounds 1   # the demo's whole run (~8 min)
     python benchmarks/bench_train.py --device cuda --precision bf16 --model moe-290m --vocab 8192 \\
         --seq-len 512 --batch-size 32 --steps 40 --arm compiled='{"compile": true}'
 
 The baseline is the trainer as it was before the fast paths (HF logits then cross-entropy, transformers'
-default grouped_mm experts, foreach AdamW, no prefetch); ``auto`` is what a run gets by default.
+default grouped_mm experts, foreach AdamW, no prefetch, in-loop validation); ``auto`` is what the run gets by
+default (with ``--demo``: the embedded default's run as configured, i.e. without in-loop validation).
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from pathlib import Path
 
 import yaml
 
-BASELINE = {"loss": "plain", "experts": "grouped_mm", "fused_adamw": "off", "prefetch": False}
+# the trainer before the fast paths: HF logits then cross-entropy, transformers' default experts kernel, foreach
+# AdamW, no prefetch, validation inside the training loop
+BASELINE = {"loss": "plain", "experts": "grouped_mm", "fused_adamw": "off", "prefetch": False, "in_loop_validation": True}
+RUN_KEYS = ("in_loop_validation", "micro_batch_size", "precision")  # arm keys that are run keys, not perf keys
 
 
 def parse_args(argv=None):
@@ -51,7 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="training precision")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per trainer")
     p.add_argument("--arm", action="append", default=[], metavar='NAME=JSON',
-                   help='an extra arm: its perf settings over the defaults, e.g. compiled=\'{"compile": true}\'')
+                   help='an extra arm: its perf settings (and in_loop_validation, micro_batch_size, precision) over the '
+                        'defaults, e.g. compiled=\'{"compile": true}\'')
+    p.add_argument("--demo", action="store_true",
+                   help="the embedded default's run exactly (config/config.yaml: model, tokens, batch, lr, checkpoint plan, "
+                        "state saves); needs --data with its prepared data (results/data)")
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline arm (the first arm is then 'auto')")
     p.add_argument("--work", default=None, help="folder for data and runs (default: a temporary folder)")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -71,16 +80,30 @@ def arms(args) -> dict[str, dict]:
     return out
 
 
+def demo_run() -> tuple[dict, dict]:
+    """The embedded default's first run and data section (config/config.yaml), defaults filled."""
+    from tokenscale.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
+    run = {k: v for k, v in cfg["runs"][0].items() if k not in ("name", "perf")}
+    return run, cfg["data"]
+
+
 def write_config(args, work: Path) -> Path:
     base = {"axis": "T", "model": {"preset": args.model}, "batch_size": args.batch_size, "lr": args.lr,
             "micro_batch_size": args.micro_batch_size, "tokens": args.steps * args.batch_size * args.seq_len,
             "checkpoints": {"count": max(2, args.checkpoints),
                             "first_step": args.steps if args.checkpoints <= 1 else max(1, args.steps // 16)},
             "state_every": 10**6, "device": args.device, "precision": args.precision}
-    runs = [{**base, "name": name, "perf": perf} for name, perf in arms(args).items()]
-    cfg = {"threads": args.threads, "runs": runs,
-           "data": {"builtin": True, "builtin_max_chars": args.corpus_chars, "vocab_size": args.vocab,
-                    "seq_len": args.seq_len, "valid_sequences": 64}}
+    data = {"builtin": True, "builtin_max_chars": args.corpus_chars, "vocab_size": args.vocab,
+            "seq_len": args.seq_len, "valid_sequences": 64}
+    if args.demo:
+        base, data = demo_run()
+    runs = []
+    for name, arm in arms(args).items():
+        perf = {k: v for k, v in arm.items() if k not in RUN_KEYS}
+        runs.append({**base, **{k: arm[k] for k in RUN_KEYS if k in arm}, "name": name, "perf": perf})
+    cfg = {"threads": args.threads, "runs": runs, "data": data}
     path = work / "bench_train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -116,7 +139,8 @@ def median_row(name: str, runs: list[dict]) -> dict:
     return {"arm": name, "tokens_per_s": med("tokens_per_s"), "mfu": med("mfu"),
             "step_tokens_per_s": med("tokens_per_s", lambda s: s["steps_only"]),
             "step_mfu": med("mfu", lambda s: s["steps_only"]), "seconds": secs, "last_loss": runs[-1]["last_loss"],
-            "perf": runs[0]["perf"], "rounds": [s["tokens_per_s"] for s in runs]}
+            "perf": runs[0]["perf"], "in_loop_validation": runs[0]["in_loop_validation"],
+            "rounds": [s["tokens_per_s"] for s in runs]}
 
 
 def report(rows: list[dict], first: dict) -> None:
@@ -135,11 +159,15 @@ def report(rows: list[dict], first: dict) -> None:
         per_round = [a / b for a, b in zip(r["rounds"], base["rounds"])]
         print(f"speed-up {r['arm']} / {base['arm']}: end-to-end {r['tokens_per_s'] / base['tokens_per_s']:.2f}x "
               f"(rounds {min(per_round):.2f}-{max(per_round):.2f}), model step "
-              f"{r['step_tokens_per_s'] / base['step_tokens_per_s']:.2f}x; perf {r['perf']}")
+              f"{r['step_tokens_per_s'] / base['step_tokens_per_s']:.2f}x")
+    for r in rows:
+        print(f"{r['arm']}: perf {r['perf']}, in-loop validation {r['in_loop_validation']}")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.demo and not args.data:
+        raise SystemExit("--demo: give --data results/data (the default DAG's prepared data)")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)

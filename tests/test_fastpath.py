@@ -214,3 +214,35 @@ def test_gpu_training_check_dry_run(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     text = (tmp_path / "out" / "train.txt").read_text()
     assert text.count("speed-up auto / baseline") == 3, text
+
+
+# ------------------------------------------------------------------------------------------- validation
+def test_val_loss_from_the_per_token_evaluation_equals_the_in_loop_one(two_paths, data_dir, tmp_path):
+    run = two_paths["auto"]
+    ckpts = sorted((run / "checkpoints").iterdir())
+    run_cli("evaluate", "--checkpoint", *ckpts, "--tokens", data_dir / "valid_tokens.h5", "--out-dir", tmp_path / "block-000",
+            "--batch-size", 5, "--threads", 1)
+    run_cli("val-loss", "--evals", tmp_path / "block-000", "--out", tmp_path / "val_loss.csv")
+    ours = np.loadtxt(tmp_path / "val_loss.csv", delimiter=",", skiprows=1)
+    theirs = np.loadtxt(run / "val_loss.csv", delimiter=",", skiprows=1)
+    assert (tmp_path / "val_loss.csv").read_text().splitlines()[0] == "step,tokens_seen,val_loss"
+    assert ours.shape == theirs.shape and (ours[:, :2] == theirs[:, :2]).all()
+    assert np.max(np.abs(ours[:, 2] - theirs[:, 2])) < 1e-6  # float32 per-token losses; other batch size
+
+
+def test_without_in_loop_validation_the_trainer_writes_no_val_loss(tmp_path, data_dir, two_paths):
+    out = _train(tmp_path, data_dir, "noval", in_loop_validation=False)
+    assert not (out / "val_loss.csv").exists()
+    metas = [json.loads((d / "tokenscale.json").read_text()) for d in sorted((out / "checkpoints").iterdir())]
+    assert len(metas) >= 5 and all(m["val_loss"] is None for m in metas)
+    assert json.loads((out / "train.json").read_text())["seconds"]["validation"] == 0
+    assert read_losses(out) == read_losses(two_paths["auto"])  # validation never touches the training state
+
+
+def test_val_loss_refuses_two_files_for_one_step(two_paths, data_dir, tmp_path):
+    ck = sorted((two_paths["auto"] / "checkpoints").iterdir())[-1]
+    for name in ("a", "b"):
+        run_cli("evaluate", "--checkpoint", ck, "--tokens", data_dir / "valid_tokens.h5", "--out", tmp_path / f"{name}.h5",
+                "--threads", 1)
+    p = run_cli("val-loss", "--evals", tmp_path / "a.h5", tmp_path / "b.h5", "--out", tmp_path / "v.csv", check=False)
+    assert p.returncode == 2 and "a second eval file for step 40" in p.stderr.strip().splitlines()[-1]

@@ -132,5 +132,9 @@ def test_sigkilled_snakemake_stops_its_trainer_and_recovery_is_exact(tmp_path):
     for name in ckpts:
         for f in ("model.safetensors", "tokenscale.json", "COMPLETE"):
             assert (run / "checkpoints" / name / f).read_bytes() == (ref / "checkpoints" / name / f).read_bytes(), (name, f)
-    assert (run / "val_loss.csv").read_text() == (ref / "val_loss.csv").read_text()
+    # smoke.yaml trains without in-loop validation (val_loss.csv then comes from rule val_loss); with it, the
+    # trainer's val_loss.csv must match too
+    assert (run / "val_loss.csv").exists() == (ref / "val_loss.csv").exists()
+    if (ref / "val_loss.csv").exists():
+        assert (run / "val_loss.csv").read_text() == (ref / "val_loss.csv").read_text()
     print(f"total {time.time() - t_start:.1f}s")

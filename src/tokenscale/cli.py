@@ -239,6 +239,15 @@ def cmd_series_manifest(args) -> int:
     return 0
 
 
+def cmd_val_loss(args) -> int:
+    from .io import val_loss_rows, write_val_loss_csv
+
+    rows = val_loss_rows(args.evals)
+    write_val_loss_csv(args.out, rows)
+    print(f"val-loss: {len(rows)} checkpoints (steps {rows[0][0]}..{rows[-1][0]}) -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_assemble(args) -> int:
     from .io import shard_ranges, token_set_info, write_trajectory_shard
 
@@ -419,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="JSON of the series and its sources (what the workflow passes)")
     p.add_argument("--inputs", nargs="*", default=[], help="the files the resolver reads (training results)")
     p.add_argument("--out", required=True, help="output manifest JSON")
+
+    p = _command(sub, "val-loss", cmd_val_loss, "a run's val_loss.csv from the per-token evaluation of its checkpoints",
+                 "For runs trained with in_loop_validation: false. Each row is the mean per-token loss of one eval "
+                 "file: the value the trainer's in-loop validation gives on the same tokens.")
+    p.add_argument("--evals", nargs="+", required=True, help="eval HDF5 files of the run's checkpoints, or their block folders")
+    p.add_argument("--out", required=True, help="output CSV (step,tokens_seen,val_loss)")
 
     p = _command(sub, "assemble", cmd_assemble, "per-checkpoint evals -> one trajectory shard (tokens x checkpoints)",
                  "Shard i of n holds a contiguous, even range of the token set's tokens.")

@@ -152,6 +152,7 @@ class RunConfig:
     schedule: dict
     seed: int
     checkpoints: dict
+    in_loop_validation: bool
     state_every: int
     engine: str
     deepspeed_config: str

@@ -145,16 +145,19 @@ class Workflow:
 
 
 # ------------------------------------------------------------------------------------------------ builders
+VALID_TOKENS = "valid"  # the token set of the prepared validation sequences, shared by every training run
+
+
 def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each training run's own checkpoints (T axis) on the shared validation token set."""
     from .config import run_configs
 
-    wf.add(token_sets=[TokenSet("valid", f"{cfg['results']}/data/valid_tokens.h5")])
+    wf.add(token_sets=[TokenSet(VALID_TOKENS, f"{cfg['results']}/data/valid_tokens.h5")])
     for name, run in run_configs(cfg).items():
         root = f"{cfg['results']}/runs/{name}"
         ckpts = tuple((s, f"{root}/checkpoints/step{s:08d}") for s in run.checkpoint_steps())
         wf.add(sources=[Source(name, ckpts, (f"{root}/train.json",))])
-        yield Series(name, "run", "valid", tuple((name, s) for s, _ in ckpts), (name,), run.hash)
+        yield Series(name, "run", VALID_TOKENS, tuple((name, s) for s, _ in ckpts), (name,), run.hash)
 
 
 def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:

@@ -6,7 +6,8 @@ Run folder layout (``results/runs/{run}/``)::
     state/                        resumable trainer state (model, optimizer, scheduler, RNG, data position)
     log.jsonl                     one line per optimizer step: step, loss, lr, tokens_seen, tokens_per_s, flops_per_s,
                                   mfu, grad_norm (throughput of that step alone)
-    val_loss.csv                  step, tokens_seen, val_loss at every checkpoint
+    val_loss.csv                  step, tokens_seen, val_loss at every checkpoint (with ``in_loop_validation``;
+                                  otherwise the workflow writes it from the per-token evaluation: ``tokenscale val-loss``)
     train.json                    written at the end: params, model FLOPs/token, tokens/s, achieved FLOP/s and MFU
                                   (end to end, and model steps only), where the time went (steps, validation,
                                   checkpoints, state, other), the device's peak and its source, the resolved
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 
 from . import TokenscaleError, __version__
 from .atomic import atomic_output, disk_full_error, remove, write_json, write_text
+from .io import write_val_loss_csv
 from .config import RunConfig
 from .data import TrainTokens, load_tokenizer
 from .lmloss import linear_cross_entropy
@@ -350,7 +352,7 @@ class Trainer:
 
         return mean_loss(self.model, self.valid_ids, device=self.device)
 
-    def _save_checkpoint(self, step: int, val_loss: float):
+    def _save_checkpoint(self, step: int, val_loss: float | None):
         final = self.run_dir / "checkpoints" / f"step{step:08d}"
         with atomic_output(final, is_dir=True) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
@@ -367,8 +369,8 @@ class Trainer:
         for d in sorted((self.run_dir / "checkpoints").glob("step*")):
             if (d / "COMPLETE").is_file():
                 m = json.loads((d / "tokenscale.json").read_text())
-                rows.append(f"{m['step']},{m['tokens_seen']},{m['val_loss']:.9g}")
-        write_text(self.run_dir / "val_loss.csv", "step,tokens_seen,val_loss\n" + "".join(r + "\n" for r in rows))
+                rows.append((m["step"], m["tokens_seen"], m["val_loss"]))
+        write_val_loss_csv(self.run_dir / "val_loss.csv", rows)
 
     def _clean_after(self, step: int):
         """Remove anything a killed run left beyond ``step``: temp dirs, later checkpoints, later log lines."""
@@ -537,19 +539,23 @@ class Trainer:
         """Checkpoint (with in-loop validation) at the planned steps, trainer state every ``state_every``."""
         if done in self.ckpt_steps:
             model.eval()
-            if self.dist.main:
+            val = None
+            if self.dist.main and self.run.in_loop_validation:
                 t = time.time()
                 val = self._val_loss()
                 self.seconds["validation"] += time.time() - t
+            if self.dist.main:
                 t = time.time()
                 self._save_checkpoint(done, val)
-                self._write_val_csv()
+                if val is not None:
+                    self._write_val_csv()
                 self.seconds["checkpoints"] += time.time() - t
             model.train()
             self._timed_state_save(done)
             if self.progress:
                 el = time.time() - t_begin
-                print(f"[{self.run.name}] step {done}/{self.total} loss {loss_val:.4f} val {val:.4f} lr {lr:.2e} "
+                shown = "" if val is None else f" val {val:.4f}"
+                print(f"[{self.run.name}] step {done}/{self.total} loss {loss_val:.4f}{shown} lr {lr:.2e} "
                       f"{(done - start) * self.run.batch_size * self.run.seq_len / el:,.0f} tok/s",
                       file=sys.stderr, flush=True)
         elif done % self.run.state_every == 0:
@@ -570,7 +576,7 @@ class Trainer:
             "seconds": {**self.seconds, "other": wall - sum(self.seconds.values())},
             "model_flops_per_token": self.stats.model_flops_per_token,
             "peak_flops_per_s": self.peak if math.isfinite(self.peak) else None, "peak_source": self.peak_source,
-            "perf": self.perf,
+            "perf": self.perf, "in_loop_validation": run.in_loop_validation,
             "precision": run.precision, "engine": run.engine, "world": self.dist.world, "device": str(self.device),
             "device_name": device_name(self.device),
             "checkpoints": sorted(self.ckpt_steps), "config_sha256": run.hash, "model_stats": self.stats.as_dict(),

@@ -2,13 +2,14 @@
 # Downstream of training, rules are keyed by {series}, {source} and {tokens} (tokenscale.series). The helpers
 # ask a series for its members and token set and never which kind it is. Nothing here imports torch.
 import json
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from tokenscale import TokenscaleError
 from tokenscale.config import run_configs
-from tokenscale.series import block_of, build_workflow, eval_blocks, read_manifest, series_spec
+from tokenscale.series import VALID_TOKENS, block_of, build_workflow, eval_blocks, read_manifest, series_spec
 
 RESULTS = CFG["results"]
 DATA = f"{RESULTS}/data"
@@ -42,6 +43,23 @@ def run_spec(run):
     return json.dumps(
         {"data": {"seq_len": CFG["data"]["seq_len"]}, "runs": [entry], "threads": CFG["threads"]}, sort_keys=True
     )
+
+
+def names_regex(names):
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+# Runs whose val_loss.csv the trainer writes (in-loop validation) and runs whose val_loss.csv is computed from
+# the per-token evaluation of their checkpoints (rule val_loss).
+IN_LOOP_RUNS = names_regex([n for n, r in RUNS.items() if r.in_loop_validation])
+EVAL_VAL_RUNS = names_regex([n for n, r in RUNS.items() if not r.in_loop_validation])
+
+
+def run_valid_evals(wildcards):
+    """Evaluation block folders of a run's checkpoints on the validation token set."""
+    blocks = eval_blocks(SOURCES[wildcards.run], PER_JOB)
+    return [eval_block_dir(VALID_TOKENS, wildcards.run, b) for b in range(len(blocks))]
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -107,7 +125,7 @@ def fit_shards(wildcards):
 
 def all_targets():
     out = [f"{DATA}/valid_tokens.h5"]
-    out += [f"{RESULTS}/runs/{r}/train.json" for r in RUNS]
+    out += [f"{RESULTS}/runs/{r}/{f}" for r in RUNS for f in ("train.json", "val_loss.csv")]
     out += [f"{RESULTS}/series/{s}/fits.h5" for s in SERIES]
     out += [f"{RESULTS}/series/{s}/analysis/summary.json" for s in SERIES]
     return out

@@ -43,6 +43,9 @@ __all__ = [
     "eval_folder_files",
     "expand_eval_paths",
     "LossCheck",
+    "VAL_LOSS_HEADER",
+    "write_val_loss_csv",
+    "val_loss_rows",
     "write_trajectory_shards",
     "write_trajectory_shard",
     "read_trajectories",
@@ -462,6 +465,33 @@ def eval_folder_files(folder: os.PathLike | str) -> list[Path]:
     for x in out:
         _check_listed(x, files)
     return out
+
+
+VAL_LOSS_HEADER = "step,tokens_seen,val_loss"
+
+
+def write_val_loss_csv(path: os.PathLike | str, rows: Iterable[tuple[int, int, float]]) -> Path:
+    """``val_loss.csv`` of a run: one ``step,tokens_seen,val_loss`` row per checkpoint, by step (atomic)."""
+    body = "".join(f"{step},{tokens},{loss:.9g}\n" for step, tokens, loss in sorted(rows))
+    atomic.write_text(path, VAL_LOSS_HEADER + "\n" + body)
+    return Path(path)
+
+
+def val_loss_rows(eval_paths: Sequence[os.PathLike | str]) -> list[tuple[int, int, float]]:
+    """``(step, tokens_seen, mean loss)`` of every verified eval file (files or block folders), by step.
+
+    The mean is the file's float64 mean of its per-token losses: the trainer's in-loop validation loss when the
+    files evaluate the run's validation token set (``tokenscale.evaluate.mean_loss`` is the same mean)."""
+    rows = {}
+    for path in expand_eval_paths(eval_paths):
+        head = read_eval_header(path)
+        step = int(head["step"])
+        if step in rows:
+            raise TokenscaleError(f"{path}: a second eval file for step {step} ({rows[step][3]})")
+        rows[step] = (step, int(head["tokens_seen"]), float(head["mean_loss"]), path)
+    if not rows:
+        raise TokenscaleError("no eval files given")
+    return [r[:3] for _, r in sorted(rows.items())]
 
 
 def _is_block_folder(d: Path) -> bool:
