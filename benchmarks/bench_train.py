@@ -133,20 +133,29 @@ def train_once(cfg: Path, name: str, data: Path, out: Path, threads: int) -> dic
     return summary
 
 
-def median_row(name: str, runs: list[dict]) -> dict:
-    med = lambda key, d=lambda s: s: statistics.median(d(s)[key] or 0.0 for s in runs)  # noqa: E731
+def common_peak(results: dict[str, list[dict]]) -> float | None:
+    """One peak for every arm: the median of the peaks the runs used. A CPU's peak is measured by each trainer
+    process (a GEMM), and on a shared machine that measurement varies by tens of percent between processes;
+    comparing arms' MFU against their own peaks would mix that noise into the comparison."""
+    peaks = [s["peak_flops_per_s"] for runs in results.values() for s in runs if s["peak_flops_per_s"]]
+    return statistics.median(peaks) if peaks else None
+
+
+def median_row(name: str, runs: list[dict], peak: float | None) -> dict:
+    med = lambda key, d=lambda s: s: statistics.median(d(s)[key] for s in runs)  # noqa: E731
     secs = {k: statistics.median(s["seconds"][k] for s in runs) for k in runs[0]["seconds"]}
-    return {"arm": name, "tokens_per_s": med("tokens_per_s"), "mfu": med("mfu"),
-            "step_tokens_per_s": med("tokens_per_s", lambda s: s["steps_only"]),
-            "step_mfu": med("mfu", lambda s: s["steps_only"]), "seconds": secs, "last_loss": runs[-1]["last_loss"],
+    tps, step_tps = med("tokens_per_s"), med("tokens_per_s", lambda s: s["steps_only"])
+    mfu = (lambda t: t * runs[0]["model_flops_per_token"] / peak) if peak else (lambda t: float("nan"))
+    return {"arm": name, "tokens_per_s": tps, "mfu": mfu(tps), "step_tokens_per_s": step_tps,
+            "step_mfu": mfu(step_tps), "seconds": secs, "last_loss": runs[-1]["last_loss"],
             "perf": runs[0]["perf"], "in_loop_validation": runs[0]["in_loop_validation"],
             "rounds": [s["tokens_per_s"] for s in runs]}
 
 
-def report(rows: list[dict], first: dict) -> None:
+def report(rows: list[dict], first: dict, peak: float | None) -> None:
     print(f"device: {first['device_name']} ({first['device']}, {first['precision']}); "
-          f"model FLOPs/token {first['model_flops_per_token']:.4g}; peak {first['peak_flops_per_s']:.4g} FLOP/s "
-          f"({first['peak_source']})")
+          f"model FLOPs/token {first['model_flops_per_token']:.4g}; MFU against {peak or float('nan'):.4g} FLOP/s "
+          f"(median over the runs of: {first['peak_source']})")
     print(f"{'arm':<12}{'tok/s':>10}{'MFU':>8}{'step tok/s':>12}{'step MFU':>10}  "
           f"{'steps / validation / checkpoints / state / other (s)':<52}{'last loss':>10}")
     for r in rows:
@@ -183,8 +192,9 @@ def main(argv=None) -> None:
                 results[name].append(s)
                 print(f"round {rnd + 1}/{args.rounds} {name}: {s['tokens_per_s']:,.0f} tok/s end-to-end, "
                       f"{s['steps_only']['tokens_per_s']:,.0f} in model steps", file=sys.stderr, flush=True)
-        rows = [median_row(name, runs) for name, runs in results.items()]
-        report(rows, next(iter(results.values()))[0])
+        peak = common_peak(results)
+        rows = [median_row(name, runs, peak) for name, runs in results.items()]
+        report(rows, next(iter(results.values()))[0], peak)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
 
