@@ -75,8 +75,8 @@ def test_cli_bad_config_prints_one_line(tmp_path):
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert lines == ["tokenscale: error: config: unknown key 'runs[0].bacth_size' (allowed: axis, batch_size, "
-                     "checkpoints, deepspeed_config, device, engine, grad_clip, lr, micro_batch_size, model, name, nproc, perf, "
-                     "precision, schedule, seed, state_every, tokens, weight_decay)"]
+                     "checkpoints, deepspeed_config, device, engine, grad_clip, in_loop_validation, lr, micro_batch_size, "
+                     "model, name, nproc, perf, precision, schedule, seed, state_every, sweep, tokens, weight_decay)"]
 
 
 def test_cli_help_for_every_command():
@@ -151,3 +151,70 @@ def test_every_subcommand_has_a_description_and_every_option_a_help_text():
         assert p.description and len(p.description) > 20, name
         missing = [a.option_strings[0] for a in p._actions if a.option_strings and not a.help]
         assert not missing, (name, missing)
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+D_SWEEP = {"name": "d", "axis": "D",
+           "base": {"model": {"preset": "moe-nano"}, "batch_size": 8, "schedule": {"kind": "wsd", "decay_frac": 0.2}},
+           "grid": {"tokens": [250_000, 1_000_000, 1_500_000], "lr": [0.003, 0.006], "model.num_experts": [4]}}
+
+
+def test_a_sweep_expands_into_named_runs_in_grid_order():
+    cfg = validate_config({"runs": [{"name": "t", "axis": "T"}], "sweeps": [D_SWEEP]})
+    names = [r["name"] for r in cfg["runs"]]
+    assert names == ["t", "d-tok250k-lr3e-3-num_experts4", "d-tok250k-lr6e-3-num_experts4",
+                     "d-tok1M-lr3e-3-num_experts4", "d-tok1M-lr6e-3-num_experts4",
+                     "d-tok1.5M-lr3e-3-num_experts4", "d-tok1.5M-lr6e-3-num_experts4"]
+    runs = run_configs(cfg)
+    r = runs["d-tok1.5M-lr6e-3-num_experts4"]
+    assert (r.axis, r.sweep, r.tokens, r.lr, r.batch_size) == ("D", "d", 1_500_000, 0.006, 8)
+    assert r.model == {"preset": "moe-nano", "num_experts": 4} and r.schedule["kind"] == "wsd"
+    assert r.schedule["warmup_frac"] == 0.1 and r.seed == 0  # defaults filled like any run
+    assert runs["t"].sweep is None
+    assert D_SWEEP["base"] == {"model": {"preset": "moe-nano"}, "batch_size": 8,
+                               "schedule": {"kind": "wsd", "decay_frac": 0.2}}  # the input is not modified
+
+
+@pytest.mark.parametrize("value, text", [(1_000_000, "1M"), (1_234_567, "1234.567k"), (999, "999"), (4096, "4.096k"),
+                                         (0.003, "3e-3"), (0.1, "0.1"), (0.0030001, "3.0001e-3"), ("moe-tiny", "moe-tiny"),
+                                         (True, "on")])
+def test_grid_values_in_run_names_are_exact(value, text):
+    from tokenscale.config import _value_str
+
+    assert _value_str(value) == text
+
+
+def test_model_preset_grid_names_runs_by_the_preset():
+    sweep = {"name": "m", "axis": "M", "grid": {"model.preset": ["moe-nano", "moe-tiny"], "seed": [0, 1]}}
+    names = [r["name"] for r in validate_config({"sweeps": [sweep]})["runs"]][1:]
+    assert names == ["m-moe-nano-s0", "m-moe-nano-s1", "m-moe-tiny-s0", "m-moe-tiny-s1"]
+
+
+@pytest.mark.parametrize("sweep, match", [
+    ({**D_SWEEP, "grid": {"lr": []}}, r"^config: sweeps\[0\]\.grid\.lr: \[\] should be non-empty$"),
+    ({**D_SWEEP, "grid": {}}, r"^config: sweeps\[0\]\.grid: \{\} should be non-empty$"),
+    ({**D_SWEEP, "grid": {"lr": [-1.0]}}, r"^config: sweeps\[0\] run d-lr-1: lr: -1\.0 is less than or equal to the minimum of 0$"),
+    ({**D_SWEEP, "grid": {"lrr": [1]}}, r"^config: sweeps\[0\] run d-lrr1: unknown key 'lrr'"),
+    ({**D_SWEEP, "grid": {"name": ["x"]}}, r"grid key 'name' cannot be swept"),
+    ({**D_SWEEP, "base": {"axis": "T"}}, r"^config: sweeps\[0\]\.base\.axis is set by the sweep itself$"),
+    ({**D_SWEEP, "grid": {"model.preset": ["moe-huge"]}}, r"^config: runs\[1\]\.model\.preset: unknown preset 'moe-huge'"),
+])
+def test_bad_sweeps_are_one_line(sweep, match):
+    with pytest.raises(TokenscaleError, match=match):
+        validate_config({"sweeps": [sweep]})
+
+
+def test_sweep_run_names_must_not_collide():
+    with pytest.raises(TokenscaleError, match=r"runs has duplicate name\(s\): d-tok1M"):
+        validate_config({"runs": [{"name": "d-tok1M", "axis": "T"}], "sweeps": [{**D_SWEEP, "grid": {"tokens": [10**6]}}]})
+
+
+def test_check_config_lists_sweep_runs(tmp_path):
+    cfg = tiny_config()
+    cfg["sweeps"] = [{"name": "d", "axis": "D", "base": {"model": {"preset": "moe-nano"}, "batch_size": 8},
+                      "grid": {"tokens": [2560, 5120], "lr": [0.003, 0.006]}}]
+    out = run_cli("check-config", "--config", write_config(tmp_path / "c.yaml", cfg)).stdout.splitlines()
+    # write_config sorts the YAML keys, so the grid reads lr first
+    assert [ln.split(":")[0] for ln in out] == ["tiny", "d-lr3e-3-tok2.56k", "d-lr3e-3-tok5.12k", "d-lr6e-3-tok2.56k",
+                                                "d-lr6e-3-tok5.12k"]
+    assert "axis=D sweep=d steps=20" in out[1]

@@ -40,7 +40,8 @@ def cmd_check_config(args) -> int:
 
     cfg = _load_cfg(args)
     for name, r in run_configs(cfg).items():
-        print(f"{name}: axis={r.axis} steps={r.total_steps} checkpoints={len(r.checkpoint_steps())} engine={r.engine}")
+        sweep = f" sweep={r.sweep}" if r.sweep else ""
+        print(f"{name}: axis={r.axis}{sweep} steps={r.total_steps} checkpoints={len(r.checkpoint_steps())} engine={r.engine}")
     return 0
 
 

@@ -103,6 +103,7 @@ def validate_config(cfg: dict | None) -> dict:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise TokenscaleError(_one_line(errors[0]))
+    cfg["runs"] += expand_sweeps(cfg["sweeps"], schema["properties"]["runs"]["items"])
     names = [r["name"] for r in cfg["runs"]]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -115,6 +116,74 @@ def validate_config(cfg: dict | None) -> dict:
         except TokenscaleError as e:
             raise TokenscaleError(f"config: runs[{i}].{e}") from None
     return cfg
+
+
+# --------------------------------------------------------------------------------------------- sweeps
+_NAME_KEYS = {"tokens": "tok", "batch_size": "bs", "micro_batch_size": "mbs", "seed": "s", "model.preset": ""}
+
+
+def _value_str(v: Any) -> str:
+    """A grid value as it appears in a run name: 1000000 -> 1M, 250000 -> 250k, 0.003 -> 3e-3, 'moe-tiny' as is."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, int):
+        for div, unit in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+            if abs(v) >= div and v % (div // 1000) == 0:  # at most 3 decimals: exact
+                return f"{v / div:.3f}".rstrip("0").rstrip(".") + unit
+        return str(v)
+    if isinstance(v, float) and v and abs(v) < 0.01:  # learning rates: 3e-3, 3.0001e-3
+        mantissa, exp = f"{v:.12e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    if isinstance(v, float):
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
+    return str(v)
+
+
+def _set_dotted(run: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = run
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise TokenscaleError(f"config: sweep key {key!r}: {p!r} is not a mapping")
+    node[last] = copy.deepcopy(value)
+
+
+def sweep_runs(sweep: dict) -> list[dict]:
+    """The runs of one ``sweeps`` entry: base + one point of the grid's Cartesian product each, named by it."""
+    import itertools
+
+    keys = list(sweep["grid"])
+    for key in keys:
+        if key.split(".")[0] in ("name", "axis", "sweep"):
+            raise TokenscaleError(f"config: sweep {sweep['name']!r}: grid key {key!r} cannot be swept")
+    runs = []
+    for point in itertools.product(*(sweep["grid"][k] for k in keys)):
+        run = copy.deepcopy(sweep.get("base") or {})
+        parts = [sweep["name"]]
+        for key, value in zip(keys, point):
+            _set_dotted(run, key, value)
+            parts.append(_NAME_KEYS.get(key, key.split(".")[-1]) + _value_str(value))
+        runs.append({**run, "name": "-".join(parts), "axis": sweep["axis"], "sweep": sweep["name"]})
+    return runs
+
+
+def expand_sweeps(sweeps: list[dict], run_schema: dict) -> list[dict]:
+    """Every sweep's runs, each validated against the ``runs`` item schema (defaults filled)."""
+    validator = jsonschema.Draft202012Validator(run_schema)
+    out = []
+    for i, sweep in enumerate(sweeps):
+        for key in ("name", "axis", "sweep"):
+            if key in (sweep.get("base") or {}):
+                raise TokenscaleError(f"config: sweeps[{i}].base.{key} is set by the sweep itself")
+        for run in sweep_runs(sweep):
+            _fill_defaults(run, run_schema)
+            errors = sorted(validator.iter_errors(run), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+            if errors:
+                raise TokenscaleError(f"config: sweeps[{i}] run {run['name']}: " + _one_line(errors[0]).removeprefix("config: "))
+            out.append(run)
+    return out
 
 
 def load_config(path: str | Path) -> dict:
@@ -142,6 +211,7 @@ class RunConfig:
 
     name: str
     axis: str
+    sweep: str | None
     model: dict
     tokens: int
     batch_size: int
