@@ -362,9 +362,10 @@ def scontrol_job(cluster, jobid: str) -> str:
 # Results that legitimately differ between two runs: logs and benchmarks (timings), the trainer's
 # private resumable state (an implementation detail, not a result).
 SKIP_PARTS = {"logs", "benchmarks", "state", "state.old", "state.tmp"}
-# JSON keys / CSV columns / HDF5 attributes holding timings or machine facts.
+# JSON keys / CSV columns / HDF5 attributes holding timings or machine facts (MFU and the device peak are
+# throughput: timings).
 TIMING_KEY = re.compile(
-    r"(^|_)(wall|elapsed|duration|seconds|timestamp|time|date|created|host|hostname|pid|uuid)(_|$)|per_s$|_s$",
+    r"(^|_)(wall|elapsed|duration|seconds|timestamp|time|date|created|host|hostname|pid|uuid|mfu|peak)(_|$)|per_s$|_s$",
     re.I,
 )
 FIGURE_SUFFIXES = {".png", ".pdf", ".svg", ".html", ".jpg"}

@@ -230,6 +230,13 @@ def test_val_loss_from_the_per_token_evaluation_equals_the_in_loop_one(two_paths
     assert np.max(np.abs(ours[:, 2] - theirs[:, 2])) < 1e-6  # float32 per-token losses; other batch size
 
 
+def test_val_loss_from_the_checkpoints_rewrites_the_trainers_file(two_paths, tmp_path):
+    run_cli("val-loss", "--run-dir", two_paths["auto"], "--out", tmp_path / "v.csv")
+    assert (tmp_path / "v.csv").read_text() == (two_paths["auto"] / "val_loss.csv").read_text()
+    p = run_cli("val-loss", "--out", tmp_path / "w.csv", check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("give either --evals or --run-dir")
+
+
 def test_without_in_loop_validation_the_trainer_writes_no_val_loss(tmp_path, data_dir, two_paths):
     out = _train(tmp_path, data_dir, "noval", in_loop_validation=False)
     assert not (out / "val_loss.csv").exists()
@@ -237,6 +244,8 @@ def test_without_in_loop_validation_the_trainer_writes_no_val_loss(tmp_path, dat
     assert len(metas) >= 5 and all(m["val_loss"] is None for m in metas)
     assert json.loads((out / "train.json").read_text())["seconds"]["validation"] == 0
     assert read_losses(out) == read_losses(two_paths["auto"])  # validation never touches the training state
+    p = run_cli("val-loss", "--run-dir", out, "--out", tmp_path / "v.csv", check=False)
+    assert p.returncode == 2 and "no in-loop validation loss" in p.stderr.strip().splitlines()[-1]
 
 
 def test_val_loss_refuses_two_files_for_one_step(two_paths, data_dir, tmp_path):

@@ -199,7 +199,7 @@ def _extra_runs_config(dest: Path) -> Path:
     ds = {**base, "name": "t_ds", "engine": "deepspeed", "nproc": 1,
           "deepspeed_config": str(REPO / "config" / "deepspeed" / "zero1.json"),
           "tokens": base["batch_size"] * smoke["data"]["seq_len"] * 30,  # 30 steps
-          "checkpoints": {"count": 4}, "state_every": 10}
+          "checkpoints": {"count": 4}, "state_every": 10, "in_loop_validation": True}
     dest.write_text(yaml.safe_dump({"runs": smoke["runs"] + [resume, ds]}, sort_keys=False))
     return dest
 

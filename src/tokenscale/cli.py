@@ -241,9 +241,11 @@ def cmd_series_manifest(args) -> int:
 
 
 def cmd_val_loss(args) -> int:
-    from .io import val_loss_rows, write_val_loss_csv
+    from .io import checkpoint_val_loss_rows, val_loss_rows, write_val_loss_csv
 
-    rows = val_loss_rows(args.evals)
+    if bool(args.evals) == bool(args.run_dir):
+        raise TokenscaleError("val-loss: give either --evals or --run-dir")
+    rows = val_loss_rows(args.evals) if args.evals else checkpoint_val_loss_rows(args.run_dir)
     write_val_loss_csv(args.out, rows)
     print(f"val-loss: {len(rows)} checkpoints (steps {rows[0][0]}..{rows[-1][0]}) -> {args.out}", file=sys.stderr)
     return 0
@@ -430,10 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", nargs="*", default=[], help="the files the resolver reads (training results)")
     p.add_argument("--out", required=True, help="output manifest JSON")
 
-    p = _command(sub, "val-loss", cmd_val_loss, "a run's val_loss.csv from the per-token evaluation of its checkpoints",
-                 "For runs trained with in_loop_validation: false. Each row is the mean per-token loss of one eval "
-                 "file: the value the trainer's in-loop validation gives on the same tokens.")
-    p.add_argument("--evals", nargs="+", required=True, help="eval HDF5 files of the run's checkpoints, or their block folders")
+    p = _command(sub, "val-loss", cmd_val_loss, "a run's val_loss.csv (step, tokens_seen, val_loss per checkpoint)",
+                 "From the per-token evaluation of its checkpoints (--evals: each row is one eval file's mean loss, "
+                 "the value the trainer's in-loop validation gives on the same tokens), or from the in-loop "
+                 "validation recorded in its checkpoints (--run-dir).")
+    p.add_argument("--evals", nargs="+", help="eval HDF5 files of the run's checkpoints, or their block folders")
+    p.add_argument("--run-dir", help="run folder whose checkpoints hold in-loop validation losses")
     p.add_argument("--out", required=True, help="output CSV (step,tokens_seen,val_loss)")
 
     p = _command(sub, "assemble", cmd_assemble, "per-checkpoint evals -> one trajectory shard (tokens x checkpoints)",

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from . import TokenscaleError, __version__
 from .atomic import atomic_output, disk_full_error, remove, write_json, write_text
-from .io import write_val_loss_csv
+from .io import checkpoint_val_loss_rows, write_val_loss_csv
 from .config import RunConfig
 from .data import TrainTokens, load_tokenizer
 from .lmloss import linear_cross_entropy
@@ -365,12 +365,7 @@ class Trainer:
             write_text(tmp / "COMPLETE", f"{step}\n")
 
     def _write_val_csv(self):
-        rows = []
-        for d in sorted((self.run_dir / "checkpoints").glob("step*")):
-            if (d / "COMPLETE").is_file():
-                m = json.loads((d / "tokenscale.json").read_text())
-                rows.append((m["step"], m["tokens_seen"], m["val_loss"]))
-        write_val_loss_csv(self.run_dir / "val_loss.csv", rows)
+        write_val_loss_csv(self.run_dir / "val_loss.csv", checkpoint_val_loss_rows(self.run_dir))
 
     def _clean_after(self, step: int):
         """Remove anything a killed run left beyond ``step``: temp dirs, later checkpoints, later log lines."""

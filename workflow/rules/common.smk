@@ -2,7 +2,7 @@
 # Downstream of training, rules are keyed by {series}, {source} and {tokens} (tokenscale.series). The helpers
 # ask a series for its members and token set and never which kind it is. Nothing here imports torch.
 import json
-import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -45,21 +45,22 @@ def run_spec(run):
     )
 
 
-def names_regex(names):
-    """A wildcard constraint matching exactly these names (none: matches nothing)."""
-    return "|".join(re.escape(n) for n in names) or "(?!)"
+def val_loss_inputs(wildcards):
+    """What a run's val_loss.csv is computed from: its checkpoints (in-loop validation), or the evaluation block
+    folders of its checkpoints on the validation token set."""
+    run = wildcards.run
+    if RUNS[run].in_loop_validation:
+        return {"summary": f"{RESULTS}/runs/{run}/train.json"}
+    blocks = eval_blocks(SOURCES[run], PER_JOB)
+    return {"evals": [eval_block_dir(VALID_TOKENS, run, b) for b in range(len(blocks))]}
 
 
-# Runs whose val_loss.csv the trainer writes (in-loop validation) and runs whose val_loss.csv is computed from
-# the per-token evaluation of their checkpoints (rule val_loss).
-IN_LOOP_RUNS = names_regex([n for n, r in RUNS.items() if r.in_loop_validation])
-EVAL_VAL_RUNS = names_regex([n for n, r in RUNS.items() if not r.in_loop_validation])
-
-
-def run_valid_evals(wildcards):
-    """Evaluation block folders of a run's checkpoints on the validation token set."""
-    blocks = eval_blocks(SOURCES[wildcards.run], PER_JOB)
-    return [eval_block_dir(VALID_TOKENS, wildcards.run, b) for b in range(len(blocks))]
+def val_loss_source(wildcards, input):
+    """The `tokenscale val-loss` source option (quoted)."""
+    if "evals" in input.keys():
+        quoted = " ".join(shlex.quote(str(p)) for p in input.evals)
+        return f"--evals {quoted}"
+    return f"--run-dir {shlex.quote(str(Path(input.summary).parent))}"
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -10,8 +10,7 @@ rule train:
         valid=rules.tokenize.output.valid,
         tokenizer=rules.train_tokenizer.output.tokenizer,
     output:
-        summary=f"{RESULTS}/runs/{{run,{IN_LOOP_RUNS}}}/train.json",
-        val_loss=f"{RESULTS}/runs/{{run,{IN_LOOP_RUNS}}}/val_loss.csv",
+        summary=f"{RESULTS}/runs/{{run}}/train.json",
     params:
         spec=lambda w: run_spec(w.run),
         data=lambda w, input: Path(input.meta).parent,
@@ -32,18 +31,16 @@ rule train:
         "--threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"
 
 
-# Runs with in_loop_validation: false. The trainer skips validation; rule val_loss writes val_loss.csv from the
-# per-token evaluation, which the run's series needs anyway.
-use rule train as train_without_validation with:
-    output:
-        summary=f"{RESULTS}/runs/{{run,{EVAL_VAL_RUNS}}}/train.json",
-
-
+# val_loss.csv of every run: from the in-loop validation in its checkpoints, or (in_loop_validation: false) from
+# the per-token evaluation of its checkpoints, which its series needs anyway. The trainer also writes the first
+# kind itself (for standalone use); this job rewrites the same rows.
 rule val_loss:
     input:
-        evals=run_valid_evals,
+        unpack(val_loss_inputs),
     output:
-        val_loss=f"{RESULTS}/runs/{{run,{EVAL_VAL_RUNS}}}/val_loss.csv",
+        val_loss=f"{RESULTS}/runs/{{run}}/val_loss.csv",
+    params:
+        source=val_loss_source,
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -52,4 +49,4 @@ rule val_loss:
         mem_mb=1000,
         runtime=10,
     shell:
-        "tokenscale val-loss --evals {input.evals:q} --out {output.val_loss:q} > {log:q} 2>&1"
+        "tokenscale val-loss {params.source} --out {output.val_loss:q} > {log:q} 2>&1"

@@ -46,6 +46,7 @@ __all__ = [
     "VAL_LOSS_HEADER",
     "write_val_loss_csv",
     "val_loss_rows",
+    "checkpoint_val_loss_rows",
     "write_trajectory_shards",
     "write_trajectory_shard",
     "read_trajectories",
@@ -492,6 +493,23 @@ def val_loss_rows(eval_paths: Sequence[os.PathLike | str]) -> list[tuple[int, in
     if not rows:
         raise TokenscaleError("no eval files given")
     return [r[:3] for _, r in sorted(rows.items())]
+
+
+def checkpoint_val_loss_rows(run_dir: os.PathLike | str) -> list[tuple[int, int, float]]:
+    """``(step, tokens_seen, val_loss)`` of a run's complete checkpoints, from the in-loop validation recorded in
+    each checkpoint's ``tokenscale.json``."""
+    rows = []
+    for d in sorted((Path(run_dir) / "checkpoints").glob("step*")):
+        if not (d / "COMPLETE").is_file():
+            continue
+        meta = json.loads((d / "tokenscale.json").read_text())
+        if meta.get("val_loss") is None:
+            raise TokenscaleError(f"{d}: no in-loop validation loss (the run has in_loop_validation: false; "
+                                  "use the per-token evaluation: tokenscale val-loss --evals)")
+        rows.append((int(meta["step"]), int(meta["tokens_seen"]), float(meta["val_loss"])))
+    if not rows:
+        raise TokenscaleError(f"{run_dir}: no complete checkpoint")
+    return rows
 
 
 def _is_block_folder(d: Path) -> bool:
