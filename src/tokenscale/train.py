@@ -58,7 +58,7 @@ from .lmloss import linear_cross_entropy
 from .model import build_model, model_stats, resolve_arch
 from .runlock import RunLock
 from .sampler import load_sampler, rank_slice
-from .throughput import mfu, peak_flops
+from .throughput import achieved_flops, mfu, peak_flops
 
 SIGTERM_EXIT = 143
 
@@ -512,7 +512,7 @@ class Trainer:
     def _throughput(self, tokens: int, seconds: float) -> dict:
         """tokens/s, achieved model FLOP/s and MFU (:mod:`tokenscale.throughput`) over all ranks."""
         tps = tokens / max(seconds, 1e-9)
-        return {"tokens_per_s": tps, "flops_per_s": tps * self.stats.model_flops_per_token,
+        return {"tokens_per_s": tps, "flops_per_s": achieved_flops(tps, self.stats.model_flops_per_token),
                 "mfu": mfu(tps, self.stats.model_flops_per_token, self.peak * self.dist.world)}
 
     def _log_step(self, log_path: Path, done: int, loss_val: float, lr: float, gn: float, dt: float):
