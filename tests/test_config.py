@@ -191,7 +191,7 @@ def test_model_preset_grid_names_runs_by_the_preset():
 
 
 @pytest.mark.parametrize("sweep, match", [
-    ({**D_SWEEP, "grid": {"lr": []}}, r"^config: sweeps\[0\]\.grid\.lr: \[\] should be non-empty$"),
+    ({**D_SWEEP, "grid": {"lr": []}}, r"^config: sweeps\[0\]\.grid\.lr: \[\] is not a non-empty list of values or \{geomspace: \[lo, hi, n\]\}$"),
     ({**D_SWEEP, "grid": {}}, r"^config: sweeps\[0\]\.grid: \{\} should be non-empty$"),
     ({**D_SWEEP, "grid": {"lr": [-1.0]}}, r"^config: sweeps\[0\] run d-lr-1: lr: -1\.0 is less than or equal to the minimum of 0$"),
     ({**D_SWEEP, "grid": {"lrr": [1]}}, r"^config: sweeps\[0\] run d-lrr1: unknown key 'lrr'"),
@@ -218,3 +218,27 @@ def test_check_config_lists_sweep_runs(tmp_path):
     assert [ln.split(":")[0] for ln in out] == ["tiny", "d-lr3e-3-tok2.56k", "d-lr3e-3-tok5.12k", "d-lr6e-3-tok2.56k",
                                                 "d-lr6e-3-tok5.12k"]
     assert "axis=D sweep=d steps=20" in out[1]
+
+
+def test_sweep_geomspace_grid_expands_log_spaced_values():
+    """{geomspace: [lo, hi, n]}: integers for integer ends (budgets), 3 significant digits otherwise."""
+    from tokenscale.config import grid_values
+
+    assert grid_values("tokens", {"geomspace": [1000, 100000, 3]}) == [1000, 10000, 100000]
+    assert grid_values("model.flops", {"geomspace": [4.2e8, 5.0e9, 4]}) == [4.2e8, 9.59e8, 2.19e9, 5.0e9]
+    cfg = validate_config({"sweeps": [{"name": "m", "axis": "M", "base": {"model": {"preset": "moe-nano"}},
+                                       "grid": {"lr": {"geomspace": [1e-3, 4e-3, 3]}}}]})
+    assert [r["name"] for r in cfg["runs"] if r["sweep"] == "m"] == ["m-lr1e-3", "m-lr2e-3", "m-lr4e-3"]
+    assert all("+" not in r["name"] for r in validate_config({"sweeps": [
+        {"name": "f", "axis": "M", "grid": {"tokens": [1000], "lr": [3e5]}}]})["runs"])
+
+
+def test_sweep_geomspace_bad_input():
+    from tokenscale.config import grid_values
+
+    with pytest.raises(TokenscaleError, match="lo=10 is above hi=5"):
+        grid_values("tokens", {"geomspace": [10, 5, 3]})
+    with pytest.raises(TokenscaleError, match="repeats values after rounding"):
+        grid_values("tokens", {"geomspace": [10, 12, 5]})
+    with pytest.raises(TokenscaleError, match=r"grid.lr: \{'geomspace': \[0.001, 0.004\]\} is not a non-empty list"):
+        validate_config({"sweeps": [{"name": "m", "axis": "M", "grid": {"lr": {"geomspace": [1e-3, 4e-3]}}}]})

@@ -86,6 +86,8 @@ def _one_line(err: jsonschema.ValidationError) -> str:
         return f"config: {where} is missing required key: {err.message.split(' ')[0]}"
     if err.validator == "enum":
         return f"config: {where} must be one of {err.validator_value}, got {err.instance!r}"
+    if err.validator in ("oneOf", "anyOf") and "description" in err.schema:
+        return f"config: {where}: {err.instance!r} is not {err.schema['description']}"
     return f"config: {where}: {err.message}"
 
 
@@ -131,7 +133,7 @@ def _value_str(v: Any) -> str:
             if abs(v) >= div and v % (div // 1000) == 0:  # at most 3 decimals: exact
                 return f"{v / div:.3f}".rstrip("0").rstrip(".") + unit
         return str(v)
-    if isinstance(v, float) and v and abs(v) < 0.01:  # learning rates: 3e-3, 3.0001e-3
+    if isinstance(v, float) and v and not 0.01 <= abs(v) < 1e4:  # lrs 3e-3, 3.0001e-3; FLOPs targets 4.2e8
         mantissa, exp = f"{v:.12e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
     if isinstance(v, float):
@@ -150,6 +152,28 @@ def _set_dotted(run: dict, key: str, value: Any) -> None:
     node[last] = copy.deepcopy(value)
 
 
+def grid_values(key: str, spec: list | dict) -> list:
+    """The values of one grid key: a list as written, or ``{geomspace: [lo, hi, n]}`` expanded.
+
+    ``geomspace`` gives n log-spaced values from lo to hi (both included): integers when lo and hi are integers
+    (token budgets), else floats rounded to 3 significant digits (learning rates, FLOPs targets), so run names
+    stay short. Rounding that merges two values is an error rather than a silently shorter grid.
+    """
+    if isinstance(spec, list):
+        return spec
+    lo, hi, n = spec["geomspace"]
+    if lo > hi:
+        raise TokenscaleError(f"config: sweep grid {key}: geomspace lo={lo} is above hi={hi}")
+    raw = np.geomspace(lo, hi, n) if n > 1 else np.array([lo])
+    if isinstance(lo, int) and isinstance(hi, int):
+        vals = [int(round(v)) for v in raw]
+    else:
+        vals = [float(f"{v:.3g}") for v in raw]
+    if len(set(vals)) != len(vals):
+        raise TokenscaleError(f"config: sweep grid {key}: geomspace {[lo, hi, n]} repeats values after rounding ({vals})")
+    return vals
+
+
 def sweep_runs(sweep: dict) -> list[dict]:
     """The runs of one ``sweeps`` entry: base + one point of the grid's Cartesian product each, named by it."""
     import itertools
@@ -159,7 +183,7 @@ def sweep_runs(sweep: dict) -> list[dict]:
         if key.split(".")[0] in ("name", "axis", "sweep"):
             raise TokenscaleError(f"config: sweep {sweep['name']!r}: grid key {key!r} cannot be swept")
     runs = []
-    for point in itertools.product(*(sweep["grid"][k] for k in keys)):
+    for point in itertools.product(*(grid_values(k, sweep["grid"][k]) for k in keys)):
         run = copy.deepcopy(sweep.get("base") or {})
         parts = [sweep["name"]]
         for key, value in zip(keys, point):
