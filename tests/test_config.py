@@ -74,9 +74,10 @@ def test_cli_bad_config_prints_one_line(tmp_path):
     p = run_cli("check-config", "--config", write_config(tmp_path / "c.yaml", cfg), check=False)
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert lines == ["tokenscale: error: config: unknown key 'runs[0].bacth_size' (allowed: axis, batch_size, "
+    assert lines == ["tokenscale: error: config: unknown key 'runs[0].bacth_size' (allowed: axis, batch_size, branch, "
                      "checkpoints, deepspeed_config, device, engine, grad_clip, in_loop_validation, lr, micro_batch_size, "
-                     "model, name, nproc, perf, precision, schedule, seed, state_every, sweep, tokens, weight_decay)"]
+                     "model, name, nproc, perf, precision, schedule, seed, single_pass, snapshots, state_every, sweep, "
+                     "tokens, weight_decay)"]
 
 
 def test_cli_help_for_every_command():
@@ -191,7 +192,7 @@ def test_model_preset_grid_names_runs_by_the_preset():
 
 
 @pytest.mark.parametrize("sweep, match", [
-    ({**D_SWEEP, "grid": {"lr": []}}, r"^config: sweeps\[0\]\.grid\.lr: \[\] is not a non-empty list of values or \{geomspace: \[lo, hi, n\]\}$"),
+    ({**D_SWEEP, "grid": {"lr": []}}, r"^config: sweeps\[0\]\.grid\.lr: \[\] should be non-empty$"),
     ({**D_SWEEP, "grid": {}}, r"^config: sweeps\[0\]\.grid: \{\} should be non-empty$"),
     ({**D_SWEEP, "grid": {"lr": [-1.0]}}, r"^config: sweeps\[0\] run d-lr-1: lr: -1\.0 is less than or equal to the minimum of 0$"),
     ({**D_SWEEP, "grid": {"lrr": [1]}}, r"^config: sweeps\[0\] run d-lrr1: unknown key 'lrr'"),
@@ -240,5 +241,15 @@ def test_sweep_geomspace_bad_input():
         grid_values("tokens", {"geomspace": [10, 5, 3]})
     with pytest.raises(TokenscaleError, match="repeats values after rounding"):
         grid_values("tokens", {"geomspace": [10, 12, 5]})
-    with pytest.raises(TokenscaleError, match=r"grid.lr: \{'geomspace': \[0.001, 0.004\]\} is not a non-empty list"):
+    with pytest.raises(TokenscaleError, match=r"^config: sweeps\[0\]\.grid\.lr\.geomspace: \[0\.001, 0\.004\] is too short$"):
         validate_config({"sweeps": [{"name": "m", "axis": "M", "grid": {"lr": {"geomspace": [1e-3, 4e-3]}}}]})
+
+
+def test_sweep_grid_list_is_the_union_of_products():
+    """A second recipe on part of the grid: grid = [full grid, partial grid]; names stay unique."""
+    sweep = {"name": "d", "axis": "D", "base": {"model": {"preset": "moe-nano"}},
+             "grid": [{"tokens": [1000000, 2000000], "lr": [0.003]}, {"tokens": [1000000], "lr": [0.001]}]}
+    names = [r["name"] for r in validate_config({"sweeps": [sweep]})["runs"] if r["sweep"] == "d"]
+    assert names == ["d-tok1M-lr3e-3", "d-tok2M-lr3e-3", "d-tok1M-lr1e-3"]
+    with pytest.raises(TokenscaleError, match="d-tok1M-lr3e-3"):
+        validate_config({"sweeps": [{**sweep, "grid": [sweep["grid"][0], sweep["grid"][0]]}]})

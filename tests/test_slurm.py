@@ -165,9 +165,10 @@ def smoke_pair(slurm_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     sdir, ldir = root / "slurm", root / "local"
     # the local reference runs in the background while the SLURM run mostly waits on the scheduler
-    local = run_workflow_local(ldir, SMOKE_CONFIG, background=True)
+    configs = [SMOKE_CONFIG, REPO / "tests" / "data" / "no_sweeps.yaml"]  # the T run; test_workflow runs the sweeps
+    local = run_workflow_local(ldir, configs, background=True)
     # --verbose: the plugin logs its sbatch calls and status commands at debug level
-    rs = run_workflow_slurm(sdir, SMOKE_CONFIG, ["--verbose"])
+    rs = run_workflow_slurm(sdir, configs, ["--verbose"])
     rl = local.wait()
     return sdir, ldir, rs, rl
 
@@ -200,7 +201,7 @@ def _extra_runs_config(dest: Path) -> Path:
           "deepspeed_config": str(REPO / "config" / "deepspeed" / "zero1.json"),
           "tokens": base["batch_size"] * smoke["data"]["seq_len"] * 30,  # 30 steps
           "checkpoints": {"count": 4}, "state_every": 10, "in_loop_validation": True}
-    dest.write_text(yaml.safe_dump({"runs": smoke["runs"] + [resume, ds]}, sort_keys=False))
+    dest.write_text(yaml.safe_dump({"runs": smoke["runs"] + [resume, ds], "sweeps": []}, sort_keys=False))
     return dest
 
 

@@ -97,6 +97,45 @@ def test_smoke_outputs_and_cross_checks(smoke):
     assert all((out / "analysis" / "figures" / f).stat().st_size > 10_000 for f in figs)
 
 
+@pytest.mark.parametrize("sweep, axis", [("d_smoke", "tokens"), ("m_smoke", "flops")])
+def test_smoke_frontiers(smoke, sweep, axis):
+    """The D and M sweeps' frontier series: the best final checkpoint per setting, fitted on its own axis, each
+    point's loss the mean of the per-token losses (1e-4) and its run's val_loss.csv; figures A and B."""
+    from tokenscale.fit import load_fits
+    from tokenscale.frontier import read_frontier_csv
+    from tokenscale.io import read_run_trajectories
+
+    out = smoke / "series" / sweep
+    table = read_frontier_csv(out / "frontier" / "frontier.csv")
+    assert len(table) == 4
+    runs = sorted(p.name for p in (smoke / "runs").iterdir() if p.name.startswith(sweep + "-"))
+    losses, ax, _ = read_run_trajectories(sorted((out / "trajectories").glob("shard-*.h5")))
+    assert losses.shape[1] == 4 and np.all(np.diff(ax[axis]) > 0)
+    for k, row in enumerate(table):
+        group = [r for r in runs if _final_loss(smoke, r)[0] and _group(smoke, r, axis) == _group(smoke, row["run"], axis)]
+        best = min(group, key=lambda r: _final_loss(smoke, r)[1])
+        assert row["run"] == best and int(row["step"]) == _final_loss(smoke, best)[0]
+        assert abs(float(losses[:, k].mean(dtype=np.float64)) - float(row["val_loss"])) < 1e-4
+    fit = load_fits(out / "fits.h5")
+    assert len(fit) == losses.shape[0]
+    np.testing.assert_array_equal(fit.axis_orig, ax[axis])  # fitted on the frontier's own axis
+    summary = json.loads((out / "analysis" / "summary.json").read_text())
+    assert summary["n_axis_points"] == 4
+    figs = sorted(p.name for p in (out / "frontier" / "figures").glob("*.png"))
+    assert figs == ["fig04a_runs_envelope.png", "fig04b_frontier.png"]
+
+
+def _final_loss(smoke, run):
+    with open(smoke / "runs" / run / "val_loss.csv") as fh:
+        last = list(csv.DictReader(fh))[-1]
+    return int(last["step"]), float(last["val_loss"])
+
+
+def _group(smoke, run, axis):
+    train = json.loads((smoke / "runs" / run / "train.json").read_text())
+    return train["tokens"] if axis == "tokens" else train["model_stats"]["flops_per_token"]
+
+
 def test_rerun_is_incremental(smoke):
     p = smk("-n", results=smoke)
     assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-3000:]

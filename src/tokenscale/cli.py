@@ -228,15 +228,47 @@ def cmd_external_tokens(args) -> int:
 
 
 def cmd_series_manifest(args) -> int:
-    from .series import parse_series_spec, resolve, write_manifest
+    from .series import parse_series_spec, resolve_manifest, write_manifest
 
     try:
         series, sources = parse_series_spec(args.spec)
     except (ValueError, KeyError, TypeError) as e:
         raise TokenscaleError(f"--spec is not a series spec: {e}") from None
-    members = resolve(series, sources, args.inputs)
-    write_manifest(args.out, series, members)
+    members, extra = resolve_manifest(series, sources, args.inputs)
+    write_manifest(args.out, series, members, extra)
     print(f"series-manifest: {series.name}: {len(members)} checkpoints -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_frontier(args) -> int:
+    import numpy as np
+
+    from .figures import frontier_figures
+    from .frontier import check_mean_loss, read_curve, write_frontier_csv
+    from .io import read_run_trajectories
+    from .series import read_manifest_data
+
+    opts = json.loads(args.options)
+    manifest = read_manifest_data(args.manifest)
+    table, axis = manifest.get("table"), manifest.get("axis")
+    if not table or not axis:
+        raise TokenscaleError(f"{args.manifest}: not a frontier manifest (no table or axis); rerun its series_manifest job")
+    curves, trunks = [], []
+    for path in args.curves:
+        run = Path(path).parent.name
+        if run in opts["groups"]:
+            curves.append(read_curve(path, run, opts["groups"][run]))
+        else:
+            trunks.append(read_curve(path, run, float("nan")))
+    losses, _, _ = read_run_trajectories(args.trajectories)
+    check_mean_loss(table, losses.astype(np.float64).mean(axis=0), args.trajectories[0])
+    summary = json.loads(Path(args.summary).read_text())
+    write_frontier_csv(args.table, table)
+    figs = frontier_figures(curves, trunks, table, axis["values"], summary, opts["axis"], args.figures,
+                            title=args.series)
+    flat = [r["run"] for r in table if not r["monotone"]]
+    print(f"frontier: {args.series}: {len(table)} points from {len(curves)} runs"
+          + (f"; not monotone at {', '.join(flat)}" if flat else "; monotone") + f"; {len(figs)} figures", file=sys.stderr)
     return 0
 
 
@@ -259,8 +291,16 @@ def cmd_assemble(args) -> int:
         raise TokenscaleError(f"--shard {args.shard} is outside [0, {args.n_shards})")
     rng = shard_ranges(n, args.n_shards)[args.shard]
     evals = _expand_evals(args.evals)
+    axis = None
+    if args.axis_values:
+        try:
+            axis = json.loads(args.axis_values)
+            axis = {"name": str(axis["name"]), "values": [float(v) for v in axis["values"]]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise TokenscaleError(f"--axis-values is not {{\"name\": ..., \"values\": [...]}} JSON: {e}") from None
     write_trajectory_shard(evals, args.tokens, args.out, token_range=rng, shard_index=args.shard,
-                           shard_count=args.n_shards, attrs={"run": args.run, "config_sha256": args.config_hash})
+                           shard_count=args.n_shards, attrs={"run": args.run, "config_sha256": args.config_hash},
+                           axis=axis)
     print(f"assemble: shard {args.shard}/{args.n_shards} tokens {rng[0]}..{rng[1]} x {len(evals)} checkpoints", file=sys.stderr)
     return 0
 
@@ -276,6 +316,8 @@ def cmd_fit(args) -> int:
     _threads(args.threads)
     losses, axis, meta = read_trajectories(args.trajectories)
     t0 = time.time()
+    if args.axis not in axis:
+        raise TokenscaleError(f"{args.trajectories}: no axis {args.axis!r} in the shard (it has {', '.join(sorted(axis))})")
     res = fit_sigmoids(losses, np.asarray(axis[args.axis], dtype=np.float64), transform=args.transform, device=_device(args.device),
                        engine=args.engine)
     dt = time.time() - t0
@@ -440,6 +482,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder whose checkpoints hold in-loop validation losses")
     p.add_argument("--out", required=True, help="output CSV (step,tokens_seen,val_loss)")
 
+    p = _command(sub, "frontier", cmd_frontier, "a D or M sweep's frontier: table and figures (paper Fig. 4/5 A-B)",
+                 "Writes which (run, checkpoint) defines each frontier point, checks that each point's loss equals "
+                 "the mean of the series' per-token losses (1e-4), and draws every run's curve with the envelope "
+                 "(A) and the frontier with the series' power law (B). Panel C is the series' analysis.")
+    p.add_argument("--series", required=True, help="frontier series name (figure titles)")
+    p.add_argument("--options", required=True, help="the series' resolver options JSON (sweep axis, run groups)")
+    p.add_argument("--manifest", required=True, help="the series' manifest.json (members, axis, table)")
+    p.add_argument("--curves", nargs="+", required=True,
+                   help="val_loss.csv of every sweep run (and of a shared trunk, drawn dashed)")
+    p.add_argument("--trajectories", nargs="+", required=True, help="the series' trajectory shards")
+    p.add_argument("--summary", required=True, help="the series' analysis summary.json (power law)")
+    p.add_argument("--table", required=True, help="output frontier.csv")
+    p.add_argument("--figures", required=True, help="output folder of the figures")
+
     p = _command(sub, "assemble", cmd_assemble, "per-checkpoint evals -> one trajectory shard (tokens x checkpoints)",
                  "Shard i of n holds a contiguous, even range of the token set's tokens.")
     p.add_argument("--evals", nargs="+", required=True, help="eval HDF5 files, one per checkpoint, or folders of them (any order)")
@@ -448,14 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-shards", type=_positive_int, required=True, help="number of shards the token set is split into")
     p.add_argument("--run", required=True, help="series name recorded in the shard")
     p.add_argument("--config-hash", default="", help="config sha256 recorded in the shard (provenance)")
+    p.add_argument("--axis-values", default="",
+                   help='JSON {"name": ..., "values": [...]}: the series axis, one value per eval file in the given '
+                        "order (kept), strictly increasing; written as axis/<name> unless it is step or tokens "
+                        "(a frontier series; default: the files ordered by step)")
     p.add_argument("--out", required=True, help="output trajectory shard HDF5")
 
     p = _command(sub, "fit", cmd_fit, "sigmoid fit of every token trajectory in a shard -> fits HDF5",
                  "Model: loss = post + delta * (1 - sigmoid(lambda * (x - tau))), x = transformed axis (docs/fit.md).")
     p.add_argument("--trajectories", required=True, help="trajectory shard HDF5")
     p.add_argument("--out", required=True, help="output fits HDF5")
-    p.add_argument("--axis", choices=["step", "tokens"], default=schema_default("fit.axis"),
-                   help="axis the trajectories are fitted on")
+    p.add_argument("--axis", default=schema_default("fit.axis"),
+                   help="axis the trajectories are fitted on: step, tokens, or another axis/<name> of the shard "
+                        "(flops for an M frontier)")
     p.add_argument("--transform", choices=["log10", "linear"], default=schema_default("fit.transform"),
                    help="x = transform(axis)")
     p.add_argument("--device", default=schema_default("fit.device"), choices=["auto", "cpu", "cuda"],

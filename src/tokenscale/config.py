@@ -86,8 +86,13 @@ def _one_line(err: jsonschema.ValidationError) -> str:
         return f"config: {where} is missing required key: {err.message.split(' ')[0]}"
     if err.validator == "enum":
         return f"config: {where} must be one of {err.validator_value}, got {err.instance!r}"
-    if err.validator in ("oneOf", "anyOf") and "description" in err.schema:
-        return f"config: {where}: {err.instance!r} is not {err.schema['description']}"
+    if err.validator in ("oneOf", "anyOf"):
+        # the alternative whose type fits the value failed deeper: report that error, else the description
+        deeper = [e for e in err.context if not (e.validator == "type" and len(e.absolute_path) == len(err.absolute_path))]
+        if deeper:
+            return _one_line(max(deeper, key=lambda e: len(e.absolute_path)))
+        if "description" in err.schema:
+            return f"config: {where}: {err.instance!r} is not {err.schema['description']}"
     return f"config: {where}: {err.message}"
 
 
@@ -175,15 +180,32 @@ def grid_values(key: str, spec: list | dict) -> list:
 
 
 def sweep_runs(sweep: dict) -> list[dict]:
-    """The runs of one ``sweeps`` entry: base + one point of the grid's Cartesian product each, named by it."""
+    """The runs of one ``sweeps`` entry: base + one point of the grid's Cartesian product each, named by it.
+
+    ``grid`` may be a list of grids: the union of their products (e.g. a second learning rate on part of the
+    budgets), in order; a point that two grids share is an error (two runs of the same name).
+    """
+    runs = []
+    for grid in sweep["grid"] if isinstance(sweep["grid"], list) else [sweep["grid"]]:
+        runs += _grid_runs(sweep, grid)
+    return runs
+
+
+def _grid_keys(sweep: dict) -> list[str]:
+    """Every run key a sweep's grid (or list of grids) sets."""
+    grids = sweep["grid"] if isinstance(sweep["grid"], list) else [sweep["grid"]]
+    return [k for g in grids for k in g]
+
+
+def _grid_runs(sweep: dict, grid: dict) -> list[dict]:
     import itertools
 
-    keys = list(sweep["grid"])
+    keys = list(grid)
     for key in keys:
         if key.split(".")[0] in ("name", "axis", "sweep"):
             raise TokenscaleError(f"config: sweep {sweep['name']!r}: grid key {key!r} cannot be swept")
     runs = []
-    for point in itertools.product(*(grid_values(k, sweep["grid"][k]) for k in keys)):
+    for point in itertools.product(*(grid_values(k, grid[k]) for k in keys)):
         run = copy.deepcopy(sweep.get("base") or {})
         parts = [sweep["name"]]
         for key, value in zip(keys, point):
@@ -198,9 +220,11 @@ def expand_sweeps(sweeps: list[dict], run_schema: dict) -> list[dict]:
     validator = jsonschema.Draft202012Validator(run_schema)
     out = []
     for i, sweep in enumerate(sweeps):
-        for key in ("name", "axis", "sweep"):
+        for key in ("name", "axis", "sweep") + (("branch",) if sweep.get("branch_from") is not None else ()):
             if key in (sweep.get("base") or {}):
                 raise TokenscaleError(f"config: sweeps[{i}].base.{key} is set by the sweep itself")
+        if sweep.get("branch_from") is not None and any(k.split(".")[0] == "branch" for k in _grid_keys(sweep)):
+            raise TokenscaleError(f"config: sweeps[{i}].grid: branch is set by branch_from")
         for run in sweep_runs(sweep):
             _fill_defaults(run, run_schema)
             errors = sorted(validator.iter_errors(run), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))

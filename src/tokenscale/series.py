@@ -18,14 +18,20 @@ series reads the files of its members from there.
 Each kind of series is one builder in :data:`BUILDERS` (config -> series). Today's kinds:
 
 * ``run`` -- a training run's own checkpoints on the T axis, on the shared validation token set;
-* ``external`` -- an external folder's checkpoints, on its own token set.
+* ``external`` -- an external folder's checkpoints, on its own token set;
+* ``frontier`` -- a D or M sweep's frontier (:mod:`tokenscale.frontier`): the best recipe's final checkpoint per
+  token budget or model size, on the shared validation token set, fitted on tokens seen (D) or on the models'
+  non-embedding FLOPs/token (M). Deferred: the choice needs the runs' validation losses.
 
 A series whose members are only known after training (a D or M frontier picks one checkpoint from each of
 many runs by their results) is *deferred*: its builder gives ``members=None``, the sources it may draw on,
 the files its choice depends on (``inputs``) and a ``resolver`` (``"package.module:function"``); the workflow
 runs a Snakemake ``checkpoint`` (rule ``series_manifest``, ``tokenscale series-manifest``) that calls
 ``resolver(series, sources, inputs)`` and writes the members to ``series/{name}/manifest.json``; the DAG below
-it is built from that file. A new kind is one builder (and, if deferred, one resolver) plus a config entry.
+it is built from that file. A resolver returns the members, or a dict with ``members`` plus optionally
+``axis`` (``{"name", "values"}``: the series' fit axis, one value per member, written into its trajectory
+shards when it is not a checkpoint's own step or tokens) and ``table`` (rows kept in the manifest, e.g. which
+run defines each frontier point). A new kind is one builder (and, if deferred, one resolver) plus a config entry.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 from . import TokenscaleError
 
 __all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "build_workflow", "discover_checkpoints",
-           "step_from_name", "eval_blocks", "block_of", "resolve", "series_spec", "parse_series_spec",
-           "read_manifest", "write_manifest"]
+           "step_from_name", "eval_blocks", "block_of", "resolve", "resolve_manifest", "series_spec",
+           "parse_series_spec", "read_manifest", "read_manifest_data", "write_manifest"]
 
 _STEP_DIR = re.compile(r"^(?:step|checkpoint-|global_step)0*(\d+)$")
 MANIFEST_FORMAT = "tokenscale-series-manifest-v1"
@@ -120,6 +126,8 @@ class Series:
     config_hash: str = ""  # provenance written into the trajectory shards
     inputs: tuple[str, ...] = ()  # deferred: files the choice of members reads
     resolver: str = ""  # deferred: "package.module:function" choosing the members
+    axis: str = ""  # the fit axis in the trajectory shards ("" = the config's fit.axis)
+    options: str = ""  # JSON for the resolver (e.g. a frontier's sweep axis and run groups)
 
     @property
     def deferred(self) -> bool:
@@ -149,7 +157,7 @@ VALID_TOKENS = "valid"  # the token set of the prepared validation sequences, sh
 
 
 def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
-    """Each training run's own checkpoints (T axis) on the shared validation token set."""
+    """Each T-axis training run's own checkpoints on the shared validation token set (every run is a source)."""
     from .config import run_configs
 
     wf.add(token_sets=[TokenSet(VALID_TOKENS, f"{cfg['results']}/data/valid_tokens.h5")])
@@ -157,7 +165,8 @@ def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
         root = f"{cfg['results']}/runs/{name}"
         ckpts = tuple((s, f"{root}/checkpoints/step{s:08d}") for s in run.checkpoint_steps())
         wf.add(sources=[Source(name, ckpts, (f"{root}/train.json",))])
-        yield Series(name, "run", VALID_TOKENS, tuple((name, s) for s, _ in ckpts), (name,), run.hash)
+        if run.axis == "T":  # a D or M run is a source of its sweep's frontier, not a series of its own
+            yield Series(name, "run", VALID_TOKENS, tuple((name, s) for s, _ in ckpts), (name,), run.hash)
 
 
 def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
@@ -169,10 +178,48 @@ def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
         yield Series(name, "external", name, tuple((name, s) for s, _ in ckpts), (name,), "external")
 
 
+def _frontier_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
+    """One frontier series per D or M sweep, over the sweep's runs (registered as sources by ``_run_series``)."""
+    from .config import run_configs
+    from .frontier import AXES, frontier_options
+
+    runs = run_configs(cfg)
+    for sweep in cfg["sweeps"]:
+        if sweep["axis"] not in AXES:
+            continue
+        members = sorted(name for name, r in runs.items() if r.sweep == sweep["name"])
+        groups = {name: _group_value(runs[name], sweep["axis"]) for name in members}
+        if len(set(groups.values())) < 4:
+            raise TokenscaleError(f"sweep {sweep['name']}: a frontier needs at least 4 distinct "
+                                  f"{AXES[sweep['axis']][1]} values (4 sigmoid parameters per token), got "
+                                  f"{len(set(groups.values()))}")
+        inputs = tuple(f"{cfg['results']}/runs/{name}/val_loss.csv" for name in members)
+        yield Series(sweep["name"], "frontier", VALID_TOKENS, None, tuple(members),
+                     config_hash=_hash([runs[n].hash for n in members]), inputs=inputs,
+                     resolver="tokenscale.frontier:resolve", axis=AXES[sweep["axis"]][0],
+                     options=frontier_options(sweep["axis"], groups))
+
+
+def _group_value(run, axis: str) -> float:
+    """A sweep run's frontier group: its token budget (D) or its model's non-embedding FLOPs/token (M)."""
+    from .model import nonembedding_flops_per_token, resolve_arch
+
+    if axis == "D":
+        return float(run.tokens)
+    return float(nonembedding_flops_per_token(resolve_arch(run.model, run.seq_len), run.seq_len))
+
+
+def _hash(parts: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
 # kind -> builder: every series of that kind in a validated config (registering its sources and token sets)
 BUILDERS: dict[str, Callable[[dict, Workflow], Iterable[Series]]] = {
     "run": _run_series,
     "external": _external_series,
+    "frontier": _frontier_series,
 }
 
 def build_workflow(cfg: dict) -> Workflow:
@@ -221,8 +268,20 @@ def load_resolver(spec: str) -> Callable[[Series, dict, Sequence[str]], Sequence
 
 def resolve(series: Series, sources: dict[str, Source], inputs: Sequence[str]) -> list[tuple[str, int]]:
     """Members of a deferred series from its resolver, checked: its own sources, existing steps, no duplicates."""
+    return resolve_manifest(series, sources, inputs)[0]
+
+
+def resolve_manifest(series: Series, sources: dict[str, Source], inputs: Sequence[str]) -> tuple[list, dict]:
+    """(members, extra): :func:`resolve` plus what the resolver adds to the manifest (``axis``, ``table``)."""
     chosen = load_resolver(series.resolver)(series, sources, inputs)
+    extra = {}
+    if isinstance(chosen, dict):
+        extra = {k: chosen[k] for k in ("axis", "table") if k in chosen}
+        chosen = chosen["members"]
     members = [(str(src), int(step)) for src, step in chosen]
+    axis = extra.get("axis")
+    if axis is not None and len(axis["values"]) != len(members):
+        raise TokenscaleError(f"series {series.name}: {len(axis['values'])} axis values for {len(members)} members")
     if not members:
         raise TokenscaleError(f"series {series.name}: its resolver chose no checkpoint")
     for src, step in members:
@@ -231,7 +290,7 @@ def resolve(series: Series, sources: dict[str, Source], inputs: Sequence[str]) -
         sources[src].checkpoint(step)
     if len(set(members)) != len(members):
         raise TokenscaleError(f"series {series.name}: a checkpoint is chosen twice")
-    return members
+    return members, extra
 
 
 def series_spec(wf: Workflow, name: str) -> str:
@@ -251,14 +310,21 @@ def parse_series_spec(text: str) -> tuple[Series, dict[str, Source]]:
     return series, sources
 
 
-def write_manifest(path: str | Path, series: Series, members: Sequence[tuple[str, int]]) -> Path:
+def write_manifest(path: str | Path, series: Series, members: Sequence[tuple[str, int]],
+                   extra: dict | None = None) -> Path:
     from .atomic import write_json
 
     return write_json(path, {"format": MANIFEST_FORMAT, "series": series.name, "kind": series.kind,
-                             "token_set": series.token_set, "members": [list(m) for m in members]})
+                             "token_set": series.token_set, "members": [list(m) for m in members], **(extra or {})})
 
 
 def read_manifest(path: str | Path) -> list[tuple[str, int]]:
+    """The members ``(source, step)`` of a series manifest."""
+    return [(str(src), int(step)) for src, step in read_manifest_data(path)["members"]]
+
+
+def read_manifest_data(path: str | Path) -> dict:
+    """A series manifest as written (members, and ``axis`` / ``table`` where its resolver gave them)."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -266,4 +332,4 @@ def read_manifest(path: str | Path) -> list[tuple[str, int]]:
         raise TokenscaleError(f"{p}: cannot read series manifest ({e}); rerun its series_manifest job") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise TokenscaleError(f"{p}: not a series manifest ({MANIFEST_FORMAT})")
-    return [(str(src), int(step)) for src, step in data["members"]]
+    return data

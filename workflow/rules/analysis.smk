@@ -16,7 +16,7 @@ rule analyze:
         ),
     params:
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
-        axis_label=lambda w: "training step" if CFG["fit"]["axis"] == "step" else "tokens seen",
+        axis_label=series_axis_label,
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -30,3 +30,35 @@ rule analyze:
         "tokenscale analyze --trajectories {input.trajectories:q} --fits {input.fits:q} --run {wildcards.series:q} "
         "--options {params.analysis:q} --axis-label {params.axis_label:q} --summary {output.summary:q} "
         "--figures {output.figures:q} > {log:q} 2>&1"
+
+
+# A D or M sweep's frontier (paper Fig. 4/5): which run and checkpoint defines each point, every run's curve with
+# the envelope (A), the frontier with its power law (B). Panel C is the series' decomposition above.
+rule frontier:
+    input:
+        manifest=f"{RESULTS}/series/{{series}}/manifest.json",
+        curves=frontier_curves,
+        trajectories=trajectory_shards,
+        summary=rules.analyze.output.summary,
+    output:
+        table=f"{RESULTS}/series/{{series}}/frontier/frontier.csv",
+        figures=report(
+            directory(f"{RESULTS}/series/{{series}}/frontier/figures"),
+            patterns=["{name}.png"],
+            caption="../report/frontier.rst",
+            category="Frontiers",
+            subcategory="{series}",
+        ),
+    params:
+        options=lambda w: SERIES[w.series].options,
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/frontier/{{series}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "tokenscale frontier --series {wildcards.series:q} --options {params.options:q} "
+        "--manifest {input.manifest:q} --curves {input.curves:q} --trajectories {input.trajectories:q} "
+        "--summary {input.summary:q} --table {output.table:q} --figures {output.figures:q} > {log:q} 2>&1"

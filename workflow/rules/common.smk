@@ -9,7 +9,15 @@ from snakemake.exceptions import WorkflowError
 
 from tokenscale import TokenscaleError
 from tokenscale.config import run_configs
-from tokenscale.series import VALID_TOKENS, block_of, build_workflow, eval_blocks, read_manifest, series_spec
+from tokenscale.series import (
+    VALID_TOKENS,
+    block_of,
+    build_workflow,
+    eval_blocks,
+    read_manifest,
+    read_manifest_data,
+    series_spec,
+)
 
 RESULTS = CFG["results"]
 DATA = f"{RESULTS}/data"
@@ -99,6 +107,34 @@ def members(series):
     return read_manifest(checkpoints.series_manifest.get(series=series).output.manifest)
 
 
+def series_axis(wildcards):
+    """The axis a series is fitted on: its own (a frontier's tokens or flops), else the config's fit.axis."""
+    return SERIES[wildcards.series].axis or CFG["fit"]["axis"]
+
+
+AXIS_LABELS = {"step": "training step", "tokens": "tokens seen", "flops": "non-embedding FLOPs per token"}
+
+
+def series_axis_label(wildcards):
+    return AXIS_LABELS.get(series_axis(wildcards), series_axis(wildcards))
+
+
+def series_axis_values(wildcards):
+    """JSON of a deferred series' own axis values from its manifest ('' = order the checkpoints by step)."""
+    s = SERIES[wildcards.series]
+    if not s.deferred:
+        return ""
+    data = read_manifest_data(checkpoints.series_manifest.get(series=wildcards.series).output.manifest)
+    return json.dumps(data["axis"]) if "axis" in data else ""
+
+
+def frontier_curves(wildcards):
+    """val_loss.csv of a frontier's runs, and of the trunks its decay branches start from (drawn dashed)."""
+    runs = list(SERIES[wildcards.series].sources)
+    trunks = sorted({RUNS[r].spec["branch"]["from"] for r in runs if (RUNS[r].spec.get("branch") or {}).get("from")})
+    return [f"{RESULTS}/runs/{r}/val_loss.csv" for r in runs + trunks]
+
+
 def series_token_set(wildcards):
     return TOKEN_SETS[SERIES[wildcards.series].token_set].path
 
@@ -129,4 +165,5 @@ def all_targets():
     out += [f"{RESULTS}/runs/{r}/{f}" for r in RUNS for f in ("train.json", "val_loss.csv")]
     out += [f"{RESULTS}/series/{s}/fits.h5" for s in SERIES]
     out += [f"{RESULTS}/series/{s}/analysis/summary.json" for s in SERIES]
+    out += [f"{RESULTS}/series/{s}/frontier/frontier.csv" for s, v in SERIES.items() if v.kind == "frontier"]
     return out

@@ -83,6 +83,7 @@ rule assemble_shard:
         evals=series_evals,
         n_shards=CFG["eval"]["shards"],
         config_hash=lambda w: SERIES[w.series].config_hash,
+        axis_values=series_axis_values,
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -95,4 +96,4 @@ rule assemble_shard:
     shell:
         "tokenscale assemble --evals {params.evals:q} --tokens {input.tokens:q} --shard {wildcards.shard:q} "
         "--n-shards {params.n_shards:q} --run {wildcards.series:q} --config-hash={params.config_hash:q} "
-        "--out {output.shard:q} > {log:q} 2>&1"
+        "--axis-values={params.axis_values:q} --out {output.shard:q} > {log:q} 2>&1"

@@ -7,7 +7,7 @@ rule fit_shard:
     output:
         fits=f"{RESULTS}/series/{{series}}/fits/shard-{{shard}}.h5",
     params:
-        axis=CFG["fit"]["axis"],
+        axis=series_axis,
         transform=CFG["fit"]["transform"],
         device=CFG["fit"]["device"],
         engine=CFG["fit"]["engine"],

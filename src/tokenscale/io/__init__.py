@@ -547,23 +547,45 @@ def shard_ranges(n_tokens: int, n_shards: int) -> list[tuple[int, int]]:
     return [(b[i], b[i + 1]) for i in range(n_shards)]
 
 
-def _collect_evals(eval_paths: Sequence[os.PathLike | str], n_tokens: int, ts_sha: str) -> list[dict]:
+def _collect_evals(eval_paths: Sequence[os.PathLike | str], n_tokens: int, ts_sha: str,
+                   axis: dict | None = None) -> list[dict]:
+    """Eval headers ordered by step; with ``axis`` ({name, values}, one per path) in the given order instead,
+    each header carrying its axis value (a frontier's members come from different runs)."""
     if not eval_paths:
         raise TokenscaleError("write_trajectory_shards: no eval files given")
     headers = [read_eval_header(p) for p in eval_paths]  # verifies every eval file's losses
-    headers.sort(key=lambda h: int(h["step"]))
-    seen: dict[int, Path] = {}
+    if axis is None:
+        headers.sort(key=lambda h: int(h["step"]))
+    else:
+        _attach_axis(headers, axis)
+    seen: dict = {}
     for h in headers:
-        step = int(h["step"])
-        if step in seen:
-            raise _err(h["path"], f"duplicate step {step} (also in {seen[step]})")
-        seen[step] = h["path"]
+        key = int(h["step"]) if axis is None else str(Path(h["path"]).resolve())
+        if key in seen:
+            raise _err(h["path"], f"duplicate {'step' if axis is None else 'checkpoint'} {key} (also in {seen[key]})")
+        seen[key] = h["path"]
         if int(h["n_tokens"]) != n_tokens:
             raise _err(h["path"], f"eval has {h['n_tokens']} tokens but the token set has {n_tokens}")
         other = h.get("token_set_sha256")
         if other and other != ts_sha:
             raise _err(h["path"], f"evaluated on a different token set (sha256 {other[:12]}… != {ts_sha[:12]}…)")
     return headers
+
+
+def _attach_axis(headers: list[dict], axis: dict) -> None:
+    """Give each header its value of the extra axis; the values must be finite and strictly increasing, and equal
+    to the checkpoints' own where the axis is ``step`` or ``tokens``."""
+    name, values = str(axis["name"]), np.asarray(axis["values"], dtype=np.float64)
+    if values.shape != (len(headers),):
+        raise TokenscaleError(f"axis {name}: {values.size} values for {len(headers)} eval files")
+    if not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
+        raise TokenscaleError(f"axis {name}: values must be finite and strictly increasing, got {values.tolist()}")
+    own = {"step": "step", "tokens": "tokens_seen"}.get(name)
+    for h, v in zip(headers, values):
+        if own is not None and int(h[own]) != v:
+            raise _err(h["path"], f"axis {name}: value {v:g} differs from the checkpoint's {own} {h[own]}")
+        h["axis_value"] = float(v)
+    headers[0]["axis_name"] = name
 
 
 def _shard_attrs(attrs: dict, headers: list[dict], ts: dict) -> dict:
@@ -607,6 +629,9 @@ def _write_one_shard(
         )
         f.create_dataset("axis/step", data=steps)
         f.create_dataset("axis/tokens", data=tokens)
+        extra = headers[0].get("axis_name")
+        if extra not in (None, "step", "tokens"):
+            f.create_dataset(f"axis/{extra}", data=np.array([h["axis_value"] for h in headers], dtype=np.float64))
         f.create_dataset("token_index", data=np.arange(lo, hi, dtype=np.int64))
         # metadata: read only the token-set rows covering [lo, hi)
         s0, s1 = lo // T, -(-hi // T)
@@ -688,14 +713,17 @@ def write_trajectory_shard(
     shard_index: int = 0,
     shard_count: int = 1,
     compression: str = "gzip",
+    axis: dict | None = None,
 ) -> Path:
     """Write one trajectory shard covering ``token_range`` (default: all tokens); atomic.
 
     Useful to build shards in parallel jobs: shard ``i`` of ``n`` uses
-    ``token_range=shard_ranges(N, n)[i], shard_index=i, shard_count=n``.
+    ``token_range=shard_ranges(N, n)[i], shard_index=i, shard_count=n``.  ``axis`` ({name, values}, one value
+    per eval file, strictly increasing) keeps the files in the given order (members of different runs, e.g. a
+    frontier) and, unless the name is ``step`` or ``tokens``, adds ``axis/<name>`` to the shard.
     """
     ts = token_set_info(token_set_path)
-    headers = _collect_evals(eval_paths, ts["n_tokens"], ts["sha256"])
+    headers = _collect_evals(eval_paths, ts["n_tokens"], ts["sha256"], axis)
     lo, hi = token_range if token_range is not None else (0, ts["n_tokens"])
     if not (0 <= lo <= hi <= ts["n_tokens"]):
         raise TokenscaleError(f"token_range {token_range} outside [0, {ts['n_tokens']}]")
@@ -723,6 +751,11 @@ def _read_traj(p: Path, load_loss: bool = True) -> tuple[np.ndarray | None, dict
                 raise _err(p, f"not a valid trajectory shard ({name} shape {f[name].shape} != ({n},))")
         loss, check = _read_shard_loss(ls, p) if load_loss else (None, None)
         axis = {"step": f["axis/step"][()].astype(np.int64), "tokens": f["axis/tokens"][()].astype(np.int64)}
+        for name, ds in f["axis"].items():
+            if name not in axis:
+                if ds.shape != (K,):
+                    raise _err(p, f"not a valid trajectory shard (axis/{name} shape {ds.shape} != ({K},))")
+                axis[name] = ds[()].astype(np.float64)
         meta: dict[str, Any] = {m: f[f"meta/{m}"][()] for m in META_DATASETS}
         meta["token_index"] = f["token_index"][()]
         meta["attrs"] = _attrs_dict(f.attrs, json_keys=("checkpoints", "eval_files", "domain_names"))
@@ -780,7 +813,7 @@ def read_run_trajectories(paths: Sequence[os.PathLike | str]) -> tuple[np.ndarra
         what = f"missing shard index {missing[0]} of {count}" if missing else f"shard indices {idx} do not match shard_count={count}"
         raise _err(p0.parent, what)
     for p, _, axis, meta in parts[1:]:
-        if not (np.array_equal(axis["step"], axis0["step"]) and np.array_equal(axis["tokens"], axis0["tokens"])):
+        if axis.keys() != axis0.keys() or not all(np.array_equal(axis[k], axis0[k]) for k in axis0):
             raise _err(p, f"checkpoint axis differs from {p0.name}")
         if int(meta["attrs"].get("shard_count", 1)) != count:
             raise _err(p, f"shard_count differs from {p0.name}")
