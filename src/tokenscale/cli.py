@@ -73,10 +73,13 @@ def cmd_prepare_data(args) -> int:
             print(f"prepare-data: corpus {m['corpus_sha256'][:12]} train={n['train']} docs valid={n['valid']} docs "
                   f"domains={','.join(m['domains'])}", file=sys.stderr)
         elif stage == "tokenizer":
-            train_tokenizer(out / "corpus" / "train.jsonl", out / "tokenizer", vocab_size=cfg["vocab_size"], min_frequency=cfg["min_frequency"])
+            train_tokenizer(out / "corpus" / "train.jsonl", out / "tokenizer", vocab_size=cfg["vocab_size"], min_frequency=cfg["min_frequency"],
+                            max_chars=cfg["tokenizer_max_chars"], seed=cfg["split_seed"])
         else:
-            meta = tokenize_corpus(out / "corpus", out / "tokenizer", out, seq_len=cfg["seq_len"], valid_sequences=cfg["valid_sequences"])
-            print(f"prepare-data: {meta['n_tokens']:,} training tokens, {meta['n_samples']:,} samples of {meta['seq_len']}", file=sys.stderr)
+            meta = tokenize_corpus(out / "corpus", out / "tokenizer", out, seq_len=cfg["seq_len"], valid_sequences=cfg["valid_sequences"],
+                                   valid_seed=cfg["split_seed"])
+            print(f"prepare-data: {meta['n_tokens']:,} training tokens, {meta['n_samples']:,} samples of {meta['seq_len']} "
+                  f"({meta['single_pass_tokens']:,} tokens in one pass)", file=sys.stderr)
     return 0
 
 
