@@ -16,8 +16,8 @@ def test_defaults_filled_and_typed():
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(REPO / "config" / name)
-    for run in run_configs(cfg).values():
-        assert run.total_steps > 10 and len(run.checkpoint_steps()) >= 8
+    for run in run_configs(cfg).values():  # T runs are series of their own: dense checkpoints
+        assert run.total_steps > 10 and (run.axis != "T" or len(run.checkpoint_steps()) >= 8)
 
 
 def test_misspelled_key_names_the_key():

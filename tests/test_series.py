@@ -105,7 +105,7 @@ def test_new_kinds_get_every_downstream_rule_each_checkpoint_evaluated_once_no_t
     """Kinds registered in BUILDERS (tests/data/toy_series) are evaluated, fitted and analysed by the same rules;
     the checkpoints the three series share are evaluated by one job; building the DAG imports no torch."""
     p = _dry_run("-s", "tests/data/toy_series/Snakefile", "-d", str(REPO), "--configfile", "config/smoke.yaml",
-                 "--config", f"results={tmp_path}", "--", "all")
+                 "tests/data/no_sweeps.yaml", "--config", f"results={tmp_path}", "--", "all")
     assert p.returncode == 0, p.stderr[-3000:]
     jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", p.stdout, re.M)
     assert [w for r, w in jobs if r == "evaluate_checkpoint"] == ["tokens=valid, source=t_smoke, block=000"]

@@ -119,9 +119,11 @@ def validate_config(cfg: dict | None) -> dict:
 
     for i, r in enumerate(cfg["runs"]):
         try:
-            resolve_arch(r["model"])
+            resolve_arch(r["model"], cfg["data"]["seq_len"])
         except TokenscaleError as e:
             raise TokenscaleError(f"config: runs[{i}].{e}") from None
+    _branch_sweeps(cfg)
+    _check_branches(cfg)
     return cfg
 
 
@@ -234,6 +236,72 @@ def expand_sweeps(sweeps: list[dict], run_schema: dict) -> list[dict]:
     return out
 
 
+# --------------------------------------------------------------------------------------------- decay branches
+def _total_steps(run: dict, seq_len: int) -> int:
+    return RunConfig._of_valid(run, seq_len).total_steps
+
+
+def _branch_sweeps(cfg: dict) -> None:
+    """Each sweep with ``branch_from``: its runs branch from the trunk at their decay start, which the trunk snapshots."""
+    runs = {r["name"]: r for r in cfg["runs"]}
+    seq_len = cfg["data"]["seq_len"]
+    for sweep in cfg["sweeps"]:
+        trunk_name = sweep.get("branch_from")
+        if trunk_name is None:
+            continue
+        where = f"config: sweep {sweep['name']}: branch_from"
+        if trunk_name not in runs:
+            raise TokenscaleError(f"{where} {trunk_name!r} is not a run of this config")
+        trunk = runs[trunk_name]
+        trunk_total = _total_steps(trunk, seq_len)
+        steps = set(trunk["snapshots"])
+        for run in (r for r in cfg["runs"] if r["sweep"] == sweep["name"]):
+            if run["schedule"]["kind"] != "wsd":
+                raise TokenscaleError(f"{where}: run {run['name']} has schedule.kind {run['schedule']['kind']!r}, needs 'wsd'")
+            start = decay_start(run["schedule"], _total_steps(run, seq_len))
+            if not 1 <= start < trunk_total:
+                raise TokenscaleError(f"{where}: run {run['name']} decays from step {start}, "
+                                      f"not within trunk {trunk_name}'s steps 1..{trunk_total - 1}")
+            run["branch"] = {"from": trunk_name, "step": start}
+            steps.add(start)
+        trunk["snapshots"] = sorted(steps)
+
+
+def _check_branches(cfg: dict) -> None:
+    """Every ``branch``: a run of this config, a step below both runs' ends and among the trunk's snapshots,
+    a compatible trunk and the same lr schedule before the step (one line naming the run otherwise)."""
+    runs = {r["name"]: r for r in cfg["runs"]}
+    seq_len = cfg["data"]["seq_len"]
+    for r in cfg["runs"]:
+        if r["snapshots"] and max(r["snapshots"]) > _total_steps(r, seq_len):
+            raise TokenscaleError(f"config: run {r['name']}: snapshot step {max(r['snapshots'])} is beyond its "
+                                  f"{_total_steps(r, seq_len)} steps")
+        if r["branch"] is None:
+            continue
+        name, src, step = r["name"], r["branch"]["from"], r["branch"]["step"]
+        if r["snapshots"] and min(r["snapshots"]) < step:
+            raise TokenscaleError(f"config: run {name}: snapshot step {min(r['snapshots'])} is before its branch step {step}")
+        if src not in runs or src == name:
+            raise TokenscaleError(f"config: run {name}: branch.from {src!r} is not another run of this config")
+        trunk = runs[src]
+        total, trunk_total = _total_steps(r, seq_len), _total_steps(trunk, seq_len)
+        if step >= min(total, trunk_total):
+            raise TokenscaleError(f"config: run {name}: branch step {step} is not below its steps ({total}) "
+                                  f"and trunk {src}'s ({trunk_total})")
+        if step not in trunk["snapshots"]:
+            raise TokenscaleError(f"config: run {name}: branch step {step} is not in run {src}'s snapshots "
+                                  f"({trunk['snapshots']}); add it there")
+        a, b = RunConfig._of_valid(trunk, seq_len).branch_key(), RunConfig._of_valid(r, seq_len).branch_key()
+        for key in a:
+            if a[key] != b[key]:
+                raise TokenscaleError(f"config: run {name}: trunk {src} differs in {key} ({a[key]!r} vs {b[key]!r}); "
+                                      "a branch must continue the same training")
+        bad = schedule_mismatch(trunk["schedule"], trunk_total, r["schedule"], total, step)
+        if bad is not None:
+            raise TokenscaleError(f"config: run {name}: lr schedule differs from trunk {src}'s before branch step {step} "
+                                  f"(step {bad[0]}: lr x{bad[1]:.6g} in {src}, x{bad[2]:.6g} here)")
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file and :func:`validate_config` it."""
     path = Path(path)
@@ -250,6 +318,59 @@ def load_config(path: str | Path) -> dict:
 def config_hash(obj: Any) -> str:
     """sha256 of the canonical JSON form of a config slice (key order independent)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- lr schedule
+def warmup_steps(schedule: dict, total_steps: int) -> int:
+    """Linear warmup steps: ``warmup_steps`` when set, else ``round(warmup_frac * total_steps)``."""
+    if schedule.get("warmup_steps") is not None:
+        return int(schedule["warmup_steps"])
+    return int(round(schedule["warmup_frac"] * total_steps))
+
+
+def decay_start(schedule: dict, total_steps: int) -> int:
+    """First step (0-based) of a wsd schedule's final decay, ``total_steps - round(decay_frac * total_steps)``;
+    ``total_steps`` for a schedule without decay."""
+    if schedule["kind"] != "wsd":
+        return total_steps
+    return total_steps - int(round(schedule.get("decay_frac", 0.0) * total_steps))
+
+
+def lr_lambda(schedule: dict, total_steps: int):
+    """Multiplier of the peak lr at optimizer step ``s`` (0-based, applied to the update of step s+1)."""
+    warm, start = warmup_steps(schedule, total_steps), decay_start(schedule, total_steps)
+    decay, final = total_steps - start, schedule.get("final_lr_frac", 0.0)
+
+    def f(s: int) -> float:
+        if warm and s < warm:
+            return (s + 1) / warm
+        if decay and s >= start:
+            return 1.0 - (1.0 - final) * ((s - start + 1) / decay)
+        return 1.0
+
+    return f
+
+
+def lr_multipliers(schedule: dict, total_steps: int, n: int) -> np.ndarray:
+    """:func:`lr_lambda` at steps 0..n-1 as one float64 array (the same IEEE operations, so the same values)."""
+    warm, start = warmup_steps(schedule, total_steps), decay_start(schedule, total_steps)
+    decay, final = total_steps - start, schedule.get("final_lr_frac", 0.0)
+    s = np.arange(n, dtype=np.int64)
+    out = np.ones(n)
+    if decay:
+        m = s >= start
+        out[m] = 1.0 - (1.0 - final) * ((s[m] - start + 1).astype(np.float64) / decay)
+    if warm:
+        m = s < warm
+        out[m] = (s[m] + 1).astype(np.float64) / warm
+    return out
+
+
+def schedule_mismatch(a: dict, a_total: int, b: dict, b_total: int, before: int) -> tuple[int, float, float] | None:
+    """The first step below ``before`` where two schedules' lr multipliers differ, with both values; None if none."""
+    x, y = lr_multipliers(a, a_total, before), lr_multipliers(b, b_total, before)
+    diff = np.flatnonzero(x != y)
+    return None if diff.size == 0 else (int(diff[0]), float(x[diff[0]]), float(y[diff[0]]))
 
 
 # --------------------------------------------------------------------------------------------- typed views
@@ -272,6 +393,9 @@ class RunConfig:
     checkpoints: dict
     in_loop_validation: bool
     state_every: int
+    snapshots: list
+    branch: dict | None
+    single_pass: bool
     engine: str
     deepspeed_config: str
     nproc: int
@@ -304,10 +428,29 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
-        return config_hash(self.spec)
+        """sha256 of what determines the run's numbers: the spec without ``snapshots`` and ``single_pass`` (and
+        without ``branch`` / ``schedule.warmup_steps`` while null, so runs written before those keys keep their hash)."""
+        spec = {k: v for k, v in self.spec.items() if k not in ("snapshots", "single_pass")}
+        if spec.get("branch") is None:
+            spec.pop("branch", None)
+        if spec["schedule"].get("warmup_steps", 0) is None:
+            spec["schedule"] = {k: v for k, v in spec["schedule"].items() if k != "warmup_steps"}
+        return config_hash(spec)
 
     def checkpoint_steps(self) -> list[int]:
-        return checkpoint_steps(self.total_steps, self.checkpoints["count"], self.checkpoints["first_step"])
+        """The planned checkpoint steps; for a branched run only those after the branch step, plus the final one."""
+        steps = checkpoint_steps(self.total_steps, self.checkpoints["count"], self.checkpoints["first_step"])
+        return [s for s in steps if s > self.branch["step"]] if self.branch else steps
+
+    def branch_key(self) -> dict:
+        """What a trunk and its branch must share for the branch to continue the same training."""
+        from .model import resolve_arch  # imports torch lazily only
+
+        arch = {k: v for k, v in resolve_arch(self.model, self.seq_len).items() if k != "preset"}
+        perf = {k: v for k, v in self.perf.items() if k not in ("peak_tflops", "prefetch")}  # no effect on numbers
+        return {"arch": arch, "seed": self.seed, "batch_size": self.batch_size, "seq_len": self.seq_len, "lr": self.lr,
+                "weight_decay": self.weight_decay, "grad_clip": self.grad_clip, "precision": self.precision,
+                "engine": self.engine, "perf": perf}
 
 
 def checkpoint_steps(total_steps: int, count: int, first_step: int = 1) -> list[int]:

@@ -4,6 +4,8 @@ Run folder layout (``results/runs/{run}/``)::
 
     checkpoints/step{step:08d}/   HF model + tokenizer + tokenscale.json, COMPLETE written last (atomic rename)
     state/                        resumable trainer state (model, optimizer, scheduler, RNG, data position)
+    snapshots/step{step:08d}/     the same state kept at the run's ``snapshots`` steps (written once, never replaced
+                                  by a resume), for decay branches to start from
     log.jsonl                     one line per optimizer step: step, loss, lr, tokens_seen, tokens_per_s, flops_per_s,
                                   mfu, grad_norm (throughput of that step alone)
     val_loss.csv                  step, tokens_seen, val_loss at every checkpoint (with ``in_loop_validation``;
@@ -11,7 +13,8 @@ Run folder layout (``results/runs/{run}/``)::
     train.json                    written at the end: params, model FLOPs/token, tokens/s, achieved FLOP/s and MFU
                                   (end to end, and model steps only), where the time went (steps, validation,
                                   checkpoints, state, other), the device's peak and its source, the resolved
-                                  fast-path settings (``perf``)
+                                  fast-path settings (``perf``), ``branch``, ``steps_trained`` (optimizer steps this
+                                  run computed itself) and ``epochs`` (passes over the training split)
     LOCK                          while a trainer runs: its host, PID, start time, SLURM job (tokenscale.runlock)
 
 Data order: sample indices come from a position-indexed sampler (:mod:`tokenscale.sampler`); the global batch
@@ -19,6 +22,14 @@ at step ``s`` is positions ``[s*B, (s+1)*B)``, split contiguously over ranks, so
 the number of ranks and resuming needs only the step. A run killed at any point (SIGKILL included) and
 restarted continues from the last saved state and reproduces the uninterrupted loss curve bit for bit on CPU.
 SIGTERM (what SLURM sends at the time limit) saves state at the end of the current step and exits 143.
+With ``single_pass`` (the default) a run that would need more sequences than the training split holds is
+refused before it starts.
+
+Decay branches: a run with ``branch: {from, step}`` starts from ``../{from}/snapshots/step{step:08d}/`` next to
+its own folder (the trunk's complete state: weights, optimizer, RNG, data position) after checking that the
+trunk is the same training (architecture, seed, batch, lr, ..., sampler) with the same lr multiplier at every
+step below ``step``; its own schedule takes over at ``step``. On CPU its checkpoints are bit-identical to those
+of the same run trained from scratch.
 
 The model step: the HF transformer body (optionally ``torch.compile``-d), then the LM head and the loss through
 :func:`tokenscale.lmloss.linear_cross_entropy` (fused and chunked by default), plus the MoE router's
@@ -52,7 +63,7 @@ import torch.nn.functional as F
 from . import TokenscaleError, __version__
 from .atomic import atomic_output, disk_full_error, remove, write_json, write_text
 from .io import checkpoint_val_loss_rows, write_val_loss_csv
-from .config import RunConfig
+from .config import RunConfig, lr_lambda
 from .data import TrainTokens, load_tokenizer
 from .lmloss import linear_cross_entropy
 from .model import build_model, model_stats, resolve_arch
@@ -68,25 +79,6 @@ try:  # checkpoints are written dozens of times per run: no per-save progress ba
     _hf_logging.disable_progress_bar()
 except ImportError:  # pragma: no cover
     pass
-
-
-# --------------------------------------------------------------------------------------------- schedule
-def lr_lambda(schedule: dict, total_steps: int):
-    """Multiplier of the peak lr at optimizer step ``s`` (0-based, applied to the update of step s+1)."""
-    warm = int(round(schedule["warmup_frac"] * total_steps))
-    kind = schedule["kind"]
-    decay = int(round(schedule.get("decay_frac", 0.0) * total_steps)) if kind == "wsd" else 0
-    final = schedule.get("final_lr_frac", 0.0)
-
-    def f(s: int) -> float:
-        if warm and s < warm:
-            return (s + 1) / warm
-        if kind == "wsd" and decay and s >= total_steps - decay:
-            frac = (s - (total_steps - decay) + 1) / decay
-            return 1.0 - (1.0 - final) * frac
-        return 1.0
-
-    return f
 
 
 # --------------------------------------------------------------------------------------------- distributed
@@ -212,7 +204,14 @@ class Trainer:
             raise TokenscaleError(f"run {run.name}: seq_len {run.seq_len} differs from the prepared data ({self.tokens.seq_len})")
         self.sampler = load_sampler(len(self.tokens), run.seed, sampler_weights)
         self.total = run.total_steps
+        need = self.total * run.batch_size
+        if run.single_pass and need > len(self.tokens):
+            raise TokenscaleError(
+                f"run {run.name}: tokens={run.tokens} need {need} training sequences but the training split has "
+                f"{len(self.tokens)} (single_pass); lower tokens, add corpora or set single_pass: false")
         self.ckpt_steps = set(run.checkpoint_steps())
+        self.snap_steps = set(run.snapshots)
+        self.resumed = False
         self.micro = run.micro_batch_size or run.batch_size // self.dist.world
         self.local_batch = rank_slice(run.batch_size, self.dist.rank, self.dist.world)
         per_rank = run.batch_size // self.dist.world
@@ -225,7 +224,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build(self):
         run = self.run
-        self.perf = resolve_perf(run.perf, self.device, resolve_arch(run.model)["family"])
+        self.perf = resolve_perf(run.perf, self.device, resolve_arch(run.model, run.seq_len)["family"])
         self.model = build_model(run.model, self.tokens.vocab_size, run.seq_len, run.seed,
                                  attention=self.perf["attention"], experts=self.perf["experts"])
         if self.init_from is not None:
@@ -291,19 +290,48 @@ class Trainer:
     def state_dir(self) -> Path:
         return self.run_dir / "state"
 
-    def _save_state(self, step: int):
-        """state.tmp/ is filled by every rank, then rank 0 publishes it as state/ (swapped through state.old/)."""
-        meta = {"step": step, "run_hash": self.run.hash, "position": step * self.run.batch_size,
-                "sampler": self.sampler.state(), "engine": self.run.engine, "world": self.dist.world}
+    def snapshot_dir(self, step: int) -> Path:
+        return self.run_dir / "snapshots" / f"step{step:08d}"
+
+    @property
+    def branch_dir(self) -> Path | None:
+        """The trunk's snapshot a branched run starts from: ``<run dir>/../<from>/snapshots/step<step:08d>/``."""
+        b = self.run.branch
+        return None if b is None else self.run_dir.absolute().parent / b["from"] / "snapshots" / f"step{b['step']:08d}"
+
+    def _branch_key(self) -> dict:
+        """What a branch checks against its trunk's snapshot (:meth:`RunConfig.branch_key` plus the sampler), as JSON."""
+        key = {**self.run.branch_key(), "sampler": self.sampler.state()}
+        if self.engine is not None:
+            key["world"] = self.dist.world  # DeepSpeed's optimizer state is partitioned over the ranks
+        return json.loads(json.dumps(key))
+
+    def _save_state(self, step: int, dest: Path | None = None):
+        """The full trainer state at ``step`` into ``dest`` (default state/): dest.tmp/ is filled by every rank, then
+        rank 0 writes trainer.json (the completion marker) last and publishes it (swapped through dest.old/)."""
+        dest = dest or self.state_dir
+        meta = {"step": step, "run": self.run.name, "run_hash": self.run.hash, "position": step * self.run.batch_size,
+                "sampler": self.sampler.state(), "engine": self.run.engine, "world": self.dist.world,
+                "schedule": self.run.schedule, "total_steps": self.total, "branch_key": self._branch_key()}
         if self.dist.main:
-            with atomic_output(self.state_dir, is_dir=True) as tmp:
-                self._write_state(tmp, step)
+            with atomic_output(dest, is_dir=True) as tmp:
+                self._write_state(tmp, step, dest)
                 write_json(tmp / "trainer.json", meta)
         else:
-            self._write_state(self.state_dir.with_name(self.state_dir.name + ".tmp"), step)
+            self._write_state(dest.with_name(dest.name + ".tmp"), step, dest)
         self.dist.barrier()
 
-    def _write_state(self, tmp: Path, step: int):
+    def _save_snapshot(self, step: int):
+        """Keep the state at ``step`` in snapshots/ once: a complete snapshot of this run config is not rewritten."""
+        d = self.snapshot_dir(step)
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads((d / "trainer.json").read_text())["run_hash"] == self.run.hash:
+                return
+        t = time.time()
+        self._save_state(step, d)
+        self.seconds["state"] += time.time() - t
+
+    def _write_state(self, tmp: Path, step: int, dest: Path):
         self.dist.barrier()  # rank 0 has created tmp
         try:
             if self.engine is not None:
@@ -312,20 +340,22 @@ class Trainer:
                 torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                             "sched": self.sched.state_dict(), "rng": _rng_state()}, tmp / "trainer.pt")
         except Exception as e:  # ranks > 0 write outside atomic_output: say "disk full" here too
-            full = disk_full_error(e, self.state_dir)
+            full = disk_full_error(e, dest)
             if full is not None:
                 raise full from None
             raise
         self.dist.barrier()  # every rank's part is written
 
     def _load_state(self) -> int:
+        """The step to continue from: this run's own state/ (sets ``self.resumed``), else the trunk's snapshot for a
+        branched run, else 0."""
         d = self.state_dir
         if not (d / "trainer.json").is_file():
             old = self.run_dir / "state.old"  # killed between the two renames of _save_state
             if (old / "trainer.json").is_file():
                 d = old
             else:
-                return 0
+                return self._load_branch() if self.run.branch else 0
         meta = json.loads((d / "trainer.json").read_text())
         if meta["run_hash"] != self.run.hash:
             raise TokenscaleError(
@@ -334,17 +364,59 @@ class Trainer:
             )
         if meta["engine"] != self.run.engine:
             raise TokenscaleError(f"run {self.run.name}: state in {d} is from engine {meta['engine']!r}, not {self.run.engine!r}")
+        self._restore(d)
+        self.resumed = True
+        return int(meta["step"])
+
+    def _restore(self, d: Path, schedule: bool = True):
+        """Load model, optimizer, RNG and (with ``schedule``) the lr scheduler from a state folder."""
         if self.engine is not None:
-            _, client = self.engine.load_checkpoint(str(d), tag="ds")
+            _, client = self.engine.load_checkpoint(str(d), tag="ds", load_lr_scheduler_states=schedule)
             if client is None:
                 raise TokenscaleError(f"run {self.run.name}: DeepSpeed state in {d} could not be loaded")
         else:
             st = torch.load(d / "trainer.pt", map_location=self.device, weights_only=False)
             self.model.load_state_dict(st["model"])
             self.opt.load_state_dict(st["opt"])
-            self.sched.load_state_dict(st["sched"])
+            if schedule:
+                self.sched.load_state_dict(st["sched"])
             _set_rng_state(st["rng"])
-        return int(meta["step"])
+
+    def _load_branch(self) -> int:
+        """Start from the trunk's snapshot at the branch step (checked first), with this run's own schedule there."""
+        d, step = self.branch_dir, self.run.branch["step"]
+        if not (d / "trainer.json").is_file():
+            raise TokenscaleError(f"run {self.run.name}: branch snapshot not found: {d} "
+                                  f"(train run {self.run.branch['from']} with snapshots: [{step}] first)")
+        self._check_trunk(json.loads((d / "trainer.json").read_text()), d)
+        self._restore(d, schedule=False)
+        self._position_schedule(step)
+        return step
+
+    def _check_trunk(self, meta: dict, d: Path):
+        """One line if the snapshot in ``d`` is not the same training as this run up to the branch step."""
+        src, step, name = self.run.branch["from"], self.run.branch["step"], self.run.name
+        theirs, own = meta.get("branch_key") or {}, self._branch_key()
+        if meta.get("step") != step:
+            raise TokenscaleError(f"run {name}: snapshot {d} holds step {meta.get('step')}, not the branch step {step}")
+        for key in own:
+            if theirs.get(key) != own[key]:
+                raise TokenscaleError(f"run {name}: trunk {src} is incompatible ({d}): {key} is {theirs.get(key)!r} "
+                                      f"there, {own[key]!r} here")
+        f, g = lr_lambda(meta["schedule"], meta["total_steps"]), lr_lambda(self.run.schedule, self.total)
+        for s in range(step):
+            if f(s) != g(s):
+                raise TokenscaleError(f"run {name}: lr schedule differs from trunk {src}'s ({d}) at step {s} below the "
+                                      f"branch step {step}: lr x{f(s):.6g} there, x{g(s):.6g} here")
+
+    def _position_schedule(self, step: int):
+        """This run's own LambdaLR as if it had stepped ``step`` times, the optimizer's lr included."""
+        lam = lr_lambda(self.run.schedule, self.total)
+        self.sched.last_epoch = step
+        groups = self.sched.optimizer.param_groups
+        for g, base in zip(groups, self.sched.base_lrs):
+            g["lr"] = base * lam(step)
+        self.sched._last_lr = [g["lr"] for g in groups]
 
     # ------------------------------------------------------------------ checkpoints
     def _val_loss(self) -> float:
@@ -375,6 +447,11 @@ class Trainer:
                 if d.name.endswith((".tmp", ".old")) or not (d / "COMPLETE").is_file():
                     remove(d)
                 elif d.name.startswith("step") and int(d.name[4:]) > step:
+                    remove(d)
+        snaps = self.run_dir / "snapshots"
+        if snaps.is_dir():  # complete snapshots are kept, whatever step the run resumes from
+            for d in snaps.iterdir():
+                if d.name.endswith((".tmp", ".old")) or not (d / "trainer.json").is_file():
                     remove(d)
         log = self.run_dir / "log.jsonl"
         if log.is_file():
@@ -439,20 +516,27 @@ class Trainer:
         run = self.run
         start = self._load_state()
         if self.dist.main:
-            self._clean_after(start)
+            self._clean_after(start if self.resumed else 0)  # a fresh branch keeps nothing of an earlier attempt
         self.dist.barrier()
         log_path = self.run_dir / "log.jsonl"
-        if start == 0 and self.dist.main:
+        if not self.resumed and self.dist.main:
             write_text(log_path, "")
         self.log = open(log_path, "a") if self.dist.main else None
         self.peak, self.peak_source = peak_flops(self.device, run.precision, run.perf["peak_tflops"])
         self.seconds = {"steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "state": 0.0}
         t_begin = time.time()
+        if start in self.snap_steps:  # a snapshot step added to a run that has passed it only now
+            self._save_snapshot(start)
+        missed = [s for s in sorted(self.snap_steps) if s < start and not (self.snapshot_dir(s) / "trainer.json").is_file()]
+        if missed and self.dist.main:
+            print(f"[{run.name}] warning: snapshots {missed} cannot be written: the run resumes at step {start}",
+                  file=sys.stderr, flush=True)
         if self.progress:
+            how = (f"resuming at step {start}" if self.resumed else
+                   f"branching from {run.branch['from']} at step {start}" if run.branch else "from scratch")
             print(f"[{run.name}] {self.stats.total_params/1e6:.2f}M params ({self.stats.active_params/1e6:.2f}M active), "
                   f"{self.total} steps, engine={run.engine}, world={self.dist.world}, device={self.device}, "
-                  f"perf={self.perf}, {'resuming at step ' + str(start) if start else 'from scratch'}",
-                  file=sys.stderr, flush=True)
+                  f"perf={self.perf}, {how}", file=sys.stderr, flush=True)
         model = self.engine if self.engine is not None else self.model
         model.train()
         batches = BatchReader(self._read_batch, self.device, self.perf["prefetch"])
@@ -531,7 +615,11 @@ class Trainer:
             raise
 
     def _save_after_step(self, done: int, model, loss_val: float, lr: float, start: int, t_begin: float):
-        """Checkpoint (with in-loop validation) at the planned steps, trainer state every ``state_every``."""
+        """Snapshot, checkpoint (with in-loop validation) at the planned steps, trainer state every ``state_every``.
+
+        The snapshot comes before the state: a run resumed from the state of a step has that step's snapshot."""
+        if done in self.snap_steps:
+            self._save_snapshot(done)
         if done in self.ckpt_steps:
             model.eval()
             val = None
@@ -566,7 +654,10 @@ class Trainer:
         tokens = (self.total - start) * run.batch_size * run.seq_len
         summary = {
             "run": run.name, "axis": run.axis, "steps": self.total, "tokens": self.total * run.batch_size * run.seq_len,
-            "resumed_from": start, "wall_s": wall, **self._throughput(tokens, wall),
+            "resumed_from": start if self.resumed else 0, "branch": run.branch,
+            "steps_trained": self.total - (run.branch["step"] if run.branch else 0),
+            "epochs": self.total * run.batch_size / len(self.tokens), "snapshots": sorted(self.snap_steps),
+            "wall_s": wall, **self._throughput(tokens, wall),
             "steps_only": self._throughput(tokens, self.seconds["steps"]),
             "seconds": {**self.seconds, "other": wall - sum(self.seconds.values())},
             "model_flops_per_token": self.stats.model_flops_per_token,

@@ -53,6 +53,12 @@ def run_spec(run):
     )
 
 
+def train_trunk(wildcards):
+    """A decay branch starts from its trunk's snapshot: the trunk's train.json (written once it has finished)."""
+    branch = RUNS[wildcards.run].spec.get("branch")
+    return [f"{RESULTS}/runs/{branch['from']}/train.json"] if branch else []
+
+
 def val_loss_inputs(wildcards):
     """What a run's val_loss.csv is computed from: its checkpoints (in-loop validation), or the evaluation block
     folders of its checkpoints on the validation token set."""

@@ -9,6 +9,7 @@ rule train:
         meta=rules.tokenize.output.meta,
         valid=rules.tokenize.output.valid,
         tokenizer=rules.train_tokenizer.output.tokenizer,
+        trunk=train_trunk,
     output:
         summary=f"{RESULTS}/runs/{{run}}/train.json",
     params:
