@@ -94,7 +94,8 @@ def write_config(args, work: Path) -> Path:
             "micro_batch_size": args.micro_batch_size, "tokens": args.steps * args.batch_size * args.seq_len,
             "checkpoints": {"count": max(2, args.checkpoints),
                             "first_step": args.steps if args.checkpoints <= 1 else max(1, args.steps // 16)},
-            "state_every": 10**6, "device": args.device, "precision": args.precision}
+            "state_every": 10**6, "device": args.device, "precision": args.precision,
+            "single_pass": False}  # a speed benchmark: --steps may exceed one pass over a small corpus
     data = {"builtin": True, "builtin_max_chars": args.corpus_chars, "vocab_size": args.vocab,
             "seq_len": args.seq_len, "valid_sequences": 64}
     if args.demo:

@@ -11,7 +11,7 @@ if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile
 export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ -n "${DRY_RUN:-}" ]; then
-  models=(moe-nano dense-nano moe-nano); common=(--device cpu --precision fp32 --vocab 512 --seq-len 16 --corpus-chars 60000
+  models=(moe-nano dense-nano moe-nano); common=(--device cpu --precision fp32 --vocab 512 --seq-len 16 --corpus-chars 200000
     --batch-size 8 --steps 3 --rounds 1 --checkpoints 1 --threads 1); limit=300; compile_model=""
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
