@@ -37,6 +37,7 @@ def scratch_run(cfg: dict) -> RunConfig:
     """The branch run as it would be trained from scratch (no branch)."""
     v = validate_config(cfg)
     run = {**next(r for r in v["runs"] if r["name"] == BRANCH), "branch": None, "name": "scratch", "sweep": None}
+    run["checkpoints"] = {**run["checkpoints"], "first_step": 25}  # the branch's plan: log-spaced after its step 24
     return run_configs(validate_config({**tiny_config(), "runs": [run]}))["scratch"]
 
 
@@ -63,7 +64,7 @@ def _weights(ck):
 def test_branch_checkpoints_are_bit_identical_to_training_from_scratch(runs):
     root = runs["root"]
     ck = sorted((root / BRANCH / "checkpoints").iterdir())
-    assert [int(d.name[4:]) for d in ck] == runs[BRANCH]["checkpoints"] == [25, 26, 27, 29, 30]
+    assert [int(d.name[4:]) for d in ck] == runs[BRANCH]["checkpoints"] == [25, 26, 27, 28, 29, 30]
     for d in ck:
         a, b = _weights(d), _weights(root / "scratch" / "checkpoints" / d.name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), d.name
@@ -137,7 +138,7 @@ def test_steps_trained_and_epochs(runs, data_dir):
 def test_sweep_branch_from_wires_branches_and_snapshots():
     rc = run_configs(validate_config(branch_config()))
     assert rc["d-tok2.56k"].branch == {"from": "trunk", "step": 16} and rc[BRANCH].branch == {"from": "trunk", "step": 24}
-    assert rc["d-tok2.56k"].checkpoint_steps() == [20] and rc[BRANCH].checkpoint_steps() == [25, 26, 27, 29, 30]
+    assert rc["d-tok2.56k"].checkpoint_steps() == [20] and rc[BRANCH].checkpoint_steps() == [25, 26, 27, 28, 29, 30]
     plain = run_configs(validate_config(tiny_config(name="trunk", schedule={"kind": "constant", "warmup_frac": 0.1})))
     assert rc["trunk"].hash == plain["trunk"].hash  # snapshots do not change the run's hash
     spec = {k: v for k, v in plain["trunk"].spec.items() if k not in ("snapshots", "branch", "single_pass")}

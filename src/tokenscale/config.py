@@ -438,9 +438,12 @@ class RunConfig:
         return config_hash(spec)
 
     def checkpoint_steps(self) -> list[int]:
-        """The planned checkpoint steps; for a branched run only those after the branch step, plus the final one."""
-        steps = checkpoint_steps(self.total_steps, self.checkpoints["count"], self.checkpoints["first_step"])
-        return [s for s in steps if s > self.branch["step"]] if self.branch else steps
+        """The planned checkpoint steps: log-spaced from ``first_step``; for a branched run, whose earlier steps are
+        its trunk's, log-spaced from the step after the branch (at least ``first_step``) to the final one."""
+        first = self.checkpoints["first_step"]
+        if self.branch:
+            first = max(first, self.branch["step"] + 1)
+        return checkpoint_steps(self.total_steps, self.checkpoints["count"], first)
 
     def branch_key(self) -> dict:
         """What a trunk and its branch must share for the branch to continue the same training."""
