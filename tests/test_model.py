@@ -143,3 +143,163 @@ def test_matmul_params_match_built_model(preset):
         assert name.endswith(_MATMUL), name  # nothing else carries weights
         n += p.numel() * cfg.num_experts_per_tok // cfg.num_experts if ".experts." in name else p.numel()
     assert matmul_params(resolve_arch({"preset": preset})) == n
+
+
+# ----------------------------------------------------------------------------- M-axis family (model.flops)
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from tokenscale.model import FLOPS_TOLERANCE, arch_stats, describe_runs, shape_for_flops  # noqa: E402
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+SCALES = {"cpu": (128, 1e5, 1e7, 40), "paper": (2048, 4.2e8, 5.0e9, 60)}
+
+
+def _rule_m(target: float, seq_len: int, family: str = "moe", **extra) -> float:
+    return nonembedding_flops_per_token(resolve_arch({"family": family, "flops": target, **extra}, seq_len), seq_len)
+
+
+@pytest.mark.parametrize("family", ["moe", "dense"])
+@pytest.mark.parametrize("scale", SCALES)
+def test_flops_rule_hits_targets_monotonically(family, scale):
+    """Every target of a geomspace lands within the tolerance, and M never decreases as the target grows."""
+    seq_len, lo, hi, n = SCALES[scale]
+    targets = np.geomspace(lo, hi, n)
+    m = [_rule_m(float(t), seq_len, family) for t in targets]
+    assert max(abs(mi / t - 1) for mi, t in zip(m, targets)) <= FLOPS_TOLERANCE
+    assert m == sorted(m)
+
+
+@pytest.mark.parametrize("seq_len, lo, hi", [(128, 1e5, 1e7), (2048, 1.3e6, 1e11)])
+def test_flops_rule_monotone_on_a_fine_grid(seq_len, lo, hi):
+    """Targets 0.5% apart (windows overlapping): still never a smaller M for a larger target."""
+    m = [_rule_m(float(t), seq_len) for t in np.geomspace(lo, hi, int(math.log(hi / lo) / math.log(1.005)))]
+    assert all(b >= a for a, b in zip(m, m[1:]))
+
+
+def test_flops_rule_shapes():
+    """Aspect ratio near 48, head_dim 64 at GPU sizes, d/4 below, K = H/4, MoE 32 experts top-2 of width d."""
+    a = resolve_arch({"family": "moe", "flops": 2e9}, 2048)
+    assert a["head_dim"] == 64 and a["num_heads"] * 64 == a["hidden_size"] and 24 <= a["hidden_size"] / a["num_layers"] <= 96
+    assert (a["num_experts"], a["experts_per_token"], a["moe_intermediate_size"]) == (32, 2, a["hidden_size"])
+    assert a["preset"] is None and a["flops"] == 2e9
+    tiny = resolve_arch({"family": "moe", "flops": 1e6}, 128)
+    assert tiny["num_heads"] == 4 and tiny["num_kv_heads"] == 1 and tiny["head_dim"] == tiny["hidden_size"] // 4
+    dense = resolve_arch({"family": "dense", "flops": 3e9}, 2048)
+    assert abs(dense["intermediate_size"] - 8 * dense["hidden_size"] / 3) <= 4 and dense["num_heads"] % dense["num_kv_heads"] == 0
+
+
+def test_paper_m_grid_gets_distinct_shapes():
+    """The paper's 60 targets (4.3% apart, rounded to 3 digits as the sweep writes them) are 60 different models."""
+    from tokenscale.config import grid_values
+
+    targets = grid_values("model.flops", {"geomspace": [4.2e8, 5.0e9, 60]})
+    shapes = {tuple(sorted(resolve_arch({"family": "moe", "flops": t}, 2048).items())) for t in targets}
+    assert len(shapes) == 60
+
+
+def test_laptop_sweep_has_8_distinct_sizes():
+    shapes = [shape_for_flops(float(t), 128) for t in np.geomspace(1e5, 1e7, 8)]
+    assert len({tuple(sorted(s.items())) for s in shapes}) == 8
+
+
+def test_flops_explicit_keys_override_and_still_hit():
+    a = resolve_arch({"family": "moe", "flops": 1e9, "num_layers": 12, "num_experts": 64, "tie_embeddings": False}, 2048)
+    assert a["num_layers"] == 12 and a["num_experts"] == 64 and a["tie_embeddings"] is False
+    assert abs(nonembedding_flops_per_token(a, 2048) / 1e9 - 1) <= FLOPS_TOLERANCE
+    b = resolve_arch({"preset": "dense-tiny", "flops": 1e6, "hidden_size": 64}, 128)  # family from the preset
+    assert b["family"] == "dense" and b["hidden_size"] == 64 and abs(nonembedding_flops_per_token(b, 128) / 1e6 - 1) <= 0.05
+
+
+@pytest.mark.parametrize(
+    "spec, seq_len, message",
+    [
+        ({"flops": 1e3}, 128, r"^model\.flops=1000 is below the smallest of the moe rule's shapes at seq_len 128 \(M="),
+        ({"flops": 1e20}, 2048, r"^model\.flops=1e\+20 is above the largest of the moe rule's shapes at seq_len 2048"),
+        ({"flops": 1e6, "num_layers": 2, "hidden_size": 64}, 128,
+         r"^model\.flops=1e\+06 is above the largest of the moe rule's shapes with hidden_size=64, num_layers=2"),
+        ({"flops": 1e6}, None, r"^model\.flops=1e\+06 needs the run's seq_len"),
+        ({"flops": 1e6, "family": "sparse"}, 128, r"^model\.family='sparse' must be moe or dense"),
+    ],
+)
+def test_flops_errors_name_the_value(spec, seq_len, message):
+    with pytest.raises(TokenscaleError, match=message):
+        resolve_arch(spec, seq_len)
+
+
+def test_flops_error_in_config_names_the_run():
+    from tokenscale.config import validate_config
+
+    with pytest.raises(TokenscaleError, match=r"^config: runs\[0\]\.model\.flops=10 is below the smallest"):
+        validate_config({"runs": [{"name": "a", "axis": "M", "model": {"flops": 10}}]})
+
+
+@pytest.mark.parametrize("spec", [{"family": "moe", "flops": 3e5}, {"family": "dense", "flops": 3e5}])
+def test_flops_model_builds_with_the_planned_size(spec):
+    """The generated shape builds, trains a step, and its counted size equals the analytic one."""
+    model = build_model(spec, vocab_size=300, max_positions=128, seed=0)
+    stats = model_stats(model, seq_len=128)
+    assert stats == arch_stats(resolve_arch(spec, 128), 300, 128)
+    assert abs(stats.flops_per_token / 3e5 - 1) <= FLOPS_TOLERANCE
+    model(input_ids=torch.randint(0, 300, (2, 16))).logits.float().sum().backward()
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("vocab, tie", [(4096, True), (1000, False)])
+def test_arch_stats_equal_built_model(preset, vocab, tie):
+    """Counted without building = counted on the model built on the meta device (every preset, tied or not)."""
+    from transformers import AutoModelForCausalLM
+
+    from tokenscale.model import hf_config
+
+    spec = {"preset": preset, "tie_embeddings": tie}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(spec, vocab, 128))
+    assert arch_stats(resolve_arch(spec), vocab, 128) == model_stats(model, 128)
+
+
+def test_models_config_counts_the_model_the_run_builds(tmp_path, capsys):
+    """moe-tiny with the default config's vocabulary (4096) has 0.39M parameters, not the 2.17M of vocab 32000."""
+    from tokenscale.cli import main
+    from tokenscale.config import load_config
+
+    cfg_path = REPO_CONFIG
+    row = {r["run"]: r for r in describe_runs(load_config(cfg_path))}["t_moe"]
+    assert row["shape"] == "L2 d64 H4/2x16 E4k2 f64" and (row["vocab_size"], row["seq_len"]) == (4096, 128)
+    model = build_model({"preset": "moe-tiny"}, vocab_size=4096, max_positions=128, seed=0)
+    built = model_stats(model, 128)
+    assert {k: row[k] for k in built.as_dict()} == built.as_dict() and 0.38e6 < built.total_params < 0.40e6
+    assert main(["models", "--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vocab 4096 (data.vocab_size), seq_len 128" in out
+    assert "t_moe" in out and "0.39M" in out and "2.17M" not in out
+    assert main(["models", "--vocab-size", "32000"]) == 0
+    assert "moe-tiny" in capsys.readouterr().out
+
+
+def test_models_without_config_or_vocab_is_one_line(tmp_path, monkeypatch, capsys):
+    from tokenscale.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.strip() == ("tokenscale: error: models: no config/config.yaml here; give --config "
+                                               "FILE (the models of its runs) or --vocab-size N (the presets)")
+
+
+def test_flops_resolution_never_imports_torch():
+    """Validation of an M sweep, its shapes and sizes, and the DAG's frontier values are torch-free."""
+    code = (
+        "import sys\n"
+        "from tokenscale.config import validate_config\n"
+        "from tokenscale.model import describe_runs\n"
+        "cfg = validate_config({'data': {'seq_len': 2048}, 'sweeps': [{'name': 'm', 'axis': 'M', "
+        "'base': {'model': {'family': 'moe'}}, 'grid': {'model.flops': {'geomspace': [4.2e8, 5.0e9, 60]}}}]})\n"
+        "rows = describe_runs(cfg)\n"
+        "assert len(rows) == 61, len(rows)\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

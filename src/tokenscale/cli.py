@@ -20,8 +20,8 @@ def _load_cfg(args) -> dict:
     from .config import load_config, validate_config
 
     if getattr(args, "spec", None):
-        try:
-            return validate_config(json.loads(args.spec))
+        try:  # the workflow's slice of a validated config (one run): checks between runs were done on the whole
+            return validate_config(json.loads(args.spec), cross_run=False)
         except json.JSONDecodeError as e:
             raise TokenscaleError(f"--spec is not valid JSON: {e.msg}") from None
     if not getattr(args, "config", None):
@@ -41,21 +41,69 @@ def cmd_check_config(args) -> int:
     cfg = _load_cfg(args)
     for name, r in run_configs(cfg).items():
         sweep = f" sweep={r.sweep}" if r.sweep else ""
-        print(f"{name}: axis={r.axis}{sweep} steps={r.total_steps} checkpoints={len(r.checkpoint_steps())} engine={r.engine}")
+        branch = f" branch={r.branch['from']}@{r.branch['step']} (trains {r.total_steps - r.branch['step']})" if r.branch else ""
+        snaps = f" snapshots={len(r.snapshots)}" if r.snapshots else ""
+        print(f"{name}: axis={r.axis}{sweep} steps={r.total_steps}{branch} checkpoints={len(r.checkpoint_steps())}"
+              f"{snaps} engine={r.engine}")
     return 0
 
 
 def cmd_models(args) -> int:
-    from .model import describe_presets
+    from .config import load_config
+    from .model import describe_presets, describe_runs
 
-    rows = describe_presets(args.vocab_size, args.seq_len)
-    print(f"{'':<12} {'':>10} {'':>10} {'':>15} {'GFLOPs/token (training)':>32}")
-    print(f"{'preset':<12} {'total':>10} {'active':>10} {'non-emb active':>15} {'M':>10} {'head':>10} {'model':>10}")
+    config = _default_config(args.config) if args.vocab_size is None or args.config else None
+    if args.vocab_size is None and config is None:
+        raise TokenscaleError("models: no config/config.yaml here; give --config FILE (the models of its runs) "
+                              "or --vocab-size N (the presets)")
+    if config is not None:
+        cfg = load_config(config)
+        print(f"{config}: the models its runs build, vocab {cfg['data']['vocab_size']} (data.vocab_size), "
+              f"seq_len {cfg['data']['seq_len']} (data.seq_len)")
+        _print_model_rows(describe_runs(cfg), "run")
+    if args.vocab_size is not None:
+        print(f"presets at vocab {args.vocab_size}, seq_len {args.seq_len}")
+        _print_model_rows(describe_presets(args.vocab_size, args.seq_len), "preset")
+    print("params: total, active (MoE experts counted k/E), non-embedding active; training FLOPs/token: M = "
+          "non-embedding (the paper's axis), head = LM head 6*d*V, model = M + head (what MFU counts)")
+    return 0
+
+
+def _default_config(path: str | None) -> str | None:
+    """``--config``, else config/config.yaml when it exists here, else None."""
+    if path:
+        return path
+    return "config/config.yaml" if Path("config/config.yaml").is_file() else None
+
+
+def _print_model_rows(rows: list[dict], key: str) -> None:
+    """The ``models`` table: one row per run or preset (``key``), shapes for runs."""
+    width = max(len(key), *(len(r[key]) for r in rows))
+    extra = f" {'axis':<4} {'sweep':<10} {'shape':<30}" if key == "run" else ""
+    print(f"{key:<{width}}{extra} {'total':>9} {'active':>9} {'non-emb':>9} {'M':>9} {'head':>9} {'model':>9}")
     for r in rows:
-        print(f"{r['preset']:<12} {r['total_params']/1e6:>9.2f}M {r['active_params']/1e6:>9.2f}M "
-              f"{r['nonembedding_active_params']/1e6:>14.2f}M {r['flops_per_token']/1e9:>10.4f} "
-              f"{r['head_flops_per_token']/1e9:>10.4f} {r['model_flops_per_token']/1e9:>10.4f}")
-    print("M = non-embedding (the paper's axis), head = LM head 6*d*V, model = M + head (what MFU counts)")
+        extra = f" {r['axis']:<4} {r['sweep'] or '-':<10} {r['shape']:<30}" if key == "run" else ""
+        print(f"{r[key]:<{width}}{extra} {_count(r['total_params']):>9} {_count(r['active_params']):>9} "
+              f"{_count(r['nonembedding_active_params']):>9} {r['flops_per_token']:>9.3g} "
+              f"{r['head_flops_per_token']:>9.3g} {r['model_flops_per_token']:>9.3g}")
+
+
+def _count(n: int) -> str:
+    """A parameter count: 0.39M, 290.47M, 1.52B."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def cmd_plan(args) -> int:
+    from .config import load_config
+    from .plan import format_plan, plan
+
+    config = _default_config(args.config)
+    if config is None:
+        raise TokenscaleError("plan: no config/config.yaml here; give --config FILE")
+    cfg = load_config(config)
+    print(f"plan: {config}: {len(cfg['runs'])} runs, vocab {cfg['data']['vocab_size']}, "
+          f"seq_len {cfg['data']['seq_len']}")
+    print("\n".join(format_plan(plan(cfg, args.gpu, args.mfu, args.precision), runs=not args.totals)))
     return 0
 
 
@@ -388,6 +436,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {v:g}")
+    return v
+
+
 def _json_object(text: str) -> dict:
     try:
         v = json.loads(text)
@@ -422,10 +480,29 @@ def build_parser() -> argparse.ArgumentParser:
                  "Fills defaults from the schema and stops at the first bad key with one line naming it.")
     _add_cfg(p)
 
-    p = _command(sub, "models", cmd_models, "list model size presets with parameters and FLOPs/token",
-                 "Models are built on the meta device (no memory), with the given vocabulary and context.")
-    p.add_argument("--vocab-size", type=_positive_int, default=32000, help="vocabulary size of the built models")
-    p.add_argument("--seq-len", type=_positive_int, default=2048, help="context length (enters the attention FLOPs)")
+    p = _command(sub, "models", cmd_models,
+                 "list the models of a config's runs (or the presets) with parameters and FLOPs/token",
+                 "Counted from the architecture (equal to the built model's counts, tested), with the config's "
+                 "vocabulary and seq_len; nothing is built and torch is not imported.")
+    p.add_argument("--config", help="config YAML whose runs are listed (default: config/config.yaml when it exists)")
+    p.add_argument("--vocab-size", type=_positive_int,
+                   help="list the size presets at this vocabulary size instead (with --config: as well)")
+    p.add_argument("--seq-len", type=_positive_int, default=2048,
+                   help="context length of the preset table (enters the attention FLOPs)")
+
+    from .plan import DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRECISION
+
+    p = _command(sub, "plan", cmd_plan,
+                 "training FLOPs and GPU time of a config per run and axis, next to the paper's",
+                 "training FLOPs = model FLOPs/token (M + 6dV) x tokens trained (a decay branch trains only the "
+                 "steps after its branch step); GPU-hours = FLOPs / (datasheet peak x MFU). torch is not imported.")
+    p.add_argument("--config", help="config YAML (default: config/config.yaml when it exists)")
+    p.add_argument("--gpu", default=DEFAULT_GPU, help="GPU whose dense peak is used (a name in "
+                   "tokenscale.throughput.GPU_PEAKS, e.g. a100, h100, h200, l40s)")
+    p.add_argument("--mfu", type=_fraction, default=DEFAULT_MFU, help="assumed model FLOPs utilisation, in (0, 1]")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=DEFAULT_PRECISION,
+                   help="precision of the peak (fp32 = no tensor cores)")
+    p.add_argument("--totals", action="store_true", help="print only the per-axis totals, not one line per run")
 
     p = _command(sub, "prepare-data", cmd_prepare_data, "build corpus + split, train the BPE tokenizer, write token files",
                  "Each stage reads the previous one's output from --out; the workflow runs them as three rules.")

@@ -96,10 +96,12 @@ def _one_line(err: jsonschema.ValidationError) -> str:
     return f"config: {where}: {err.message}"
 
 
-def validate_config(cfg: dict | None) -> dict:
+def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
     """Validate ``cfg`` against the schema and return a defaults-filled deep copy.
 
-    Raises :class:`TokenscaleError` with one line naming the first bad key.
+    ``cross_run=False`` skips the checks between runs (a branch's trunk is in the config, compatible, with the
+    snapshot): for one run taken out of a validated config (the workflow's ``--spec`` of a train job; the trainer
+    checks the trunk's snapshot itself). Raises :class:`TokenscaleError` with one line naming the first bad key.
     """
     cfg = copy.deepcopy(cfg) if cfg is not None else {}
     if not isinstance(cfg, dict):
@@ -123,7 +125,8 @@ def validate_config(cfg: dict | None) -> dict:
         except TokenscaleError as e:
             raise TokenscaleError(f"config: runs[{i}].{e}") from None
     _branch_sweeps(cfg)
-    _check_branches(cfg)
+    if cross_run:
+        _check_branches(cfg)
     return cfg
 
 
@@ -162,9 +165,8 @@ def _set_dotted(run: dict, key: str, value: Any) -> None:
 def grid_values(key: str, spec: list | dict) -> list:
     """The values of one grid key: a list as written, or ``{geomspace: [lo, hi, n]}`` expanded.
 
-    ``geomspace`` gives n log-spaced values from lo to hi (both included): integers when lo and hi are integers
-    (token budgets), else floats rounded to 3 significant digits (learning rates, FLOPs targets), so run names
-    stay short. Rounding that merges two values is an error rather than a silently shorter grid.
+    ``geomspace`` gives n log-spaced values from lo to hi (both included), rounded to 3 significant digits so run
+    names stay short: integers when lo and hi are integers (token budgets), else floats (learning rates, FLOPs). Rounding that merges two values is an error rather than a silently shorter grid.
     """
     if isinstance(spec, list):
         return spec
@@ -173,7 +175,7 @@ def grid_values(key: str, spec: list | dict) -> list:
         raise TokenscaleError(f"config: sweep grid {key}: geomspace lo={lo} is above hi={hi}")
     raw = np.geomspace(lo, hi, n) if n > 1 else np.array([lo])
     if isinstance(lo, int) and isinstance(hi, int):
-        vals = [int(round(v)) for v in raw]
+        vals = [int(float(f"{v:.3g}")) for v in raw]
     else:
         vals = [float(f"{v:.3g}") for v in raw]
     if len(set(vals)) != len(vals):
@@ -408,7 +410,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, run: dict, seq_len: int) -> "RunConfig":
         """A run entry as written in a config (validated here, defaults filled)."""
-        cfg = validate_config({"runs": [run], "data": {"seq_len": seq_len}})
+        cfg = validate_config({"runs": [run], "data": {"seq_len": seq_len}}, cross_run=False)
         return cls._of_valid(cfg["runs"][0], seq_len)
 
     @classmethod
