@@ -198,7 +198,7 @@ ALL_MODULES = sorted(
 # --help`, reading results and the analysis never pay for it)
 TORCH_FREE_ELSEWHERE = ["tokenscale.io", "tokenscale.io.fits", "tokenscale.series", "tokenscale.atomic",
                         "tokenscale.config", "tokenscale.workflow", "tokenscale.spectrum", "tokenscale.figures",
-                        "tokenscale.cli"]
+                        "tokenscale.cli", "tokenscale.frontier", "tokenscale.plan", "tokenscale.model"]
 
 
 def test_package_has_no_import_cycle():

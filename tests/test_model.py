@@ -265,10 +265,11 @@ def test_arch_stats_equal_built_model(preset, vocab, tie):
 def test_models_config_counts_the_model_the_run_builds(tmp_path, capsys):
     """moe-tiny with the default config's vocabulary (4096) has 0.39M parameters, not the 2.17M of vocab 32000."""
     from tokenscale.cli import main
-    from tokenscale.config import load_config
+    from tokenscale.config import load_config, run_configs
 
     cfg_path = REPO_CONFIG
-    row = {r["run"]: r for r in describe_runs(load_config(cfg_path))}["t_moe"]
+    cfg = load_config(cfg_path)
+    row = {r["run"]: r for r in describe_runs(run_configs(cfg), cfg["data"]["vocab_size"])}["t_moe"]
     assert row["shape"] == "L2 d64 H4/2x16 E4k2 f64" and (row["vocab_size"], row["seq_len"]) == (4096, 128)
     model = build_model({"preset": "moe-tiny"}, vocab_size=4096, max_positions=128, seed=0)
     built = model_stats(model, 128)
@@ -294,11 +295,11 @@ def test_flops_resolution_never_imports_torch():
     """Validation of an M sweep, its shapes and sizes, and the DAG's frontier values are torch-free."""
     code = (
         "import sys\n"
-        "from tokenscale.config import validate_config\n"
+        "from tokenscale.config import run_configs, validate_config\n"
         "from tokenscale.model import describe_runs\n"
         "cfg = validate_config({'data': {'seq_len': 2048}, 'sweeps': [{'name': 'm', 'axis': 'M', "
         "'base': {'model': {'family': 'moe'}}, 'grid': {'model.flops': {'geomspace': [4.2e8, 5.0e9, 60]}}}]})\n"
-        "rows = describe_runs(cfg)\n"
+        "rows = describe_runs(run_configs(cfg), cfg['data']['vocab_size'])\n"
         "assert len(rows) == 61, len(rows)\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
     )

@@ -49,7 +49,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .config import load_config
+    from .config import load_config, run_configs
     from .model import describe_presets, describe_runs
 
     config = _default_config(args.config) if args.vocab_size is None or args.config else None
@@ -60,7 +60,7 @@ def cmd_models(args) -> int:
         cfg = load_config(config)
         print(f"{config}: the models its runs build, vocab {cfg['data']['vocab_size']} (data.vocab_size), "
               f"seq_len {cfg['data']['seq_len']} (data.seq_len)")
-        _print_model_rows(describe_runs(cfg), "run")
+        _print_model_rows(describe_runs(run_configs(cfg), cfg["data"]["vocab_size"]), "run")
     if args.vocab_size is not None:
         print(f"presets at vocab {args.vocab_size}, seq_len {args.seq_len}")
         _print_model_rows(describe_presets(args.vocab_size, args.seq_len), "preset")

@@ -487,12 +487,11 @@ def describe_presets(vocab_size: int = 32000, seq_len: int = 2048) -> list[dict]
             for name in PRESETS]
 
 
-def describe_runs(cfg: dict) -> list[dict]:
-    """Every run of a validated config with the model it builds: its vocabulary (data.vocab_size) and seq_len."""
-    from .config import run_configs
-
-    vocab, rows = cfg["data"]["vocab_size"], []
-    for name, run in run_configs(cfg).items():
+def describe_runs(runs: dict, vocab: int) -> list[dict]:
+    """Every run (``tokenscale.config.run_configs``) with the model it builds at the config's vocabulary
+    (data.vocab_size) and its seq_len."""
+    rows = []
+    for name, run in runs.items():
         arch = resolve_arch(run.model, run.seq_len)
         rows.append({"run": name, "axis": run.axis, "sweep": run.sweep, "shape": shape_label(arch),
                      "vocab_size": vocab, "seq_len": run.seq_len, **arch_stats(arch, vocab, run.seq_len).as_dict()})
