@@ -180,7 +180,7 @@ def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
 
 def _frontier_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """One frontier series per D or M sweep, over the sweep's runs (registered as sources by ``_run_series``)."""
-    from .config import run_configs
+    from .config import config_hash, run_configs
     from .frontier import AXES, frontier_options
 
     runs = run_configs(cfg)
@@ -195,7 +195,7 @@ def _frontier_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
                                   f"{len(set(groups.values()))}")
         inputs = tuple(f"{cfg['results']}/runs/{name}/val_loss.csv" for name in members)
         yield Series(sweep["name"], "frontier", VALID_TOKENS, None, tuple(members),
-                     config_hash=_hash([runs[n].hash for n in members]), inputs=inputs,
+                     config_hash=config_hash([runs[n].hash for n in members]), inputs=inputs,
                      resolver="tokenscale.frontier:resolve", axis=AXES[sweep["axis"]][0],
                      options=frontier_options(sweep["axis"], groups))
 
@@ -207,12 +207,6 @@ def _group_value(run, axis: str) -> float:
     if axis == "D":
         return float(run.tokens)
     return float(nonembedding_flops_per_token(resolve_arch(run.model, run.seq_len), run.seq_len))
-
-
-def _hash(parts: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 # kind -> builder: every series of that kind in a validated config (registering its sources and token sets)
