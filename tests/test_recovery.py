@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 RUN = "t_smoke"
+CONFIGS = [str(REPO / "config" / "smoke.yaml"), str(REPO / "tests" / "data" / "recovery_long.yaml")]
 
 
 def _env() -> dict:
@@ -33,8 +34,7 @@ def _env() -> dict:
 
 def smk(*args, results: Path, workdir: Path, timeout=900, check=True) -> subprocess.CompletedProcess:
     # Its own working directory: `--unlock` clears every Snakemake lock of a directory, not only this test's.
-    cmd = [*SNAKEMAKE, *args, "--cores", "2", "--configfile", str(REPO / "config" / "smoke.yaml"), "--config",
-           f"results={results}"]
+    cmd = [*SNAKEMAKE, *args, "--cores", "2", "--configfile", *CONFIGS, "--config", f"results={results}"]
     p = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=_env())
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-6000:]}")
@@ -79,7 +79,7 @@ def test_sigkilled_snakemake_stops_its_trainer_and_recovery_is_exact(tmp_path):
     target = str(run / "train.json")
     t_start = time.time()
     with open(tmp_path / "snakemake.out", "w") as out:
-        proc = subprocess.Popen([*SNAKEMAKE, target, "--cores", "2", "--configfile", str(REPO / "config" / "smoke.yaml"),
+        proc = subprocess.Popen([*SNAKEMAKE, target, "--cores", "2", "--configfile", *CONFIGS,
                                  "--config", f"results={results}"], cwd=workdir, env=_env(), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
