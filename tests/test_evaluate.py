@@ -270,6 +270,22 @@ def test_own_run_checkpoint_metadata(tmp_path):
     assert tio.read_eval_header(ev.evaluate_checkpoint(d2, ts, tmp_path / "e3.h5", step=9))["tokens_seen"] == -1
 
 
+def test_checkpoint_tokenizer_must_match_the_token_set(tmp_path):
+    model = tiny_model()
+    d = save_ckpt(model, tmp_path / "step5")
+    (d / "tokenizer.json").write_text('{"model": "another vocabulary"}')
+    ts = tmp_path / "ts.h5"
+    make_token_set(ts, S=2, T=8)  # records tokenizer sha256 "000…"
+    with pytest.raises(TokenscaleError, match=r"step5 has tokenizer sha256 [0-9a-f]{12}… but token set .*ts.h5 was "
+                                              r"tokenized with 000000000000…"):
+        ev.evaluate_checkpoint(d, ts, tmp_path / "e.h5")
+    assert not (tmp_path / "e.h5").exists()
+    with h5py.File(ts, "a") as f:  # the token set's own tokenizer: evaluated, its hash recorded
+        f.attrs["tokenizer_sha256"] = tio.sha256_file(d / "tokenizer.json")
+    assert tio.read_eval_header(ev.evaluate_checkpoint(d, ts, tmp_path / "e.h5"))["tokenizer_sha256"] == \
+        tio.sha256_file(d / "tokenizer.json")
+
+
 def test_killed_eval_leaves_nothing_readable(tmp_path, monkeypatch):
     model = tiny_model()
     d = save_ckpt(model, tmp_path / "step5")

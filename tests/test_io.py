@@ -277,6 +277,17 @@ def test_assembler_consistency_errors(setup):
         tio.write_trajectory_shards(paths + [other], ts, [tmp / "t.h5"], attrs={})
     with pytest.raises(TokenscaleError):
         tio.write_trajectory_shards([], ts, [tmp / "t.h5"], attrs={})
+    # a frontier joins checkpoints of several runs: they must share one tokenizer
+    tok_a, tok_b = tmp / "tok_a.h5", tmp / "tok_b.h5"
+    tio.write_eval_file(tok_a, np.zeros(N), {"step": 7, "tokens_seen": 1, "tokenizer_sha256": "a" * 64,
+                                              "checkpoint": "runs/a/step7"})
+    tio.write_eval_file(tok_b, np.zeros(N), {"step": 8, "tokens_seen": 2, "tokenizer_sha256": "b" * 64,
+                                              "checkpoint": "runs/b/step8"})
+    with pytest.raises(TokenscaleError, match=r"runs/b/step8 has tokenizer sha256 bbbbbbbbbbbb…, but runs/a/step7 "
+                                              r"has aaaaaaaaaaaa…: trajectories need one tokenizer"):
+        tio.write_trajectory_shard([tok_a, tok_b], ts, tmp / "t.h5", attrs={},
+                                   axis={"name": "flops", "values": [1e5, 2e5]})
+    assert not (tmp / "t.h5").exists()
 
 
 def test_read_run_missing_shard(setup):

@@ -263,6 +263,20 @@ def _run_name(ckpt: Path) -> str:
     return parent.parent.name if parent.name == "checkpoints" else parent.name
 
 
+def _check_tokenizer(ckpt: Path, token_set_path: os.PathLike | str, ts_attrs: dict) -> str:
+    """sha256 of the checkpoint's own ``tokenizer.json`` ("" when it ships none, as external series do); an
+    error when the token set records the tokenizer it was cut with and that is another one (losses of token ids
+    from a different vocabulary would be silently wrong numbers)."""
+    from .data import tokenizer_sha256  # light: hashes a file
+
+    own = tokenizer_sha256(ckpt) if (ckpt / "tokenizer.json").is_file() else ""
+    want = str(ts_attrs.get("tokenizer_sha256", ""))
+    if own and want and own != want:
+        raise TokenscaleError(f"checkpoint {ckpt} has tokenizer sha256 {own[:12]}… but token set {token_set_path} "
+                              f"was tokenized with {want[:12]}…; evaluate it on a token set cut with its tokenizer")
+    return own
+
+
 def evaluate_checkpoint(
     ckpt_dir: os.PathLike | str,
     token_set_path: os.PathLike | str,
@@ -302,6 +316,7 @@ def evaluate_checkpoint(
     tokens_v = pick("tokens_seen", tokens_seen)
     ts = tio.read_token_set(token_set_path, datasets=("input_ids",))
     ts_sha = tio.sha256_file(token_set_path)
+    tok_sha = _check_tokenizer(ckpt, token_set_path, ts["attrs"])
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -327,6 +342,7 @@ def evaluate_checkpoint(
         "token_set": str(Path(token_set_path).resolve()),
         "token_set_sha256": ts_sha,
         "token_set_attrs": ts["attrs"],
+        "tokenizer_sha256": tok_sha,
         "n_seqs": int(ts["n_seqs"]),
         "seq_len": int(ts["seq_len"]),
         "package_version": __version__,

@@ -569,7 +569,23 @@ def _collect_evals(eval_paths: Sequence[os.PathLike | str], n_tokens: int, ts_sh
         other = h.get("token_set_sha256")
         if other and other != ts_sha:
             raise _err(h["path"], f"evaluated on a different token set (sha256 {other[:12]}… != {ts_sha[:12]}…)")
+    _check_same_tokenizer(headers)
     return headers
+
+
+def _check_same_tokenizer(headers: list[dict]) -> None:
+    """Every checkpoint that records its tokenizer records the same one (a frontier joins several runs)."""
+    first: dict | None = None
+    for h in headers:
+        tok = str(h.get("tokenizer_sha256") or "")
+        if not tok:
+            continue
+        if first is None:
+            first = h
+        elif tok != first["tokenizer_sha256"]:
+            raise _err(h["path"], f"checkpoint {h.get('checkpoint', '')} has tokenizer sha256 {tok[:12]}…, but "
+                                  f"{first.get('checkpoint', first['path'])} has {str(first['tokenizer_sha256'])[:12]}…: "
+                                  "trajectories need one tokenizer")
 
 
 def _attach_axis(headers: list[dict], axis: dict) -> None:
