@@ -104,7 +104,7 @@ def test_cli_bad_model_shape_is_one_line_before_training(tmp_path):
     [
         (["models", "--vocab-size", "-5"], "tokenscale models: error: argument --vocab-size: must be a positive integer, got -5"),
         (["models", "--seq-len", "-100"], "tokenscale models: error: argument --seq-len: must be a positive integer, got -100"),
-        (["analyze", "--trajectories", "t.h5", "--fits", "f.h5", "--run", "r", "--summary", "s.json", "--figures", "f",
+        (["analyze", "--trajectories", "t.h5", "--fits", "f.h5", "--run", "r", "--summary", "s.json", "--analysis", "a.h5",
           "--options", "{bad json"], "tokenscale analyze: error: argument --options: not valid JSON"),
         (["check-config", "--spec", "[1"], "tokenscale: error: --spec is not valid JSON"),
     ],
@@ -121,10 +121,10 @@ def test_library_and_cli_defaults_are_the_schema_defaults():
 
     from tokenscale.cli import build_parser
     from tokenscale.config import schema_default
-    from tokenscale.spectrum import analyze
+    from tokenscale.analysis import AnalysisOptions
 
-    params = inspect.signature(analyze).parameters
-    for key in ("n_bins", "n_boot", "seed", "transient"):
+    params = inspect.signature(AnalysisOptions).parameters
+    for key in ("n_bins", "n_boot", "seed", "transient", "selection"):
         assert params[key].default == schema_default(f"analysis.{key}"), key
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     for cmd, dest, key in [("evaluate", "batch_size", "eval.batch_size"), ("evaluate", "device", "eval.device"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tokenscale import TokenscaleError
-from tokenscale import figures, spectrum
+from tokenscale import analysis as spectrum, figures
 
 
 @dataclass
@@ -22,6 +22,7 @@ class _Fit:
     category: np.ndarray
     axis: np.ndarray
     axis_orig: np.ndarray
+    r2: np.ndarray | None = None
     transform: str = "log10"
 
 
@@ -40,7 +41,7 @@ def _planted(n=1500, K=41, beta=1.5, seed=0):
     status = np.zeros(n, np.int8)
     status[:10] = 2  # a few invalid fits
     return L, _Fit(tau=tau, tau_orig=tau_o, lam=lam, delta=de, post=post, status=status,
-                   category=cat.astype(np.int8), axis=x, axis_orig=a)
+                   category=cat.astype(np.int8), axis=x, axis_orig=a, r2=np.ones(n))
 
 
 @pytest.fixture(scope="module")

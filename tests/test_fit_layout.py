@@ -121,12 +121,13 @@ def test_reading_a_fits_file_imports_no_torch(tmp_path):
 
 
 def test_category_and_status_names_have_one_definition():
-    from tokenscale import figures, fit, spectrum
+    from tokenscale import figures, fit
+    from tokenscale.analysis import samples
     from tokenscale.io import fits as fitsio
     from tokenscale.fit import problem
 
     assert fit.CATEGORY_NAMES is fitsio.CATEGORY_NAMES is problem.CATEGORY_NAMES
-    assert spectrum.CATEGORY_NAMES is fitsio.CATEGORY_NAMES and figures.CATEGORY_NAMES is fitsio.CATEGORY_NAMES
+    assert samples.CATEGORY_NAMES is fitsio.CATEGORY_NAMES and figures.CATEGORY_NAMES is fitsio.CATEGORY_NAMES
     assert fit.STATUS_NAMES is fitsio.STATUS_NAMES is problem.STATUS_NAMES
     assert fit.CategoryRule is fitsio.CategoryRule
 
@@ -197,7 +198,7 @@ ALL_MODULES = sorted(
 # file formats, series, the atomic writer, config, analysis and the CLI's start: no torch (the DAG, `tokenscale
 # --help`, reading results and the analysis never pay for it)
 TORCH_FREE_ELSEWHERE = ["tokenscale.io", "tokenscale.io.fits", "tokenscale.series", "tokenscale.atomic",
-                        "tokenscale.config", "tokenscale.workflow", "tokenscale.spectrum", "tokenscale.figures",
+                        "tokenscale.config", "tokenscale.workflow", "tokenscale.analysis", "tokenscale.analysis.pipeline", "tokenscale.figures",
                         "tokenscale.cli", "tokenscale.frontier", "tokenscale.plan", "tokenscale.model"]
 
 

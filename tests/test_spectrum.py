@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from tokenscale import TokenscaleError
-from tokenscale import spectrum as sp
+from tokenscale import analysis as sp
+from tokenscale.analysis.curves import transient_start
 from tokenscale.fit import SigmoidFit
 
 
@@ -267,10 +268,10 @@ def test_transient_rules():
 def test_dpeak_skips_an_initial_plateau():
     x = np.linspace(0.0, 3.0, 31)
     loss = 8.0 - 4.0 / (1.0 + np.exp(-6.0 * (x - 1.2)))  # flat at 8 nats, steepest descent at x = 1.2
-    xs, name = sp._transient_start("dpeak", x, loss, "log10")
+    xs, name = transient_start("dpeak", x, loss, "log10")
     assert name == "dpeak" and xs == pytest.approx(1.2)
     with pytest.raises(TokenscaleError, match="transient must be"):
-        sp._transient_start("steepest", x, loss, "log10")
+        transient_start("steepest", x, loss, "log10")
 
 
 def test_linear_axis_and_categories():

@@ -389,22 +389,32 @@ def cmd_fit_table(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    from .analysis import AnalysisOptions, analyze, write_analysis, write_summary
     from .config import validate_config
-    from .figures import make_figures
-    from .io.fits import load_fits
     from .io import read_run_trajectories
-    from .spectrum import analyze, write_summary
+    from .io.fits import load_fits
 
-    opts = validate_config({"analysis": args.options})["analysis"]
+    opts = AnalysisOptions.from_config(validate_config({"analysis": args.options})["analysis"])
     losses, axis, meta = read_run_trajectories(args.trajectories)
     fit = load_fits(args.fits)
     if len(fit) != losses.shape[0]:
         raise TokenscaleError(f"{args.fits}: {len(fit)} fits but {losses.shape[0]} trajectories; rerun the fit rules")
-    res = analyze(losses, fit, n_bins=opts["n_bins"], n_boot=opts["n_boot"], seed=opts["seed"],
-                  transient=opts["transient"])
-    write_summary(res, args.summary, extra={"run": args.run, "config_sha256": meta["attrs"].get("config_sha256", "")})
-    figs = make_figures(res, args.figures, axis_label=args.axis_label, run_name=args.run)
-    print(f"analyze: {args.run}: {len(figs)} figures -> {args.figures}", file=sys.stderr)
+    res = analyze(losses, fit, opts)
+    extra = {"run": args.run, "config_sha256": meta["attrs"].get("config_sha256", "")}
+    write_analysis(res, args.analysis, extra=extra)
+    write_summary(res, args.summary, extra=extra)
+    s = res.summary()
+    print(f"analyze: {args.run}: alpha {s['alpha_fit']} beta {s['tail']['beta']} (selection {opts.selection}) "
+          f"R2 reconstruction {s['metrics']['r2_reconstruction']} -> {args.analysis}", file=sys.stderr)
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .analysis import read_analysis
+    from .figures import make_figures
+
+    figs = make_figures(read_analysis(args.analysis), args.figures, axis_label=args.axis_label, run_name=args.run)
+    print(f"figures: {args.run}: {len(figs)} figures -> {args.figures}", file=sys.stderr)
     return 0
 
 
@@ -613,14 +623,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output fits table HDF5")
 
     p = _command(sub, "analyze", cmd_analyze,
-                 "spectrum, shared pulse, reconstruction, power law -> summary.json + figures",
-                 "Options are the config's analysis section (schema defaults fill what is missing).")
+                 "spectrum, shared pulse, reconstruction, power law -> analysis file + summary.json",
+                 "Options are the config's analysis section (schema defaults fill what is missing). The analysis "
+                 "file holds every curve and number the figures draw (tokenscale.analysis.result).")
     p.add_argument("--trajectories", nargs="+", required=True, help="trajectory shards of one run")
     p.add_argument("--fits", required=True, help="the run's fit table (fit-table output)")
-    p.add_argument("--run", required=True, help="series name (figure titles, summary)")
+    p.add_argument("--run", required=True, help="series name (stored in the summary)")
     p.add_argument("--options", type=_json_object, default={}, help="JSON of the config's analysis section")
-    p.add_argument("--axis-label", default="training step", help="x-axis label of the figures")
+    p.add_argument("--analysis", required=True, help="output analysis file (HDF5)")
     p.add_argument("--summary", required=True, help="output summary.json")
+
+    p = _command(sub, "figures", cmd_figures, "paper-style decomposition figures from an analysis file",
+                 "Reads the analysis file that `tokenscale analyze` wrote; writes PNG + SVG per figure.")
+    p.add_argument("--analysis", required=True, help="analysis file (HDF5) of one series")
+    p.add_argument("--run", required=True, help="series name (figure titles)")
+    p.add_argument("--axis-label", default="training step", help="x-axis label of the figures")
     p.add_argument("--figures", required=True, help="output folder for PNG + SVG figures")
     return ap
 

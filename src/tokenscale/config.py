@@ -112,6 +112,10 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise TokenscaleError(_one_line(errors[0]))
+    an = cfg["analysis"]
+    if an["selection"] not in an["selections"]:
+        raise TokenscaleError(f"config: analysis.selection {an['selection']!r} is not one of analysis.selections "
+                              f"({', '.join(sorted(an['selections']))})")
     cfg["runs"] += expand_sweeps(cfg["sweeps"], schema["properties"]["runs"]["items"])
     names = [r["name"] for r in cfg["runs"]]
     dup = sorted({n for n in names if names.count(n) > 1})

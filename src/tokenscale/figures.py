@@ -1,4 +1,5 @@
-"""Paper-style figures from a :class:`tokenscale.spectrum.SpectrumResult` (PNG + SVG each).
+"""Paper-style figures from a :class:`tokenscale.analysis.SpectrumResult` (PNG + SVG each), e.g. read back from
+the analysis file with :func:`tokenscale.analysis.read_analysis`.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend change).
 Files written to ``outdir`` (one PNG and one SVG per name):
@@ -505,7 +506,7 @@ def make_figures(result, outdir=".", *, axis_label: str = "training step",
     Every plotted quantity (including the sampled token trajectories) is stored on ``result``.
     """
     if not hasattr(result, "axis_x") or not hasattr(result, "sample_params"):
-        raise TokenscaleError("make_figures needs a SpectrumResult from tokenscale.spectrum.analyze")
+        raise TokenscaleError("make_figures needs a SpectrumResult from tokenscale.analysis")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     lab = _Labels(result.transform, axis_label)

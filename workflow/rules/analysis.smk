@@ -6,17 +6,10 @@ rule analyze:
         trajectories=trajectory_shards,
         fits=rules.fit_table.output.table,
     output:
+        analysis=f"{RESULTS}/series/{{series}}/analysis/analysis.h5",
         summary=f"{RESULTS}/series/{{series}}/analysis/summary.json",
-        figures=report(
-            directory(f"{RESULTS}/series/{{series}}/analysis/figures"),
-            patterns=["{name}.png"],
-            caption="../report/figures.rst",
-            category="Decomposition",
-            subcategory="{series}",
-        ),
     params:
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
-        axis_label=series_axis_label,
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -28,8 +21,33 @@ rule analyze:
         runtime=60,
     shell:
         "tokenscale analyze --trajectories {input.trajectories:q} --fits {input.fits:q} --run {wildcards.series:q} "
-        "--options {params.analysis:q} --axis-label {params.axis_label:q} --summary {output.summary:q} "
-        "--figures {output.figures:q} > {log:q} 2>&1"
+        "--options {params.analysis:q} --analysis {output.analysis:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
+# The decomposition's figures, drawn from the analysis file alone: a figure change reruns only this rule.
+rule figures:
+    input:
+        analysis=rules.analyze.output.analysis,
+    output:
+        figures=report(
+            directory(f"{RESULTS}/series/{{series}}/analysis/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Decomposition",
+            subcategory="{series}",
+        ),
+    params:
+        axis_label=series_axis_label,
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/figures/{{series}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "tokenscale figures --analysis {input.analysis:q} --run {wildcards.series:q} "
+        "--axis-label {params.axis_label:q} --figures {output.figures:q} > {log:q} 2>&1"
 
 
 # A D or M sweep's frontier (paper Fig. 4/5): which run and checkpoint defines each point, every run's curve with

@@ -170,6 +170,6 @@ def all_targets():
     out = [f"{DATA}/valid_tokens.h5"]
     out += [f"{RESULTS}/runs/{r}/{f}" for r in RUNS for f in ("train.json", "val_loss.csv")]
     out += [f"{RESULTS}/series/{s}/fits.h5" for s in SERIES]
-    out += [f"{RESULTS}/series/{s}/analysis/summary.json" for s in SERIES]
+    out += [f"{RESULTS}/series/{s}/analysis/{f}" for s in SERIES for f in ("summary.json", "figures")]
     out += [f"{RESULTS}/series/{s}/frontier/frontier.csv" for s, v in SERIES.items() if v.kind == "frontier"]
     return out
