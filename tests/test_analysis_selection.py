@@ -38,6 +38,9 @@ def test_default_selection_recovers_beta_with_noise_rows(beta):
     assert res.tail["beta"] == got  # the main tail is the default selection's
     assert res.selections["all"]["beta"] < beta * 0.8, res.selections["all"]  # noise rows bias it low
     assert res.counts["n_selected"] < res.counts["n_valid"]
+    cmp_ = res.tail["comparison"]  # CSN likelihood-ratio tests on the same window: planted data is a power law
+    assert cmp_["lognormal"]["verdict"] != "lognormal favoured", cmp_
+    assert cmp_["beta_check"] == pytest.approx(got, rel=1e-3)  # the independent MLE above the same xmin
 
 
 def test_default_selections_are_the_schema_default():

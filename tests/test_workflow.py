@@ -95,6 +95,23 @@ def test_smoke_outputs_and_cross_checks(smoke):
     figs = sorted(p.name for p in (out / "analysis" / "figures").glob("*.png"))
     assert len(figs) >= 6, figs
     assert all((out / "analysis" / "figures" / f).stat().st_size > 10_000 for f in figs)
+    # the figures are drawn from the analysis file alone; it holds the summary's numbers
+    from tokenscale.analysis import read_analysis
+
+    res = read_analysis(out / "analysis" / "analysis.h5")
+    assert res.summary()["alpha_fit"] == summary["alpha_fit"] and summary["settings"]["selection"] == "quality"
+    assert set(summary["selections"]) == {"all", "quality", "delta_weighted"}
+
+    # App. A.2: alignment table and figure; dependency length of the first 4 sequences at the final checkpoint
+    from tokenscale.io.dependency import read_dependency
+
+    dep = read_dependency(out / "alignment" / "dependency.h5")
+    assert dep["dependency_length"].shape == (4 * 32,) and dep["attrs"]["max_abs_diff_vs_truncation"] <= 1e-4
+    assert dep["attrs"]["checkpoint"].endswith(f"step{steps[-1]:08d}")
+    table = json.loads((out / "alignment" / "alignment.json").read_text())
+    assert table["selection"] == "quality" and table["n_selected_in_window"] > 0
+    assert table["domain"]["test"] and table["frequency"]["spearman"] and table["dependency"]["spearman"]
+    assert (out / "alignment" / "figures" / "fig07_alignment.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("sweep, axis", [("d_smoke", "tokens"), ("m_smoke", "flops")])

@@ -409,6 +409,59 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_dependency(args) -> int:
+    from .dependency import compute_dependency
+
+    out = compute_dependency(args.checkpoint, args.tokens, args.out, threshold=args.threshold,
+                             batch_size=args.batch_size, device=_device(args.device), max_seqs=args.max_seqs)
+    print(f"dependency: {args.checkpoint} -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_align(args) -> int:
+    import numpy as np
+
+    from . import atomic
+    from .analysis.alignment import align, instance_frequency, selected_tau, token_frequencies
+    from .analysis.options import AnalysisOptions
+    from .config import validate_config
+    from .data import TrainTokens
+    from .io.dependency import read_dependency
+    from .figures_alignment import plot_alignment
+    from .io import read_token_set
+    from .io.fits import load_fits
+
+    section = validate_config({"analysis": args.options})["analysis"]
+    opts = AnalysisOptions.from_config(section)
+    ts = read_token_set(args.tokens, datasets=("token_id", "domain"))
+    N = int(ts["n_seqs"]) * int(ts["seq_len"])
+    fit = load_fits(args.fits)
+    tau, valid = selected_tau(fit, N, opts.main)
+    train = TrainTokens(args.train_data)
+    freq = instance_frequency(ts["token_id"], token_frequencies(train.tokens, train.vocab_size))
+    dep = None
+    if args.dependency:
+        d = read_dependency(args.dependency)["dependency_length"]
+        if d.size > N:
+            raise TokenscaleError(f"{args.dependency}: {d.size} token instances but the token set has {N}")
+        dep = np.full(N, 1, dtype=np.int64)
+        dep[: d.size] = d
+        valid_dep = np.zeros(N, bool)
+        valid_dep[: d.size] = True
+    table = align(tau, valid, domain=ts["domain"].reshape(-1), domain_names=ts["attrs"]["domain_names"],
+                  freq_of_instance=freq, n_boot=section["n_boot"], seed=section["seed"], transform=fit.transform)
+    if dep is not None:  # the dependency panel on the instances it was computed for
+        dtab = align(tau, valid & valid_dep, domain=ts["domain"].reshape(-1), domain_names=ts["attrs"]["domain_names"],
+                     dependency=dep, n_boot=section["n_boot"], seed=section["seed"], transform=fit.transform)
+        table["dependency"] = dtab["dependency"]
+    table.update(series=args.run, selection=opts.selection, selection_description=opts.main.describe(),
+                 n_selected_in_window=int(valid.sum()))
+    atomic.write_text(args.out, json.dumps(table, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    plot_alignment(table, args.figures, axis_label=args.axis_label)
+    print(f"align: {args.run}: {int(valid.sum())} tokens -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_figures(args) -> int:
     from .analysis import read_analysis
     from .figures import make_figures
@@ -632,6 +685,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", type=_json_object, default={}, help="JSON of the config's analysis section")
     p.add_argument("--analysis", required=True, help="output analysis file (HDF5)")
     p.add_argument("--summary", required=True, help="output summary.json")
+
+    p = _command(sub, "dependency", cmd_dependency,
+                 "per-token dependency length at one checkpoint (paper App. A.2.3) -> HDF5",
+                 "The smallest context c in 1, 2, 4, ..., seq_len at which the probability of the correct next token "
+                 "reaches --threshold of its full-context value; exact (sliding windows), checked against explicit "
+                 "truncation on a sample (tokenscale.dependency).")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--tokens", required=True, help="token set HDF5 (docs/formats.md)")
+    p.add_argument("--out", required=True, help="output dependency HDF5")
+    p.add_argument("--threshold", type=_fraction, default=0.9, help="fraction of the full-context probability")
+    p.add_argument("--max-seqs", type=_positive_int, default=None,
+                   help="only the first N sequences (the cost grows as seq_len^2 / 3 tokens per sequence)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per forward pass")
+    p.add_argument("--device", default=schema_default("eval.device"), choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (auto = cuda when available)")
+
+    p = _command(sub, "align", cmd_align,
+                 "what learning time aligns with (paper App. A.2, Fig. 7): mean tau by domain, token frequency, "
+                 "dependency length",
+                 "Tokens: the spectrum's selection (analysis.selection) with tau inside the window. Frequencies are "
+                 "counted on the training tokens.")
+    p.add_argument("--fits", required=True, help="the series' fit table")
+    p.add_argument("--tokens", required=True, help="the validation token set the series was evaluated on")
+    p.add_argument("--train-data", required=True, help="data folder with train_tokens.bin / train_tokens.json")
+    p.add_argument("--dependency", default="", help="dependency HDF5 of the series' final checkpoint (optional)")
+    p.add_argument("--options", type=_json_object, default={}, help="JSON of the config's analysis section")
+    p.add_argument("--run", required=True, help="series name")
+    p.add_argument("--axis-label", default="training step", help="axis label of the figure")
+    p.add_argument("--out", required=True, help="output alignment.json")
+    p.add_argument("--figures", required=True, help="output folder for the figure")
 
     p = _command(sub, "figures", cmd_figures, "paper-style decomposition figures from an analysis file",
                  "Reads the analysis file that `tokenscale analyze` wrote; writes PNG + SVG per figure.")

@@ -80,3 +80,65 @@ rule frontier:
         "tokenscale frontier --series {wildcards.series:q} --options {params.options:q} "
         "--manifest {input.manifest:q} --curves {input.curves:q} --trajectories {input.trajectories:q} "
         "--summary {input.summary:q} --table {output.table:q} --figures {output.figures:q} > {log:q} 2>&1"
+
+
+# Paper App. A.2.3: each validation token's dependency length at the series' final checkpoint (exact sliding
+# windows, checked against explicit truncation on a sample); analysis.dependency_sequences bounds its cost.
+rule dependency:
+    input:
+        ready=dependency_ready,
+        tokens=TOKEN_SETS[VALID_TOKENS].path,
+    output:
+        dependency=f"{RESULTS}/series/{{series}}/alignment/dependency.h5",
+    params:
+        checkpoint=dependency_checkpoint,
+        max_seqs=lambda w: (
+            f"--max-seqs {CFG['analysis']['dependency_sequences']}" if CFG["analysis"]["dependency_sequences"] else ""
+        ),
+        batch_size=CFG["eval"]["batch_size"],
+        device=CFG["eval"]["device"],
+    threads: CFG["threads"]
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/dependency/{{series}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dependency/{{series}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "tokenscale dependency --checkpoint {params.checkpoint:q} --tokens {input.tokens:q} --out {output.dependency:q} "
+        "{params.max_seqs} --batch-size {params.batch_size} --device {params.device:q} > {log:q} 2>&1"
+
+
+# Paper App. A.2 (Fig. 7): mean learning time with CI by domain, token-frequency bin and dependency length, each
+# with its rank statistic; tokens = the spectrum's selection with tau inside the window.
+rule alignment:
+    input:
+        unpack(alignment_inputs),
+    output:
+        table=f"{RESULTS}/series/{{series}}/alignment/alignment.json",
+        figures=report(
+            directory(f"{RESULTS}/series/{{series}}/alignment/figures"),
+            patterns=["{name}.png"],
+            caption="../report/alignment.rst",
+            category="Alignment (App. A.2)",
+            subcategory="{series}",
+        ),
+    params:
+        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        axis_label=series_axis_label,
+        dependency=alignment_dependency,
+        data=DATA,
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/alignment/{{series}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "tokenscale align --fits {input.fits:q} --tokens {input.tokens:q} --train-data {params.data:q} "
+        "{params.dependency} --options {params.analysis:q} --run {wildcards.series:q} "
+        "--axis-label {params.axis_label:q} --out {output.table:q} --figures {output.figures:q} > {log:q} 2>&1"

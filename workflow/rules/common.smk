@@ -158,6 +158,37 @@ def series_eval_dirs(wildcards):
     return sorted({str(Path(f).parent) for f in series_evals(wildcards)})
 
 
+# App. A.2 alignment: series on the validation token set (frequencies are counted with its tokenizer); the
+# dependency length at the final member's checkpoint where the members are known when the DAG is built.
+ALIGNED = [s for s, v in SERIES.items() if v.token_set == VALID_TOKENS]
+DEPENDENCY = {s: SERIES[s].members[-1] for s in ALIGNED if not SERIES[s].deferred}
+
+
+def dependency_ready(wildcards):
+    return list(SOURCES[DEPENDENCY[wildcards.series][0]].ready)
+
+
+def dependency_checkpoint(wildcards):
+    src, step = DEPENDENCY[wildcards.series]
+    return SOURCES[src].checkpoint(step)
+
+
+def alignment_inputs(wildcards):
+    out = {
+        "fits": f"{series_dir(wildcards)}/fits.h5",
+        "tokens": TOKEN_SETS[VALID_TOKENS].path,
+        "train": f"{DATA}/train_tokens.bin",
+        "train_meta": f"{DATA}/train_tokens.json",
+    }
+    if wildcards.series in DEPENDENCY:
+        out["dependency"] = f"{series_dir(wildcards)}/alignment/dependency.h5"
+    return out
+
+
+def alignment_dependency(wildcards, input):
+    return f"--dependency {shlex.quote(str(input.dependency))}" if "dependency" in input.keys() else ""
+
+
 def trajectory_shards(wildcards):
     return [f"{series_dir(wildcards)}/trajectories/shard-{i:03d}.h5" for i in range(CFG["eval"]["shards"])]
 
@@ -172,4 +203,5 @@ def all_targets():
     out += [f"{RESULTS}/series/{s}/fits.h5" for s in SERIES]
     out += [f"{RESULTS}/series/{s}/analysis/{f}" for s in SERIES for f in ("summary.json", "figures")]
     out += [f"{RESULTS}/series/{s}/frontier/frontier.csv" for s, v in SERIES.items() if v.kind == "frontier"]
+    out += [f"{RESULTS}/series/{s}/alignment/alignment.json" for s in ALIGNED]
     return out

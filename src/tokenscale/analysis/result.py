@@ -98,8 +98,8 @@ class SpectrumResult:
             "category_counts": dict(self.category_counts),
             "power_law": {k: pl[k] for k in ("k", "alpha", "E", "r2", "alpha_ci", "E_ci",
                                               "k_ci", "n_points", "n_boot_ok", "bootstrap")},
-            "tail": {k: tl[k] for k in ("beta", "beta_ci", "xmin", "xmax", "ks", "n_tail",
-                                        "n_boot_ok", "note", "method")},
+            "tail": {k: tl.get(k) for k in ("beta", "beta_ci", "xmin", "xmax", "ks", "n_tail",
+                                            "n_boot_ok", "note", "method", "comparison")},
             "alpha_fit": pl["alpha"],
             "alpha_fit_ci": pl["alpha_ci"],
             "alpha_predicted": tl["beta"] - 1.0,
@@ -110,7 +110,8 @@ class SpectrumResult:
         }
         if self.selections:
             out["selections"] = {n: {k: t.get(k) for k in ("description", "beta", "beta_ci", "xmin", "n_tail",
-                                                             "n_selected", "n_selected_in_window", "note")}
+                                                             "n_selected", "n_selected_in_window", "note",
+                                                             "comparison")}
                                  for n, t in self.selections.items()}
         return jsonable(out)
 

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokenscale import TokenscaleError
+
 from .accumulate import FINE_BINS, Inputs, Layout, Sums
 from .numerics import to_orig
 from .options import AnalysisOptions, Selection, selection_weights
 from .tail import fit_truncated_power_law
+from .tail_compare import compare_tail
 
 __all__ = ["Spectrum", "spectrum_stage", "tail_of_selection"]
 
@@ -56,6 +59,21 @@ def _weighted_bootstrap(fb, wk, lt, edges_o, opts: AnalysisOptions) -> list[floa
     return out
 
 
+def _compare(tau_o, w, t: dict) -> dict:
+    """CSN likelihood-ratio tests of the fitted tail against a truncated lognormal and a truncated power law with
+    exponential cutoff on the same window [xmin, xmax] (:mod:`.tail_compare`); a note where they cannot run."""
+    if not math.isfinite(t["beta"]):
+        return {"note": "no tail fit"}
+    a, b = float(t["xmin"]), float(t["xmax"])
+    keep = (w > 0) & (tau_o >= a) & (tau_o <= b * (1 + 1e-12))
+    try:
+        c = compare_tail(np.clip(tau_o[keep], a, b), a, b, weights=w[keep])
+    except TokenscaleError as e:
+        return {"note": str(e)}
+    return {alt: {k: c[alt].get(k) for k in ("R", "normalized_R", "p", "test", "verdict")}
+            for alt in ("lognormal", "cutoff")} | {"beta_check": c["powerlaw"]["beta"], "n": c["n"]}
+
+
 def tail_of_selection(sel: Selection, inp: Inputs, valid: np.ndarray, lay: Layout, opts: AnalysisOptions) -> dict:
     """Tail fit of one selection's τ (valid rows only); unweighted selections bootstrap the fine histogram."""
     p = inp.par
@@ -75,6 +93,8 @@ def tail_of_selection(sel: Selection, inp: Inputs, valid: np.ndarray, lay: Layou
             t.update(beta_ci=[float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))],
                      beta_se=float(np.std(bs, ddof=1)) if len(bs) > 1 else math.nan, n_boot_ok=len(bs))
     n_sel = int(np.sum(w > 0))
+    inw = (tau_x >= lay.x0) & (tau_x <= lay.x1)
+    t["comparison"] = _compare(tau_o, np.where(inw, w, 0.0), t)
     t.update(method=TAIL_METHOD, selection=sel.name, description=sel.describe(), n_selected=n_sel,
              fraction_in_window=float(np.sum(c)) / max(int(valid.sum()), 1),
              n_selected_in_window=int(fb.size))
