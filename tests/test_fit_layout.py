@@ -198,7 +198,8 @@ ALL_MODULES = sorted(
 # file formats, series, the atomic writer, config, analysis and the CLI's start: no torch (the DAG, `tokenscale
 # --help`, reading results and the analysis never pay for it)
 TORCH_FREE_ELSEWHERE = ["tokenscale.io", "tokenscale.io.fits", "tokenscale.series", "tokenscale.atomic",
-                        "tokenscale.config", "tokenscale.workflow", "tokenscale.analysis", "tokenscale.analysis.pipeline", "tokenscale.figures",
+                        "tokenscale.config", "tokenscale.workflow", "tokenscale.analysis", "tokenscale.analysis.pipeline", "tokenscale.analysis.alignment",
+                        "tokenscale.analysis.tail_compare", "tokenscale.io.dependency", "tokenscale.figures_alignment", "tokenscale.figures",
                         "tokenscale.cli", "tokenscale.frontier", "tokenscale.plan", "tokenscale.model"]
 
 
