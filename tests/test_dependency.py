@@ -34,26 +34,11 @@ def tiny_model(kind: str = "llama", *, layers: int = 2, attn: str = "sdpa", seed
     return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
 
 
+from test_evaluate import make_token_set  # noqa: E402  the same token-set layout (V = 300)
+
+
 def random_ids(S: int, T: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, V, size=(S, T + 1)).astype(np.int32)
-
-
-def make_token_set(path: Path, S: int = 4, T: int = 16, seed: int = 0) -> np.ndarray:
-    """A token set following docs/formats.md (as in tests/test_evaluate.py); returns input_ids."""
-    ids = random_ids(S, T, seed)
-    flat = np.arange(S * T, dtype=np.int32)
-    with h5py.File(path, "w") as f:
-        f["input_ids"] = ids
-        f["token_id"] = ids[:, 1:]
-        f["doc_id"] = (flat // 9).reshape(S, T)
-        f["doc_pos"] = (flat % 9).reshape(S, T)
-        f["domain"] = ((flat // 9) % 2).astype(np.int16).reshape(S, T)
-        f.attrs["seq_len"] = T
-        f.attrs["kind"] = "validation"
-        f.attrs["tokenizer_sha256"] = "0" * 64
-        f.attrs["corpus_sha256"] = "1" * 64
-        f.attrs["domain_names"] = json.dumps(["web", "code"])
-    return ids
 
 
 def save_ckpt(model, d: Path) -> Path:
