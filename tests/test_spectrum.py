@@ -284,3 +284,25 @@ def test_linear_axis_and_categories():
     cc = res.summary()["category_counts"]
     assert sum(v["all"] for v in cc.values()) == 2000
     assert cc["unlearned"]["all"] == int(np.sum(fit.category == 3))
+
+
+def test_alpha_is_not_beta_minus_one_when_delta_depends_on_tau():
+    """α = β − 1 needs Δ independent of τ. With Δ_i ∝ τ_i^γ the tail of Σ Δ_i is ∫_a^∞ τ^(γ−β) dτ ∝ a^−(β−1−γ):
+    the fitted α follows β − 1 − γ, and the summary's alpha_predicted (β − 1) is off by γ."""
+    rng = np.random.default_rng(8)
+    n, beta, gamma, tau_m = 16000, 1.8, 0.3, 10**1.5
+    a = np.geomspace(10.0, 1e5, 81)
+    x = np.log10(a)
+    tau_o = tau_m * (1 - rng.random(n)) ** (-1.0 / (beta - 1.0))
+    tau = np.log10(tau_o)
+    lam = 10.0 * np.exp(0.15 * rng.standard_normal(n))
+    de = 0.5 * (tau_o / tau_m) ** gamma  # Δ grows with τ
+    post = 0.5 + 0.2 * rng.random(n)
+    losses = post[:, None] + de[:, None] / (1 + np.exp(lam[:, None] * (x[None, :] - tau[:, None])))
+    losses += 0.02 * rng.standard_normal(losses.shape)
+    fit = PlantedFit(tau=tau, tau_orig=tau_o, lam=lam, delta=de, post=post, pre=post + de, sse=np.zeros(n),
+                     r2=np.ones(n), status=np.zeros(n, np.int8), category=np.zeros(n, np.int8), axis=x, axis_orig=a)
+    s = sp.analyze(losses, fit, transient=0.25, n_boot=0, selection="all").summary()
+    assert abs(s["tail"]["beta"] - beta) < 0.05, s["tail"]  # the spectrum itself is still recovered
+    assert abs(s["alpha_fit"] - (beta - 1 - gamma)) < 0.06, s["power_law"]
+    assert s["alpha_predicted"] - s["alpha_fit"] > 0.2  # the α = β − 1 prediction fails by about γ
