@@ -223,3 +223,18 @@ def test_figures_write_non_empty_png(tmp_path):
     s = al.seed_agreement(tau, b, valid, valid, n_boot=50)
     ps = plot_seed_agreement(tau, b, s, tmp_path / "seeds.png")
     assert ps[0] == tmp_path / "seeds.png" and ps[0].stat().st_size > 1000
+
+
+def test_dependency_mask_restricts_only_the_dependency_panel():
+    rng = np.random.default_rng(3)
+    n = 600
+    tau = rng.normal(2.0, 0.3, n)
+    valid = np.ones(n, bool)
+    dom = rng.integers(0, 2, n)
+    dep = 2 ** rng.integers(0, 5, n)
+    mask = np.arange(n) < 400
+    kw = dict(domain=dom, domain_names=["a", "b"], n_boot=50, seed=1)
+    masked = al.align(tau, valid, dependency=np.where(mask, dep, 1), dependency_mask=mask, **kw)
+    subset = al.align(tau, valid & mask, dependency=dep, **kw)
+    assert masked["dependency"] == subset["dependency"]
+    assert masked["domain"] == al.align(tau, valid, **kw)["domain"] and masked["n_valid"] == n

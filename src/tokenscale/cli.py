@@ -439,21 +439,16 @@ def cmd_align(args) -> int:
     tau, valid = selected_tau(fit, N, opts.main)
     train = TrainTokens(args.train_data)
     freq = instance_frequency(ts["token_id"], token_frequencies(train.tokens, train.vocab_size))
-    dep = None
-    if args.dependency:
+    dep = dep_mask = None
+    if args.dependency:  # computed on the first sequences: the panel uses those instances only
         d = read_dependency(args.dependency)["dependency_length"]
         if d.size > N:
             raise TokenscaleError(f"{args.dependency}: {d.size} token instances but the token set has {N}")
-        dep = np.full(N, 1, dtype=np.int64)
+        dep, dep_mask = np.ones(N, dtype=np.int64), np.arange(N) < d.size
         dep[: d.size] = d
-        valid_dep = np.zeros(N, bool)
-        valid_dep[: d.size] = True
     table = align(tau, valid, domain=ts["domain"].reshape(-1), domain_names=ts["attrs"]["domain_names"],
-                  freq_of_instance=freq, n_boot=section["n_boot"], seed=section["seed"], transform=fit.transform)
-    if dep is not None:  # the dependency panel on the instances it was computed for
-        dtab = align(tau, valid & valid_dep, domain=ts["domain"].reshape(-1), domain_names=ts["attrs"]["domain_names"],
-                     dependency=dep, n_boot=section["n_boot"], seed=section["seed"], transform=fit.transform)
-        table["dependency"] = dtab["dependency"]
+                  freq_of_instance=freq, dependency=dep, dependency_mask=dep_mask, n_boot=section["n_boot"],
+                  seed=section["seed"], transform=fit.transform)
     table.update(series=args.run, selection=opts.selection, selection_description=opts.main.describe(),
                  n_selected_in_window=int(valid.sum()))
     atomic.write_text(args.out, json.dumps(table, indent=2, sort_keys=True, allow_nan=False) + "\n")

@@ -331,14 +331,15 @@ def _kruskal(samples: list[np.ndarray]) -> dict:
     return out
 
 
-def align(tau, valid_mask, *, domain, domain_names, freq_of_instance=None, dependency=None, n_boot: int = 1000,
-          seed: int = 0, confidence: float = 0.95, transform: str = "log10", n_freq_bins: int = 10,
-          min_count: int = 20) -> dict:
+def align(tau, valid_mask, *, domain, domain_names, freq_of_instance=None, dependency=None,
+          dependency_mask=None, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
+          transform: str = "log10", n_freq_bins: int = 10, min_count: int = 20) -> dict:
     """The App. A.2 / Fig. 7 table (JSON-serialisable: NaN written as ``None``).
 
     ``tau`` (N,) on the fit axis; ``valid_mask`` (N,) bool selects the instances used; ``domain`` (N,) or (S, T)
     codes into ``domain_names`` (builtin and user domains alike); ``freq_of_instance`` (N,) training frequency
-    of each instance's target (:func:`instance_frequency`); ``dependency`` (N,) dependency lengths >= 1.
+    of each instance's target (:func:`instance_frequency`); ``dependency`` (N,) dependency lengths >= 1, computed
+    where ``dependency_mask`` (N,) bool is true (default: everywhere; the dependency panel uses only those).
     Returns ``{"transform", "n_tokens", "n_valid", "n_boot", "seed", "confidence", "min_count", "domain",
     "frequency", "dependency"}``; each panel is ``{"groups": [row, ...], "test" or "spearman": {...}, ...}`` or
     ``None`` when its input was not given.  A row is ``{"code", "label", "n", "mean", "ci_low", "ci_high",
@@ -389,12 +390,13 @@ def align(tau, valid_mask, *, domain, domain_names, freq_of_instance=None, depen
     table["dependency"] = None
     if dependency is not None:
         d = _ints("dependency", dependency, n)
-        dv = d[valid]
+        vd = valid if dependency_mask is None else valid & _flat("dependency_mask", dependency_mask, n).astype(bool)
+        dv, xd = d[vd], x[vd]
         _first_bad("dependency", dv, dv < 1, "is not a dependency length >= 1")
-        means = group_means(xv, dv, seed=seeds[2], **kw)
+        means = group_means(xd, dv, seed=seeds[2], **kw)
         table["dependency"] = {
             "groups": _rows(means, {k: str(k) for k in means}, transform),
-            "spearman": _spearman_json(dv, xv, n_boot=n_boot, seed=seeds[2], confidence=confidence),
+            "spearman": _spearman_json(dv, xd, n_boot=n_boot, seed=seeds[2], confidence=confidence),
             "variable": "minimum context length reaching 90% of the full-context probability"}
     return table
 

@@ -32,8 +32,18 @@ class Spectrum:
     selections: dict  # name -> tail numbers of every configured selection
 
 
-def _fine_histogram(tau_x, tau_o, w, lay: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted counts and Σ w ln τ per fine bin of the in-window tokens with w > 0; also each one's bin."""
+@dataclass
+class _Fine:
+    """The in-window tokens with w > 0 of one selection on the fine τ grid."""
+
+    keep: np.ndarray  # (N,) bool
+    bin: np.ndarray  # (n,) fine bin of each kept token
+    ln_tau: np.ndarray  # (n,) ln τ (original units; 0 where τ <= 0)
+    counts: np.ndarray  # (FINE_BINS,) Σ w
+    sum_ln: np.ndarray  # (FINE_BINS,) Σ w ln τ
+
+
+def _fine_histogram(tau_x, tau_o, w, lay: Layout) -> _Fine:
     x0, x1 = lay.x0, lay.x1
     keep = (w > 0) & (tau_x >= x0) & (tau_x <= x1)
     fb = np.clip(np.floor((tau_x[keep] - x0) / (x1 - x0) * FINE_BINS).astype(np.int64), 0, FINE_BINS - 1)
@@ -41,7 +51,7 @@ def _fine_histogram(tau_x, tau_o, w, lay: Layout) -> tuple[np.ndarray, np.ndarra
         lt = np.nan_to_num(np.where(tau_o[keep] > 0, np.log(tau_o[keep]), np.nan))
     c = np.bincount(fb, weights=w[keep] if np.any(w[keep] != 1.0) else None, minlength=FINE_BINS)
     s = np.bincount(fb, weights=w[keep] * lt, minlength=FINE_BINS)
-    return c.astype(float), s, fb
+    return _Fine(keep=keep, bin=fb, ln_tau=lt, counts=c.astype(float), sum_ln=s)
 
 
 def _weighted_bootstrap(fb, wk, lt, edges_o, opts: AnalysisOptions) -> list[float]:
@@ -80,24 +90,21 @@ def tail_of_selection(sel: Selection, inp: Inputs, valid: np.ndarray, lay: Layou
     w = selection_weights(sel, p["delta"], p["r2"], valid)
     tau_x, tau_o = p["tau"], p["tau_orig"]
     edges_o = to_orig(lay.fine_edges, inp.transform)
-    c, s, fb = _fine_histogram(tau_x, tau_o, w, lay)
+    fine = _fine_histogram(tau_x, tau_o, w, lay)
     weighted = sel.weight != "count"
-    t = fit_truncated_power_law(c, s, edges_o, min_tail=opts.min_tail, min_tail_span=opts.min_tail_span,
-                                n_boot=0 if weighted else opts.n_boot, seed=opts.seed + 2)
+    t = fit_truncated_power_law(fine.counts, fine.sum_ln, edges_o, min_tail=opts.min_tail,
+                                min_tail_span=opts.min_tail_span, n_boot=0 if weighted else opts.n_boot,
+                                seed=opts.seed + 2)
     if weighted and opts.n_boot > 0 and math.isfinite(t["beta"]):
-        keep = (w > 0) & (tau_x >= lay.x0) & (tau_x <= lay.x1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lt = np.nan_to_num(np.where(tau_o[keep] > 0, np.log(tau_o[keep]), np.nan))
-        bs = _weighted_bootstrap(fb, w[keep], lt, edges_o, opts)
+        bs = _weighted_bootstrap(fine.bin, w[fine.keep], fine.ln_tau, edges_o, opts)
         if bs:
             t.update(beta_ci=[float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))],
                      beta_se=float(np.std(bs, ddof=1)) if len(bs) > 1 else math.nan, n_boot_ok=len(bs))
     n_sel = int(np.sum(w > 0))
-    inw = (tau_x >= lay.x0) & (tau_x <= lay.x1)
-    t["comparison"] = _compare(tau_o, np.where(inw, w, 0.0), t)
+    t["comparison"] = _compare(tau_o, np.where(fine.keep, w, 0.0), t)
     t.update(method=TAIL_METHOD, selection=sel.name, description=sel.describe(), n_selected=n_sel,
-             fraction_in_window=float(np.sum(c)) / max(int(valid.sum()), 1),
-             n_selected_in_window=int(fb.size))
+             fraction_in_window=float(np.sum(fine.counts)) / max(int(valid.sum()), 1),
+             n_selected_in_window=int(fine.bin.size))
     return t
 
 
