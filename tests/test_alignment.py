@@ -238,3 +238,12 @@ def test_dependency_mask_restricts_only_the_dependency_panel():
     subset = al.align(tau, valid & mask, dependency=dep, **kw)
     assert masked["dependency"] == subset["dependency"]
     assert masked["domain"] == al.align(tau, valid, **kw)["domain"] and masked["n_valid"] == n
+
+
+def test_seeds_cli_refuses_unpaired_names(tmp_path):
+    from conftest import run_cli
+
+    p = run_cli("seeds", "--fits", tmp_path / "a.h5", "--runs", "a", "b", "--tokens", tmp_path / "t.h5",
+                "--group", "a", "--out", tmp_path / "o.json", "--figures", tmp_path / "f", check=False)
+    assert p.returncode == 2
+    assert "need one --fits per --runs name and at least 2 runs, got 1 fit tables for 2 runs" in p.stderr

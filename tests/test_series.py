@@ -33,6 +33,19 @@ def test_run_series_are_the_runs_own_checkpoints(tmp_path):
         src.checkpoint(999999)
 
 
+def test_seed_groups_are_t_runs_that_differ_only_by_seed(tmp_path):
+    base = tiny_config()["runs"][0]
+    runs = [{**base, "name": "b", "seed": 2, "state_every": 7}, {**base, "name": "a"}, {**base, "name": "c", "seed": 1},
+            {**base, "name": "other_lr", "lr": 0.01, "seed": 1},  # another recipe: not in the group
+            {**base, "name": "d_run", "axis": "D", "seed": 3}]  # not a T series
+    assert series.seed_groups(_cfg(tmp_path, runs=runs)) == {"a": ("a", "c", "b")}
+    assert series.seed_groups(_cfg(tmp_path)) == {}
+    # a rerun under another name (same seed) adds no seed: the first by name stands for it
+    rerun = [{**base, "name": "z_rerun"}, {**base, "name": "a"}, {**base, "name": "c", "seed": 1}]
+    assert series.seed_groups(_cfg(tmp_path, runs=rerun)) == {"a": ("a", "c")}
+    assert series.seed_groups(_cfg(tmp_path, runs=[{**base, "name": "a"}, {**base, "name": "twin"}])) == {}
+
+
 def test_eval_blocks_partition_a_source():
     src = series.Source("r", tuple((s, f"c/step{s}") for s in (1, 2, 4, 8, 16)))
     assert series.eval_blocks(src, 0) == [[1, 2, 4, 8, 16]]
@@ -108,7 +121,8 @@ def test_new_kinds_get_every_downstream_rule_each_checkpoint_evaluated_once_no_t
                  "tests/data/no_sweeps.yaml", "--config", f"results={tmp_path}", "--", "all")
     assert p.returncode == 0, p.stderr[-3000:]
     jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", p.stdout, re.M)
-    assert [w for r, w in jobs if r == "evaluate_checkpoint"] == ["tokens=valid, source=t_smoke, block=000"]
+    assert sorted(w for r, w in jobs if r == "evaluate_checkpoint") == [
+        f"tokens=valid, source={run}, block=000" for run in ("t_smoke", "t_smoke_s1")]
     for name in ("t_smoke", "toy1", "best3"):
         for rule in ("assemble_shard", "fit_shard", "fit_table", "analyze"):
             assert any(r == rule and f"series={name}" in w for r, w in jobs), (rule, name)

@@ -113,6 +113,13 @@ def test_smoke_outputs_and_cross_checks(smoke):
     assert table["domain"]["test"] and table["frequency"]["spearman"] and table["dependency"]["spearman"]
     assert (out / "alignment" / "figures" / "fig07_alignment.png").stat().st_size > 10_000
 
+    # Fig. 2: the seed twin t_smoke_s1 differs from t_smoke only by its seed; their tau agree better than chance
+    seeds = json.loads((smoke / "seeds" / RUN / "agreement.json").read_text())
+    assert seeds["runs"] == [RUN, "t_smoke_s1"] and seeds["selection"] == "quality"
+    (pair,) = seeds["pairs"]
+    assert pair["n"] > 50 and pair["spearman"]["ci_low"] > 0 and pair["median_abs_diff"] < pair["tau_iqr"]
+    assert (smoke / "seeds" / RUN / "figures" / "fig02_seeds_t_smoke_s1.png").stat().st_size > 10_000
+
 
 @pytest.mark.parametrize("sweep, axis", [("d_smoke", "tokens"), ("m_smoke", "flops")])
 def test_smoke_frontiers(smoke, sweep, axis):

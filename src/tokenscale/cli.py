@@ -457,6 +457,53 @@ def cmd_align(args) -> int:
     return 0
 
 
+def cmd_seeds(args) -> int:
+    import numpy as np
+
+    from . import atomic
+    from .analysis.alignment import seed_agreement, selected_tau
+    from .analysis.options import AnalysisOptions
+    from .config import validate_config
+    from .figures_alignment import plot_seed_agreement
+    from .io import read_token_set
+    from .io.fits import load_fits
+
+    if len(args.fits) != len(args.runs) or len(args.runs) < 2:
+        raise TokenscaleError(f"seeds: need one --fits per --runs name and at least 2 runs, got "
+                              f"{len(args.fits)} fit tables for {len(args.runs)} runs")
+    section = validate_config({"analysis": args.options})["analysis"]
+    opts = AnalysisOptions.from_config(section)
+    ts = read_token_set(args.tokens, datasets=())
+    N = int(ts["n_seqs"]) * int(ts["seq_len"])
+    taus, fits = [], []
+    for path in args.fits:
+        fits.append(load_fits(path))
+        taus.append(selected_tau(fits[-1], N, opts.main))  # (tau (N,), valid (N,)) per run
+    transforms = {f.transform for f in fits}
+    if len(transforms) > 1:
+        raise TokenscaleError(f"seeds: the fit tables use different axis transforms {sorted(transforms)}")
+    pairs = []
+    for i in range(len(args.runs)):
+        for j in range(i + 1, len(args.runs)):
+            (ta, va), (tb, vb) = taus[i], taus[j]
+            stats = seed_agreement(ta, tb, va, vb, n_boot=section["n_boot"], seed=section["seed"])
+            both = va & vb
+            q25, q75 = np.quantile(np.concatenate([ta[both], tb[both]]), [0.25, 0.75])
+            stats.update(run_a=args.runs[i], run_b=args.runs[j], tau_iqr=float(q75 - q25))
+            pairs.append(stats)
+            if i == 0:  # the first run against each other: one figure per pair
+                plot_seed_agreement(ta, tb, stats, Path(args.figures) / f"fig02_seeds_{args.runs[j]}",
+                                    valid=both, labels=(args.runs[i], args.runs[j]), axis_label=args.axis_label)
+    table = {"group": args.group, "runs": list(args.runs), "transform": fits[0].transform,
+             "selection": opts.selection, "selection_description": opts.main.describe(), "pairs": pairs}
+    atomic.write_text(args.out, json.dumps(table, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    for p in pairs:
+        rho = p["spearman"]
+        print(f"seeds: {p['run_a']} vs {p['run_b']}: n={p['n']} spearman={rho['rho']} "
+              f"median|dtau|={p['median_abs_diff']:.4g} (tau IQR {p['tau_iqr']:.4g})", file=sys.stderr)
+    return 0
+
+
 def cmd_figures(args) -> int:
     from .analysis import read_analysis
     from .figures import make_figures
@@ -710,6 +757,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis-label", default="training step", help="axis label of the figure")
     p.add_argument("--out", required=True, help="output alignment.json")
     p.add_argument("--figures", required=True, help="output folder for the figure")
+
+    p = _command(sub, "seeds", cmd_seeds,
+                 "per-token learning-time agreement between runs that differ only by seed (paper Fig. 2, hypothesis A)",
+                 "Tokens: the spectrum's selection (analysis.selection) with tau inside each run's window; every pair of "
+                 "runs gets the Spearman rank correlation of tau (bootstrap CI) and the median |tau_a - tau_b| on the "
+                 "fit axis, next to the interquartile range of tau across tokens.")
+    p.add_argument("--fits", nargs="+", required=True, help="fit tables of the runs, in --runs order")
+    p.add_argument("--runs", nargs="+", required=True, help="run (series) names, the first is the reference")
+    p.add_argument("--tokens", required=True, help="the validation token set the runs were evaluated on")
+    p.add_argument("--options", type=_json_object, default={}, help="JSON of the config's analysis section")
+    p.add_argument("--group", required=True, help="seed group name (the output's label)")
+    p.add_argument("--axis-label", default="training step", help="axis label of the figures")
+    p.add_argument("--out", required=True, help="output agreement.json")
+    p.add_argument("--figures", required=True, help="output folder for the figures")
 
     p = _command(sub, "figures", cmd_figures, "paper-style decomposition figures from an analysis file",
                  "Reads the analysis file that `tokenscale analyze` wrote; writes PNG + SVG per figure.")

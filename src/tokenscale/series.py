@@ -46,7 +46,7 @@ from . import TokenscaleError
 
 __all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "build_workflow", "discover_checkpoints",
            "step_from_name", "eval_blocks", "block_of", "resolve", "resolve_manifest", "series_spec",
-           "parse_series_spec", "read_manifest", "read_manifest_data", "write_manifest"]
+           "parse_series_spec", "read_manifest", "read_manifest_data", "write_manifest", "seed_groups", "SEED_FREE_KEYS"]
 
 _STEP_DIR = re.compile(r"^(?:step|checkpoint-|global_step)0*(\d+)$")
 MANIFEST_FORMAT = "tokenscale-series-manifest-v1"
@@ -231,6 +231,31 @@ def build_workflow(cfg: dict) -> Workflow:
                 raise TokenscaleError(f"series {s.name}: resolver {s.resolver!r} is not 'module:function'")
             wf.series[s.name] = s
     return wf
+
+
+# ------------------------------------------------------------------------------------------------ seed groups
+# run keys that may differ within a seed group: they name the run or do not change its numbers
+SEED_FREE_KEYS = ("name", "seed", "sweep", "snapshots", "single_pass", "state_every")
+
+
+def seed_groups(cfg: dict) -> dict[str, tuple[str, ...]]:
+    """T-axis runs that differ only by ``seed`` (paper Fig. 2, hypothesis A), by group name: the name of the member
+    with the lowest seed. Members are ordered by seed, one run per seed (of runs with the same recipe and seed, e.g.
+    a rerun under another name, the first by name); groups of one seed are left out."""
+    from .config import config_hash, run_configs
+
+    by_recipe: dict[str, dict[int, str]] = {}
+    for run in sorted(run_configs(cfg).values(), key=lambda r: r.name):
+        if run.axis != "T":
+            continue
+        recipe = {k: v for k, v in run.spec.items() if k not in SEED_FREE_KEYS}
+        by_recipe.setdefault(config_hash(recipe), {}).setdefault(run.seed, run.name)
+    groups = {}
+    for by_seed in by_recipe.values():
+        if len(by_seed) >= 2:
+            names = tuple(by_seed[s] for s in sorted(by_seed))
+            groups[names[0]] = names
+    return groups
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

@@ -142,3 +142,33 @@ rule alignment:
         "tokenscale align --fits {input.fits:q} --tokens {input.tokens:q} --train-data {params.data:q} "
         "{params.dependency} --options {params.analysis:q} --run {wildcards.series:q} "
         "--axis-label {params.axis_label:q} --out {output.table:q} --figures {output.figures:q} > {log:q} 2>&1"
+
+
+rule seed_agreement:
+    input:
+        fits=seed_group_fits,
+        tokens=TOKEN_SETS[VALID_TOKENS].path,
+    output:
+        table=f"{RESULTS}/seeds/{{group}}/agreement.json",
+        figures=report(
+            directory(f"{RESULTS}/seeds/{{group}}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/seeds.rst",
+            category="Seeds (Fig. 2)",
+            subcategory="{group}",
+        ),
+    params:
+        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        runs=seed_group_runs,
+        axis_label=AXIS_LABELS.get(CFG["fit"]["axis"], CFG["fit"]["axis"]),
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/seeds/{{group}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "tokenscale seeds --fits {input.fits:q} --runs {params.runs} --tokens {input.tokens:q} "
+        "--options {params.analysis:q} --group {wildcards.group:q} --axis-label {params.axis_label:q} "
+        "--out {output.table:q} --figures {output.figures:q} > {log:q} 2>&1"

@@ -16,6 +16,7 @@ from tokenscale.series import (
     eval_blocks,
     read_manifest,
     read_manifest_data,
+    seed_groups,
     series_spec,
 )
 
@@ -25,6 +26,7 @@ RUNS = run_configs(CFG)
 EXTERNAL = {e["name"]: e for e in CFG["external"]}
 try:
     WF = build_workflow(CFG)
+    SEED_GROUPS = seed_groups(CFG)  # T runs that differ only by seed: group name -> runs (Fig. 2)
 except TokenscaleError as e:
     raise WorkflowError(str(e)) from None
 SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
@@ -38,6 +40,7 @@ wildcard_constraints:
     tokens="[A-Za-z0-9][A-Za-z0-9_.-]*",
     block="[0-9]+",
     shard="[0-9]+",
+    group="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def data_spec():
@@ -185,6 +188,15 @@ def alignment_inputs(wildcards):
     return out
 
 
+def seed_group_fits(wildcards):
+    """The fit tables of a seed group's runs (each run is a series of its own), in seed order."""
+    return [f"{RESULTS}/series/{r}/fits.h5" for r in SEED_GROUPS[wildcards.group]]
+
+
+def seed_group_runs(wildcards):
+    return " ".join(shlex.quote(r) for r in SEED_GROUPS[wildcards.group])
+
+
 def alignment_dependency(wildcards, input):
     return f"--dependency {shlex.quote(str(input.dependency))}" if "dependency" in input.keys() else ""
 
@@ -204,4 +216,5 @@ def all_targets():
     out += [f"{RESULTS}/series/{s}/analysis/{f}" for s in SERIES for f in ("summary.json", "figures")]
     out += [f"{RESULTS}/series/{s}/frontier/frontier.csv" for s, v in SERIES.items() if v.kind == "frontier"]
     out += [f"{RESULTS}/series/{s}/alignment/alignment.json" for s in ALIGNED]
+    out += [f"{RESULTS}/seeds/{g}/agreement.json" for g in SEED_GROUPS]
     return out
