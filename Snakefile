@@ -24,6 +24,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/reshape.smk"
 
 
 rule all:

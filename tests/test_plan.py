@@ -59,7 +59,8 @@ def test_paper_numbers_are_the_papers():
 
 def test_branched_run_trains_only_after_its_branch_step():
     """A decay branch (runs[].branch: {from, step}) computes total_steps - step steps; the rest is saved."""
-    run = SimpleNamespace(name="b", axis="D", sweep="d", model=HAND_MODEL, seq_len=64, batch_size=16, total_steps=976,
+    run = SimpleNamespace(name="b", axis="D", sweep="d", reshape=None, model=HAND_MODEL, seq_len=64, batch_size=16,
+                          total_steps=976,
                           spec={"branch": {"from": "trunk", "step": 700}})
     r = run_plan(run, 500, peak=312e12, mfu=0.5)
     assert r["steps"] == 276 and r["tokens"] == 276 * 1024 and r["flops"] == 276 * 1024 * 408960
@@ -96,10 +97,12 @@ def test_plan_cli_is_torch_free_and_prints_axes():
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120).stdout
     lines = out.splitlines()
-    assert lines[0] == "plan: " + str(PAPER) + ": 113 runs, vocab 65536, seq_len 2048"
+    assert lines[0] == "plan: " + str(PAPER) + ": 121 runs, vocab 65536, seq_len 2048"
     assert "312 TFLOP/s [NVIDIA A100 bf16] x MFU 0.4" in lines[1]
     rows = {line.split()[0]: line.split() for line in lines if line[:1] in "TDM" or line.startswith("all")}
-    assert [rows[a][1] for a in ("T", "D", "M", "all")] == ["3", "50", "60", "113"]
+    # T: the paper's 3 runs and the reshaping reference (§6); its 7 continuation runs count in "all" only
+    assert [rows[a][1] for a in ("T", "D", "M", "all")] == ["4", "50", "60", "121"]
+    assert any(line.startswith("reshape (§6): 7 continuation runs") for line in lines)
     assert [rows[a][6] for a in ("T", "D", "M", "all")] == ["133", "358", "422", "913"]
 
 
@@ -119,7 +122,7 @@ def paper():
 
 def test_paper_config_has_the_papers_runs(paper):
     cfg, runs = paper
-    by_axis = {a: [r for r in runs.values() if r.axis == a] for a in "TDM"}
+    by_axis = {a: [r for r in runs.values() if r.axis == a and r.name != "rs_ref" and r.reshape is None] for a in "TDM"}
     assert len(runs) >= 113 and {a: len(v) for a, v in by_axis.items()} == {"T": 3, "D": 50, "M": 60}
     assert all(r.precision == "bf16" and r.engine == "deepspeed" and r.device == "cuda" for r in runs.values())
     assert cfg["eval"]["checkpoints_per_job"] == 1 and cfg["data"]["builtin"] is False
@@ -127,9 +130,20 @@ def test_paper_config_has_the_papers_runs(paper):
     assert {s["name"]: s["axis"] for s in cfg["sweeps"]} == {"d": "D", "m": "M"}
 
 
+def test_paper_reshape_experiment(paper):
+    """§6: a 290M MoE reference, 1B candidate tokens, steps 2000-3800, 10 buckets; its arms continue the reference."""
+    cfg, runs = paper
+    (ex,) = cfg["reshape"]
+    ref = runs[ex["reference"]]
+    assert ref.model["preset"] == "moe-290m" and ex["window"] == [2000, 3800] and ex["buckets"] == 10
+    assert ex["candidates"] * cfg["data"]["seq_len"] >= 1_000_000_000 and 2000 in ref.snapshots
+    arms = [r for r in runs.values() if r.reshape is not None]
+    assert len(arms) == 7 and all(r.branch == {"from": "rs_ref", "step": 2000} and r.total_steps == 3800 for r in arms)
+
+
 def test_paper_t_runs(paper):
     cfg, runs = paper
-    t = [r for r in runs.values() if r.axis == "T"]
+    t = [r for r in runs.values() if r.axis == "T" and r.name.startswith("t_")]
     assert sorted(r.seed for r in t) == [0, 1, 2] and all(r.tokens == 300_000_000_000 for r in t)  # 300B tokens
     assert all(r.schedule["kind"] == "constant" and r.schedule["warmup_frac"] == 0.1 for r in t)  # no decay
     total = arch_stats(resolve_arch(t[0].model, t[0].seq_len), cfg["data"]["vocab_size"], t[0].seq_len).total_params

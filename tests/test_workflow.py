@@ -121,6 +121,28 @@ def test_smoke_outputs_and_cross_checks(smoke):
     assert (smoke / "seeds" / RUN / "figures" / "fig02_seeds_t_smoke_s1.png").stat().st_size > 10_000
 
 
+def test_smoke_reshape_experiment(smoke):
+    """§6: scores over the 40 candidates, the pool arms' weights, 2 arms x 2 seeds continued from t_smoke's state,
+    the report's metrics (whatever their sign) and Fig. 6."""
+    from tokenscale.reshape import read_scores
+
+    d = smoke / "reshape" / "rs_smoke"
+    sc = read_scores(d / "scores.csv")
+    assert sc["bucket"].size == 40 and np.bincount(sc["bucket"]).tolist() == [10] * 4
+    assert np.all(np.diff([sc["score"][sc["bucket"] == b].mean() for b in range(4)]) >= 0)
+    w = np.load(d / "weights-reshaped.npy")
+    assert (w > 0).sum() == 40 and set(np.flatnonzero(w)) == set(sc["sample_index"].tolist())
+    r = json.loads((d / "report.json").read_text())
+    assert r["metrics"]["n_seeds"] == {"reshaped": 2, "uniform": 2} and len(r["arm_steps"]) == 3
+    assert r["arm_steps"][-1] == 90 and set(r["repeats"]) == {f"rs_smoke-{a}-s{s}" for a in ("reshaped", "uniform")
+                                                               for s in (0, 1)}
+    for arm in ("reshaped", "uniform"):
+        assert np.isfinite(r["metrics"][f"final_{arm}"]["value"])
+    assert (d / "figures" / "fig06_reshape.png").stat().st_size > 20_000
+    log = [json.loads(x) for x in (smoke / "runs" / "rs_smoke-uniform-s0" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 61  # continued from the snapshot at the window start
+
+
 @pytest.mark.parametrize("sweep, axis", [("d_smoke", "tokens"), ("m_smoke", "flops")])
 def test_smoke_frontiers(smoke, sweep, axis):
     """The D and M sweeps' frontier series: the best final checkpoint per setting, fitted on its own axis, each

@@ -129,6 +129,7 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
         except TokenscaleError as e:
             raise TokenscaleError(f"config: runs[{i}].{e}") from None
     _branch_sweeps(cfg)
+    cfg["runs"] += _reshape_runs(cfg, schema["properties"]["runs"]["items"])
     if cross_run:
         _check_branches(cfg)
     return cfg
@@ -273,6 +274,65 @@ def _branch_sweeps(cfg: dict) -> None:
         trunk["snapshots"] = sorted(steps)
 
 
+# --------------------------------------------------------------------------------------------- reshaping arms
+def reshape_entry(ex: dict) -> dict:
+    """One ``reshape`` entry on its own (a job's ``--experiment``): defaults filled, checked against its schema."""
+    item = load_schema()["properties"]["reshape"]["items"]
+    ex = copy.deepcopy(ex)
+    _fill_defaults(ex, item)
+    errors = sorted(jsonschema.Draft202012Validator(item).iter_errors(ex), key=lambda e: len(e.absolute_path))
+    if errors:
+        raise TokenscaleError("config: reshape entry: " + _one_line(errors[0]).removeprefix("config: "))
+    return ex
+
+
+def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
+    """Each ``reshape`` experiment's continuation runs ``{name}-{arm}-s{seed}`` (and ``{name}-original``): the
+    reference's recipe, branched from its snapshot at the window start (added to its snapshots), ending at the
+    window end, with the reference's warmup in steps. Bad experiments are refused in one line here."""
+    from .reshape import bucket_weights, candidate_first_step
+
+    runs = {r["name"]: r for r in cfg["runs"]}
+    seq_len, out = cfg["data"]["seq_len"], []
+    for i, ex in enumerate(cfg["reshape"]):
+        where = f"config: reshape[{i}] ({ex['name']})"
+        ref = runs.get(ex["reference"])
+        if ref is None or ref["axis"] != "T" or ref["reshape"] is not None:
+            raise TokenscaleError(f"{where}: reference {ex['reference']!r} is not a T run of this config")
+        total = _total_steps(ref, seq_len)
+        s_a, s_b = ex["window"]
+        if not 1 <= s_a < s_b <= total:
+            raise TokenscaleError(f"{where}: window {ex['window']} is not within the reference's steps 1..{total} "
+                                  f"with start < end")
+        first = ex["candidate_from_step"] if ex["candidate_from_step"] is not None else max(1, s_a // 10)
+        n_ckpt = sum(first <= s for s in RunConfig._of_valid(ref, seq_len).checkpoint_steps())
+        if first > s_a or n_ckpt < 5:
+            raise TokenscaleError(f"{where}: candidate_from_step {first} leaves {n_ckpt} reference checkpoints "
+                                  f"(need >= 5 from a step <= the window start {s_a})")
+        if ex["candidates"] < ex["buckets"]:
+            raise TokenscaleError(f"{where}: {ex['candidates']} candidate samples for {ex['buckets']} buckets "
+                                  "(need at least one sample per bucket)")
+        bucket_weights(ex["weights"], ex["buckets"], where=where)
+        schedule = {**ref["schedule"], "warmup_steps": warmup_steps(ref["schedule"], total)}
+        base = {k: v for k, v in ref.items() if k not in ("name", "snapshots", "sweep")}
+        arms = [(arm, seed) for arm in ("reshaped", "uniform") for seed in ex["seeds"]]
+        arms += [("original", ref["seed"])] if ex["original_arm"] else []
+        for arm, seed in arms:
+            run = {**copy.deepcopy(base), "name": f"{ex['name']}-{arm}" + (f"-s{seed}" if arm != "original" else ""),
+                   "tokens": s_b * ref["batch_size"] * seq_len, "schedule": schedule, "single_pass": False,
+                   "checkpoints": {"count": ex["checkpoints"], "first_step": s_a + 1}, "in_loop_validation": False,
+                   "branch": {"from": ref["name"], "step": s_a},
+                   "reshape": {"experiment": ex["name"], "arm": arm, "data_seed": seed}}
+            _fill_defaults(run, run_schema)
+            out.append(run)
+        ref["snapshots"] = sorted(set(ref["snapshots"]) | {s_a})
+    names = [r["name"] for r in cfg["runs"] + out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise TokenscaleError(f"config: reshape run name(s) {', '.join(dup)} clash with other runs")
+    return out
+
+
 def _check_branches(cfg: dict) -> None:
     """Every ``branch``: a run of this config, a step below both runs' ends and among the trunk's snapshots,
     a compatible trunk and the same lr schedule before the step (one line naming the run otherwise)."""
@@ -401,6 +461,7 @@ class RunConfig:
     state_every: int
     snapshots: list
     branch: dict | None
+    reshape: dict | None
     single_pass: bool
     engine: str
     deepspeed_config: str

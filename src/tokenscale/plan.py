@@ -60,7 +60,8 @@ def run_plan(run, vocab_size: int, peak: float, mfu: float) -> dict:
     branch = run.spec.get("branch")  # runs[].branch: {from, step} (decay branches)
     start = branch["step"] if branch else 0
     per_step = run.batch_size * run.seq_len * flops_per_token
-    return {"run": run.name, "axis": run.axis, "sweep": run.sweep, "model_flops_per_token": flops_per_token,
+    return {"run": run.name, "axis": run.axis, "sweep": run.sweep, "reshape": run.reshape is not None,
+            "model_flops_per_token": flops_per_token,
             "steps": total - start, "tokens": (total - start) * run.batch_size * run.seq_len,
             "flops": (total - start) * per_step, "gpu_hours": gpu_hours((total - start) * per_step, peak, mfu),
             "branch_from": branch["from"] if branch else None, "saved_flops": start * per_step,
@@ -81,10 +82,14 @@ def plan(cfg: dict, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU, precision:
     peak, label = gpu_peak(gpu, precision)
     a100, _ = gpu_peak("a100", precision)
     rows = [run_plan(r, cfg["data"]["vocab_size"], peak, mfu) for r in run_configs(cfg).values()]
-    axes = {axis: axis_total([r for r in rows if r["axis"] == axis], axis, a100, mfu) for axis in AXES}
-    trunks = {r["branch_from"] for r in rows if r["branch_from"]}
+    # a reshape experiment's continuation runs (§6) are a study of their own, not part of the T axis
+    axes = {axis: axis_total([r for r in rows if r["axis"] == axis and not r["reshape"]], axis, a100, mfu)
+            for axis in AXES}
+    arms = [r for r in rows if r["reshape"]]
+    trunks = {r["branch_from"] for r in rows if r["branch_from"] and not r["reshape"]}  # of decay branches
     return {"gpu": label, "peak": peak, "mfu": mfu, "precision": precision, "runs": rows, "axes": axes,
             "total": axis_total(rows, None, a100, mfu),
+            "reshape": {"runs": len(arms), "gpu_hours": sum(r["gpu_hours"] for r in arms)},
             "trunks": {r["run"]: r["gpu_hours"] for r in rows if r["run"] in trunks}}
 
 
@@ -131,6 +136,9 @@ def _axis_lines(p: dict) -> list[str]:
         lines.append(f"{axis:<5} {t['runs']:>5} {t['tokens']:>9.3g} {t['flops']:>9.3g} {_hours(t['gpu_hours']):>11} "
                      f"{_hours(t['gpu_days']):>9} {t['paper_a100_days']:>16,.0f} {t['ratio']:>7.3g} "
                      f"{t['implied_mfu']:>12.3g}")
+    if p["reshape"]["runs"]:
+        lines.append(f"reshape (§6): {p['reshape']['runs']} continuation runs, {_hours(p['reshape']['gpu_hours'])} "
+                     "GPU-hours, in 'all' only (the paper gives no GPU-days for them)")
     lines.append(f"ratio = this plan's A100-days at MFU {p['mfu']:g} / the paper's (§4.1, §5.1, §5.2; its "
                  f"{PAPER_TOTAL_A100_DAYS:,.0f} A100-days in all include its other experiments)")
     return lines

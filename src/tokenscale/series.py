@@ -19,6 +19,8 @@ Each kind of series is one builder in :data:`BUILDERS` (config -> series). Today
 
 * ``run`` -- a training run's own checkpoints on the T axis, on the shared validation token set;
 * ``external`` -- an external folder's checkpoints, on its own token set;
+* ``candidates`` -- a reshape experiment's candidate training samples (a token set of their own) at the reference
+  run's checkpoints around the target window (:mod:`tokenscale.reshape`);
 * ``frontier`` -- a D or M sweep's frontier (:mod:`tokenscale.frontier`): the best recipe's final checkpoint per
   token budget or model size, on the shared validation token set, fitted on tokens seen (D) or on the models'
   non-embedding FLOPs/token (M). Deferred: the choice needs the runs' validation losses.
@@ -165,7 +167,7 @@ def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
         root = f"{cfg['results']}/runs/{name}"
         ckpts = tuple((s, f"{root}/checkpoints/step{s:08d}") for s in run.checkpoint_steps())
         wf.add(sources=[Source(name, ckpts, (f"{root}/train.json",))])
-        if run.axis == "T":  # a D or M run is a source of its sweep's frontier, not a series of its own
+        if run.axis == "T" and run.reshape is None:  # D/M runs: sources of their frontier; reshape arms: of a report
             yield Series(name, "run", VALID_TOKENS, tuple((name, s) for s, _ in ckpts), (name,), run.hash)
 
 
@@ -209,11 +211,33 @@ def _group_value(run, axis: str) -> float:
     return float(nonembedding_flops_per_token(resolve_arch(run.model, run.seq_len), run.seq_len))
 
 
+def reshape_candidate_steps(cfg: dict, ex: dict) -> list[int]:
+    """The reference's checkpoint steps a reshape experiment's candidates are evaluated at (from
+    ``candidate_from_step``, default the window start / 10)."""
+    from .config import run_configs
+    from .reshape import candidate_first_step
+
+    first = candidate_first_step(ex)
+    return [s for s in run_configs(cfg)[ex["reference"]].checkpoint_steps() if s >= first]
+
+
+def _reshape_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
+    """Each reshape experiment's candidate tokens (training samples) at the reference's checkpoints around the
+    window: a token set of its own and a source that is the reference's checkpoints from ``candidate_from_step``."""
+    for ex in cfg["reshape"]:
+        ref, steps = wf.sources[ex["reference"]], reshape_candidate_steps(cfg, ex)
+        src = Source(f"{ex['reference']}.from{steps[0]}", tuple((s, ref.checkpoint(s)) for s in steps), ref.ready)
+        wf.add(sources=[src], token_sets=[TokenSet(ex["name"], f"{cfg['results']}/reshape/{ex['name']}/candidates.h5")])
+        yield Series(f"{ex['name']}-candidates", "candidates", ex["name"], tuple((src.name, s) for s in steps),
+                     (src.name,), "reshape")
+
+
 # kind -> builder: every series of that kind in a validated config (registering its sources and token sets)
 BUILDERS: dict[str, Callable[[dict, Workflow], Iterable[Series]]] = {
     "run": _run_series,
     "external": _external_series,
     "frontier": _frontier_series,
+    "candidates": _reshape_series,
 }
 
 def build_workflow(cfg: dict) -> Workflow:
@@ -246,7 +270,7 @@ def seed_groups(cfg: dict) -> dict[str, tuple[str, ...]]:
 
     by_recipe: dict[str, dict[int, str]] = {}
     for run in sorted(run_configs(cfg).values(), key=lambda r: r.name):
-        if run.axis != "T":
+        if run.axis != "T" or run.reshape is not None:
             continue
         recipe = {k: v for k, v in run.spec.items() if k not in SEED_FREE_KEYS}
         by_recipe.setdefault(config_hash(recipe), {}).setdefault(run.seed, run.name)

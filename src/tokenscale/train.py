@@ -202,7 +202,7 @@ class Trainer:
         self.tokens = TrainTokens(self.data_dir)
         if self.tokens.seq_len != run.seq_len:
             raise TokenscaleError(f"run {run.name}: seq_len {run.seq_len} differs from the prepared data ({self.tokens.seq_len})")
-        self.sampler = load_sampler(len(self.tokens), run.seed, sampler_weights)
+        self.sampler = self._sampler(sampler_weights)
         self.total = run.total_steps
         need = self.total * run.batch_size
         if run.single_pass and need > len(self.tokens):
@@ -292,6 +292,17 @@ class Trainer:
 
     def snapshot_dir(self, step: int) -> Path:
         return self.run_dir / "snapshots" / f"step{step:08d}"
+
+    def _sampler(self, weights):
+        """The run's data order: a reshape arm drawing from a pool (reshaped / uniform) needs its weights and uses
+        its own data-order seed; every other run is the seeded permutation (or the given weights) of its seed."""
+        rs = self.run.reshape
+        if rs is not None and rs["arm"] != "original":
+            if weights is None:
+                raise TokenscaleError(f"run {self.run.name}: reshape arm {rs['arm']!r} needs --sampler-weights "
+                                      f"(the experiment's weights-{rs['arm']}.npy)")
+            return load_sampler(len(self.tokens), rs["data_seed"], weights)
+        return load_sampler(len(self.tokens), self.run.seed, weights)
 
     @property
     def branch_dir(self) -> Path | None:
@@ -397,6 +408,8 @@ class Trainer:
         """One line if the snapshot in ``d`` is not the same training as this run up to the branch step."""
         src, step, name = self.run.branch["from"], self.run.branch["step"], self.run.name
         theirs, own = meta.get("branch_key") or {}, self._branch_key()
+        if self.run.reshape is not None and self.run.reshape["arm"] != "original":
+            own.pop("sampler")  # a reshape arm continues the trunk's training with another data order, by design
         if meta.get("step") != step:
             raise TokenscaleError(f"run {name}: snapshot {d} holds step {meta.get('step')}, not the branch step {step}")
         for key in own:

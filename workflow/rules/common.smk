@@ -41,6 +41,7 @@ wildcard_constraints:
     block="[0-9]+",
     shard="[0-9]+",
     group="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    exp="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def data_spec():
@@ -54,6 +55,61 @@ def run_spec(run):
     return json.dumps(
         {"data": {"seq_len": CFG["data"]["seq_len"]}, "runs": [entry], "threads": CFG["threads"]}, sort_keys=True
     )
+
+
+# ---------------------------------------------------------------------------------------------- reshaping
+RESHAPE = {ex["name"]: ex for ex in CFG["reshape"]}
+
+
+def reshape_arms(exp):
+    """The continuation runs of reshape experiment ``exp`` (runs with ``reshape.experiment == exp``)."""
+    return [r for r, c in RUNS.items() if c.reshape is not None and c.reshape["experiment"] == exp]
+
+
+def reshape_dir(exp):
+    return f"{RESULTS}/reshape/{exp}"
+
+
+def train_weights(wildcards):
+    """A pool arm's sampler weights (written by rule reshape_scores); nothing for any other run."""
+    rs = RUNS[wildcards.run].reshape
+    if rs is None or rs["arm"] == "original":
+        return []
+    return [f"{reshape_dir(rs['experiment'])}/weights-{rs['arm']}.npy"]
+
+
+def train_sampler(wildcards, input):
+    return f"--sampler-weights {shlex.quote(str(input.weights))}" if input.weights else ""
+
+
+def reshape_report_inputs(wildcards):
+    ex, d = RESHAPE[wildcards.exp], reshape_dir(wildcards.exp)
+    arms = reshape_arms(wildcards.exp)
+    return {
+        "scores": f"{d}/scores.csv",
+        "fits": f"{RESULTS}/series/{wildcards.exp}-candidates/fits.h5",
+        "tokens": f"{d}/candidates.h5",
+        "trajectories": [
+            f"{RESULTS}/series/{wildcards.exp}-candidates/trajectories/shard-{i:03d}.h5"
+            for i in range(CFG["eval"]["shards"])
+        ],
+        "reference": f"{RESULTS}/runs/{ex['reference']}/val_loss.csv",
+        "val_loss": [f"{RESULTS}/runs/{r}/val_loss.csv" for r in arms],
+        "trained": [f"{RESULTS}/runs/{r}/train.json" for r in arms],
+    }
+
+
+def reshape_arms_json(wildcards):
+    """--arms of `tokenscale reshape-report`: each continuation run's arm, seed and files."""
+    out = []
+    for r in reshape_arms(wildcards.exp):
+        rs = RUNS[r].reshape
+        arm = {"run": r, "arm": rs["arm"], "data_seed": rs["data_seed"], "val_loss": f"{RESULTS}/runs/{r}/val_loss.csv",
+               "log": f"{RESULTS}/runs/{r}/log.jsonl"}
+        if rs["arm"] != "original":
+            arm["weights"] = f"{reshape_dir(wildcards.exp)}/weights-{rs['arm']}.npy"
+        out.append(arm)
+    return json.dumps({"arms": out}, sort_keys=True)
 
 
 def train_trunk(wildcards):
@@ -217,4 +273,5 @@ def all_targets():
     out += [f"{RESULTS}/series/{s}/frontier/frontier.csv" for s, v in SERIES.items() if v.kind == "frontier"]
     out += [f"{RESULTS}/series/{s}/alignment/alignment.json" for s in ALIGNED]
     out += [f"{RESULTS}/seeds/{g}/agreement.json" for g in SEED_GROUPS]
+    out += [f"{reshape_dir(e)}/report.json" for e in RESHAPE]
     return out

@@ -10,12 +10,14 @@ rule train:
         valid=rules.tokenize.output.valid,
         tokenizer=rules.train_tokenizer.output.tokenizer,
         trunk=train_trunk,
+        weights=train_weights,
     output:
         summary=f"{RESULTS}/runs/{{run}}/train.json",
     params:
         spec=lambda w: run_spec(w.run),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.summary).parent,
+        sampler=train_sampler,
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -29,7 +31,7 @@ rule train:
         gpu=0,
     shell:
         "tokenscale train --spec {params.spec:q} --run {wildcards.run:q} --data {params.data:q} --out {params.out:q} "
-        "--threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"
+        "--threads {threads} --gpus {resources.gpu} {params.sampler} > {log:q} 2>&1"
 
 
 # val_loss.csv of every run: from the in-loop validation in its checkpoints, or (in_loop_validation: false) from

@@ -1,0 +1,386 @@
+"""Reshaping the training distribution with learning times (paper §6, Fig. 6), as an A/B experiment.
+
+Given a reference run and a target window ``[s_a, s_b]`` of its steps:
+
+1. **Candidates.** ``S`` training samples drawn uniformly without replacement (seeded) form a token set (each
+   row a training sequence, ``sample_index`` its index); it is evaluated at the reference's checkpoints and fitted
+   like any series, giving τ for each candidate token (fit axis x, e.g. log10 step).
+2. **Score.** For sample s with tokens t = 1..T: ``score_s = (1/T) Σ_t 1[token selected ∧ x_a ≤ τ_st ≤ x_b]``,
+   x_a, x_b the window on the fit axis; "selected" is the spectrum's token selection (``analysis.selection``), so
+   noise rows never count.
+3. **Buckets.** Samples ranked by score (ties in a seeded random order) and cut into B equal-count buckets
+   (bucket 0 = lowest scores; sizes differ by at most one). Bucket b gets weight w_b (a list, or a linear ramp
+   from lo to hi); a sample's sampling probability is w_b / Σ_s w_b(s) (the reshaped arm) or 1/S (the uniform
+   arm), zero outside the pool.
+4. **Arms.** Every arm continues the reference from its complete trainer state at s_a (model, optimizer,
+   scheduler, data position) to s_b: ``reshaped`` and ``uniform`` once per data-order seed, ``original`` (the
+   reference's own sampler; bit-identical to the reference) once.
+5. **Metrics** on the validation loss L(s) of each arm at its checkpoints s_1 < … < s_K = s_b over the window
+   (s_1 = s_a + 1, one step after the shared start): drop D = L(s_1) − L(s_b) of the arm's mean curve over
+   seeds; acceleration ``D_reshaped / D_control − 1``; the steps the control needs to reach the reshaped arm's
+   final loss, over s_b − s_1 (linear interpolation of the control's mean curve; censored, "> 1", when it never
+   gets there); the final loss of each arm (its floor). CIs: percentile bootstrap over data-order seeds,
+   resampled independently per arm.
+
+This module is torch-free (numpy, h5py for the token set); the workflow calls it through ``tokenscale reshape-*``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import TokenscaleError
+
+__all__ = ["candidate_first_step", "bucket_weights", "score_samples", "assign_buckets", "sample_weights", "pool_weights",
+           "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics", "SCORES_FIELDS"]
+
+SCORES_FIELDS = ("sample_index", "score", "bucket", "weight", "n_in_window")
+
+
+# ----------------------------------------------------------------------------- scores and buckets
+def candidate_first_step(ex: dict) -> int:
+    """First reference step the candidates are evaluated at: ``candidate_from_step``, default window start / 10."""
+    return ex["candidate_from_step"] if ex["candidate_from_step"] is not None else max(1, ex["window"][0] // 10)
+
+
+def bucket_weights(spec, buckets: int, *, where: str = "reshape") -> np.ndarray:
+    """(B,) weights from a list of B numbers or ``{"ramp": [lo, hi]}``; refuses negative or all-zero weights."""
+    if isinstance(spec, dict):
+        lo, hi = spec["ramp"]
+        w = np.linspace(float(lo), float(hi), buckets)
+    else:
+        w = np.asarray(spec, dtype=np.float64)
+        if w.shape != (buckets,):
+            raise TokenscaleError(f"{where}: weights has {w.size} entries for {buckets} buckets")
+    if not np.all(np.isfinite(w)) or (w < 0).any():
+        raise TokenscaleError(f"{where}: bucket weights {w.round(4).tolist()} must be finite and non-negative")
+    if w.sum() <= 0:
+        raise TokenscaleError(f"{where}: bucket weights {w.round(4).tolist()} give a zero total weight")
+    return w
+
+
+def score_samples(tau: np.ndarray, valid: np.ndarray, seq_len: int, window_x: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(score (S,), n_in_window (S,))``: the fraction (count) of each sample's T tokens that are selected
+    (``valid``) with τ inside ``window_x`` (inclusive); ``tau``/``valid`` are (S·T,) row-major over (S, T)."""
+    tau, valid = np.asarray(tau, dtype=np.float64).reshape(-1), np.asarray(valid, dtype=bool).reshape(-1)
+    if tau.shape != valid.shape or tau.size % seq_len:
+        raise TokenscaleError(f"reshape: {tau.size} tau values / {valid.size} flags do not form rows of {seq_len}")
+    lo, hi = window_x
+    with np.errstate(invalid="ignore"):
+        inside = valid & (tau >= lo) & (tau <= hi)  # (S·T,)
+    n = inside.reshape(-1, seq_len).sum(1)  # (S,)
+    return n / seq_len, n
+
+
+def assign_buckets(scores: np.ndarray, buckets: int, *, seed: int = 0) -> np.ndarray:
+    """(S,) bucket of each sample: rank by score (ties in a seeded random order), ``buckets`` equal-count parts."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size < buckets:
+        raise TokenscaleError(f"reshape: {s.size} candidate samples for {buckets} buckets")
+    order = np.lexsort((np.random.default_rng([seed, 17]).random(s.size), s))  # ascending score
+    rank = np.empty(s.size, dtype=np.int64)
+    rank[order] = np.arange(s.size)
+    return (rank * buckets // s.size).astype(np.int64)
+
+
+def sample_weights(bucket: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(S,) per-sample weight of the reshaped arm: its bucket's weight."""
+    return np.asarray(weights, dtype=np.float64)[np.asarray(bucket)]
+
+
+def pool_weights(n_samples: int, sample_index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(n_samples,) sampler weights over the whole training set: ``weight`` on the pool, zero elsewhere."""
+    idx = np.asarray(sample_index, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_samples):
+        raise TokenscaleError(f"reshape: sample index outside [0, {n_samples})")
+    w = np.zeros(n_samples, dtype=np.float64)
+    w[idx] = weight
+    if w.sum() <= 0:
+        raise TokenscaleError("reshape: the pool's weights sum to zero")
+    return w
+
+
+# ----------------------------------------------------------------------------- candidate token set
+def build_candidate_set(data_dir: str | Path, out_path: str | Path, *, n: int, seed: int) -> Path:
+    """A token set (docs/formats.md, kind ``train-sample``) of ``n`` training samples drawn without replacement."""
+    import h5py
+
+    from . import atomic
+    from .data import TrainTokens
+
+    data_dir = Path(data_dir)
+    tt = TrainTokens(data_dir)
+    if n > len(tt):
+        raise TokenscaleError(f"reshape: {n} candidates but the training set has {len(tt)} samples")
+    idx = np.sort(np.random.default_rng([seed, 23]).choice(len(tt), size=n, replace=False))  # (S,)
+    ids = tt.batch(idx).astype(np.int32)  # (S, T+1)
+    T = tt.seq_len
+    pos = idx[:, None] * T + np.arange(1, T + 1)[None, :]  # (S, T) stream position of each target token
+    docs = np.load(data_dir / "train_docs.npz")
+    doc = np.searchsorted(docs["doc_start"], pos, side="right") - 1  # (S, T)
+    with atomic.atomic_output(Path(out_path)) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("input_ids", data=ids)
+        f.create_dataset("token_id", data=ids[:, 1:])
+        f.create_dataset("doc_id", data=doc.astype(np.int32))
+        f.create_dataset("doc_pos", data=(pos - docs["doc_start"][doc]).astype(np.int32))
+        f.create_dataset("domain", data=docs["doc_domain"][doc].astype(np.int16))
+        f.create_dataset("sample_index", data=idx.astype(np.int64))
+        f.attrs["seq_len"] = T
+        f.attrs["kind"] = "train-sample"
+        f.attrs["domain_names"] = json.dumps(tt.meta["domain_names"])
+        f.attrs["tokenizer_sha256"] = tt.meta["tokenizer_sha256"]
+        f.attrs["corpus_sha256"] = tt.meta["corpus_sha256"]
+    return Path(out_path)
+
+
+# ----------------------------------------------------------------------------- scores file
+def write_scores(path: str | Path, sample_index, score, bucket, weight, n_in_window) -> None:
+    from . import atomic
+
+    rows = zip(np.asarray(sample_index).tolist(), np.asarray(score).tolist(), np.asarray(bucket).tolist(),
+               np.asarray(weight).tolist(), np.asarray(n_in_window).tolist())
+    lines = [",".join(SCORES_FIELDS)] + [f"{i},{s:.6g},{b},{w:.6g},{k}" for i, s, b, w, k in rows]
+    atomic.write_text(path, "\n".join(lines) + "\n")
+
+
+def read_scores(path: str | Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or tuple(rows[0]) != SCORES_FIELDS:
+        raise TokenscaleError(f"{path}: not a scores file (columns {', '.join(SCORES_FIELDS)})")
+    out = {k: np.array([float(r[k]) for r in rows]) for k in SCORES_FIELDS}
+    for k in ("sample_index", "bucket", "n_in_window"):
+        out[k] = out[k].astype(np.int64)
+    return out
+
+
+# ----------------------------------------------------------------------------- measurement
+def bucket_curves(losses: np.ndarray, bucket: np.ndarray, buckets: int, seq_len: int) -> np.ndarray:
+    """(B, K) mean candidate-token loss per bucket at the reference's checkpoints; ``losses`` (S·T, K)."""
+    L = np.asarray(losses, dtype=np.float64).reshape(-1, seq_len, np.shape(losses)[-1]).mean(1)  # (S, K)
+    return np.stack([L[bucket == b].mean(0) for b in range(buckets)])
+
+
+def _interp_steps_to_reach(steps: np.ndarray, loss: np.ndarray, target: float) -> float:
+    """First step where the (linearly interpolated) curve reaches ``target``; inf when it never does."""
+    below = np.nonzero(loss <= target)[0]
+    if below.size == 0:
+        return math.inf
+    k = below[0]
+    if k == 0:
+        return float(steps[0])
+    x0, x1, y0, y1 = steps[k - 1], steps[k], loss[k - 1], loss[k]
+    return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0)) if y1 != y0 else float(x1)
+
+
+def arm_metrics(steps, curves: dict[str, np.ndarray], *, n_boot: int = 2000, seed: int = 0,
+                confidence: float = 0.95) -> dict:
+    """Acceleration, steps-to-reach and floors from the arms' validation-loss curves.
+
+    ``steps`` (K,) the arms' checkpoint steps over the window (the first just after s_a, the last s_b);
+    ``curves`` {arm: (n_seeds, K)} validation loss per data-order seed. The drop of an arm is its mean curve's
+    first minus last value; steps-to-reach is counted from the first checkpoint, over the window's span
+    ``steps[-1] - steps[0]``. Arms ``reshaped`` and ``uniform`` are required; ``original`` is a further control."""
+    steps = np.asarray(steps, dtype=np.float64)
+    for arm in ("reshaped", "uniform"):
+        if arm not in curves:
+            raise TokenscaleError(f"reshape: no curves for arm {arm!r}")
+    C = {a: np.atleast_2d(np.asarray(c, dtype=np.float64)) for a, c in curves.items()}
+    bad = [a for a, c in C.items() if c.shape[1] != steps.size or not np.all(np.isfinite(c))]
+    if bad or steps.size < 2:
+        raise TokenscaleError(f"reshape: arm {bad[0] if bad else 'reshaped'!r} has no finite curve over the "
+                              f"{steps.size} window checkpoints")
+    span = steps[-1] - steps[0]
+
+    def stats(draw: dict[str, np.ndarray]) -> dict[str, float]:
+        mean = {a: c.mean(0) for a, c in draw.items()}  # (K,) per arm
+        drop = {a: m[0] - m[-1] for a, m in mean.items()}
+        out = {f"drop_{a}": d for a, d in drop.items()} | {f"final_{a}": m[-1] for a, m in mean.items()}
+        for ctrl in (a for a in mean if a != "reshaped"):
+            out[f"acceleration_vs_{ctrl}"] = drop["reshaped"] / drop[ctrl] - 1.0 if drop[ctrl] > 0 else math.nan
+            reach = _interp_steps_to_reach(steps, mean[ctrl], mean["reshaped"][-1])
+            out[f"steps_to_reach_vs_{ctrl}"] = (reach - steps[0]) / span
+        return out
+
+    point = stats(C)
+    rng = np.random.default_rng(seed)
+    boots = [stats({a: c[rng.integers(0, c.shape[0], c.shape[0])] for a, c in C.items()}) for _ in range(n_boot)]
+    q = [(1 - confidence) / 2, (1 + confidence) / 2]
+    out = {}
+    for k, v in point.items():
+        vals = np.array([b[k] for b in boots], dtype=np.float64)
+        finite = vals[np.isfinite(vals)]
+        lo, hi = np.quantile(finite, q).tolist() if finite.size else [math.nan, math.nan]
+        entry = {"value": _clean(v), "ci_low": _clean(lo), "ci_high": _clean(hi)}
+        if k.startswith("steps_to_reach"):
+            entry["censored"] = not math.isfinite(v)  # the control never reached the reshaped arm's final loss
+            entry["censored_fraction"] = float(np.mean(~np.isfinite(vals)))
+            if finite.size < vals.size:
+                entry["ci_high"] = None  # some draws never reach it: the upper end is "> window"
+        out[k] = entry
+    out["n_seeds"] = {a: int(c.shape[0]) for a, c in C.items()}
+    out["confidence"] = confidence
+    return out
+
+
+def _clean(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# ----------------------------------------------------------------------------- stages the workflow runs
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    from . import atomic
+
+    with atomic.atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
+
+
+def _selected_tau(fits_path, tokens_path, analysis: dict):
+    """(token set dict, fit, tau (N,), valid (N,)) with the spectrum's main token selection."""
+    from .analysis.alignment import selected_tau
+    from .analysis.options import AnalysisOptions
+    from .io import read_token_set
+    from .io.fits import load_fits
+
+    ts = read_token_set(tokens_path, datasets=("sample_index",))
+    if "sample_index" not in ts:
+        raise TokenscaleError(f"{tokens_path}: not a training-sample token set (no sample_index)")
+    fit = load_fits(fits_path)
+    tau, valid = selected_tau(fit, int(ts["n_seqs"]) * int(ts["seq_len"]), AnalysisOptions.from_config(analysis).main)
+    return ts, fit, tau, valid
+
+
+def compute_scores(ex: dict, *, fits, tokens, train_data, analysis: dict, out_dir) -> dict:
+    """Stage 2–3: scores.csv, weights-reshaped.npy / weights-uniform.npy (over the whole training set) and
+    scores.json (per-bucket summary) in ``out_dir``; returns the summary."""
+    from .analysis.numerics import to_x
+    from .data import TrainTokens
+
+    ts, fit, tau, valid = _selected_tau(fits, tokens, analysis)
+    T, idx = int(ts["seq_len"]), np.asarray(ts["sample_index"], dtype=np.int64)
+    window_x = tuple(float(to_x(s, fit.transform)) for s in ex["window"])
+    score, n_in = score_samples(tau, valid, T, window_x)  # (S,)
+    bucket = assign_buckets(score, ex["buckets"], seed=ex["candidate_seed"])
+    wb = bucket_weights(ex["weights"], ex["buckets"], where=f"reshape {ex['name']}")
+    w = sample_weights(bucket, wb)
+    n_train = len(TrainTokens(train_data))
+    out = Path(out_dir)
+    _save_npy(out / "weights-reshaped.npy", pool_weights(n_train, idx, w))
+    _save_npy(out / "weights-uniform.npy", pool_weights(n_train, idx, np.ones_like(w)))
+    write_scores(out / "scores.csv", idx, score, bucket, w, n_in)
+    B = ex["buckets"]
+    summary = {"experiment": ex["name"], "window": ex["window"], "window_x": list(window_x), "transform": fit.transform,
+               "n_candidates": int(idx.size), "n_tokens": int(tau.size), "n_selected": int(valid.sum()),
+               "n_in_window": int(n_in.sum()), "samples_with_score": int((score > 0).sum()),
+               "bucket_weights": wb.tolist(), "bucket_size": np.bincount(bucket, minlength=B).tolist(),
+               "bucket_mean_score": [float(score[bucket == b].mean()) for b in range(B)],
+               "bucket_share_reshaped": [float(w[bucket == b].sum() / w.sum()) for b in range(B)]}
+    from . import atomic
+
+    atomic.write_json(out / "scores.json", summary)
+    return summary
+
+
+def pool_draws(weights_path, data_seed: int, start: int, count: int) -> np.ndarray:
+    """The training-sample indices a pool arm draws at positions ``[start, start + count)`` (its sampler's)."""
+    from .sampler import WeightedSampler
+
+    return WeightedSampler(np.load(weights_path), data_seed).indices(start, count)
+
+
+def _train_curve(log_path, s_a: int, s_b: int) -> np.ndarray:
+    """(s_b − s_a,) per-step training loss of a continuation over (s_a, s_b] from its log.jsonl."""
+    by_step = {}
+    with open(log_path) as fh:
+        for line in fh:
+            r = json.loads(line)
+            if "loss" in r and s_a < r["step"] <= s_b:
+                by_step[int(r["step"])] = float(r["loss"])
+    missing = [s for s in range(s_a + 1, s_b + 1) if s not in by_step]
+    if missing:
+        raise TokenscaleError(f"{log_path}: no training loss at step {missing[0]} of the window ({s_a}, {s_b}]")
+    return np.array([by_step[s] for s in range(s_a + 1, s_b + 1)])
+
+
+def _running_mean(y: np.ndarray, width: int) -> np.ndarray:
+    k = max(1, min(width, y.size))
+    c = np.cumsum(np.concatenate([[0.0], y]))
+    return (c[k:] - c[:-k]) / k
+
+
+def _bucket_window_drops(curves: np.ndarray, steps: np.ndarray, window) -> list[float]:
+    """Per bucket, the candidate loss drop over the window (curves interpolated at s_a and s_b in log step)."""
+    lx = np.log10(np.asarray(steps, dtype=float))
+    a, b = np.log10(window[0]), np.log10(window[1])
+    return [float(np.interp(a, lx, c) - np.interp(b, lx, c)) for c in curves]
+
+
+def _repeats(arms: list[dict], batch_size: int, s_a: int, s_b: int) -> dict:
+    """How often the pool arms draw the same sample over the window (seed by seed)."""
+    out = {}
+    for a in arms:
+        if a["arm"] == "original":
+            continue
+        draws = pool_draws(a["weights"], a["data_seed"], s_a * batch_size, (s_b - s_a) * batch_size)
+        counts = np.bincount(np.unique(draws, return_inverse=True)[1])
+        out[a["run"]] = {"draws": int(draws.size), "distinct": int(counts.size),
+                         "mean_draws_per_sample": float(draws.size / counts.size), "max_draws": int(counts.max())}
+    return out
+
+
+def make_report(ex: dict, *, batch_size: int, scores_dir, fits, tokens, trajectories, reference_val_loss,
+                arms: list[dict], analysis: dict, out, figures) -> dict:
+    """Stage 4–5: ``out`` (report.json) and Fig. 6 A–E in ``figures``. ``arms``: dicts with ``run``, ``arm``,
+    ``data_seed``, ``val_loss`` (csv), ``log`` (log.jsonl) and, for pool arms, ``weights`` (npy)."""
+    from . import atomic
+    from .analysis.numerics import to_orig
+    from .figures_reshape import plot_reshape
+    from .frontier import read_curve
+    from .io import read_run_trajectories
+
+    s_a, s_b = ex["window"]
+    scores = read_scores(Path(scores_dir) / "scores.csv")
+    summary = json.loads((Path(scores_dir) / "scores.json").read_text())
+    _, fit, tau, valid = _selected_tau(fits, tokens, analysis)
+    losses, axis, _ = read_run_trajectories(trajectories)  # (S·T, K) candidate losses at the reference's steps
+    T = losses.shape[0] // scores["bucket"].size
+    cand_steps = np.asarray(axis["step"], dtype=float)
+    curves_b = bucket_curves(losses, scores["bucket"], ex["buckets"], T)  # (B, K)
+    ref = read_curve(reference_val_loss, ex["reference"], 0.0)
+    by_arm, train, steps = {}, {}, None
+    for a in sorted(arms, key=lambda a: (a["arm"], a["data_seed"])):
+        c = read_curve(a["val_loss"], a["run"], 0.0)
+        if steps is None:
+            steps = c.steps
+        elif not np.array_equal(steps, c.steps):
+            raise TokenscaleError(f"reshape: run {a['run']} has checkpoints {c.steps.tolist()}, others {steps.tolist()}")
+        by_arm.setdefault(a["arm"], []).append(c.loss)
+        train.setdefault(a["arm"], []).append(_train_curve(a["log"], s_a, s_b))
+    curves = {k: np.stack(v) for k, v in by_arm.items()}  # {arm: (n_seeds, K)}
+    metrics = arm_metrics(steps, curves, n_boot=max(1000, analysis.get("n_boot", 0)), seed=analysis.get("seed", 0))
+    width = max(1, (s_b - s_a) // 10)
+    train_floor = {k: float(np.mean([t[-width:].mean() for t in v])) for k, v in train.items()}
+    drops = _bucket_window_drops(curves_b, cand_steps, ex["window"])
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(np.arange(len(drops)), drops).statistic
+    report = {"experiment": ex["name"], "reference": ex["reference"], "window": [s_a, s_b], "scores": summary,
+              "metrics": metrics, "arm_steps": steps.tolist(),
+              "arm_curves": {k: v.tolist() for k, v in curves.items()},
+              "train_loss_floor": train_floor, "bucket_window_drop": drops, "bucket_drop_spearman": _clean(rho),
+              "repeats": _repeats(arms, batch_size, s_a, s_b)}
+    atomic.write_json(out, report, allow_nan=False)
+    fig = {**report, "reference_steps": ref.steps.tolist(), "reference_loss": ref.loss.tolist(),
+           "candidate_tau_steps": to_orig(tau[valid], fit.transform).tolist(), "candidate_steps": cand_steps.tolist(),
+           "bucket_curves": curves_b.tolist(), "bucket_weights": summary["bucket_weights"],
+           "bucket_mean_score": summary["bucket_mean_score"],
+           "train_loss": {k: {"steps": list(range(s_a + width, s_b + 1)),
+                              "loss": [_running_mean(t, width).tolist() for t in v]} for k, v in train.items()}}
+    plot_reshape(fig, figures)
+    return report

@@ -1,0 +1,211 @@
+"""Reshaping (paper §6): scores and buckets on a planted τ table, sampler weights reaching the data order (χ²), the
+metrics on planted curves, the config's arms and bad inputs, and continuations from the reference's full state."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from scipy.stats import chisquare
+
+from tokenscale import TokenscaleError
+from tokenscale import reshape as rs
+from tokenscale.config import run_configs, validate_config
+from tokenscale.sampler import WeightedSampler
+from tokenscale.train import Trainer
+
+from conftest import tiny_config
+
+T = 8
+
+
+# ------------------------------------------------------------------------------------------ scores and buckets
+def planted_table(S=60, seed=0):
+    """S samples of T tokens; sample s has k_s = s % (T + 1) selected tokens with τ inside the window [2, 3],
+    the rest selected outside it, plus one unselected (noise) token inside the window that must not count."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(S) % (T + 1)
+    tau, valid = np.empty((S, T)), np.ones((S, T), bool)
+    for s in range(S):
+        tau[s] = rng.choice([rng.uniform(1, 1.99), rng.uniform(3.01, 4)], size=T)
+        tau[s, : k[s]] = rng.uniform(2, 3, size=k[s])
+        if k[s] < T:
+            tau[s, k[s]], valid[s, k[s]] = 2.5, False  # a noise row in the window
+    return tau.reshape(-1), valid.reshape(-1), k
+
+
+def test_scores_are_the_fraction_of_selected_tokens_in_the_window():
+    tau, valid, k = planted_table()
+    score, n = rs.score_samples(tau, valid, T, (2.0, 3.0))
+    np.testing.assert_array_equal(n, k)
+    np.testing.assert_allclose(score, k / T)
+    # window edges are inclusive
+    s2, _ = rs.score_samples(np.array([2.0, 3.0, 3.0001, 1.9999]), np.ones(4, bool), 4, (2.0, 3.0))
+    assert s2.tolist() == [0.5]
+
+
+def test_buckets_follow_the_rank_with_equal_counts():
+    tau, valid, k = planted_table(S=90)
+    score, _ = rs.score_samples(tau, valid, T, (2.0, 3.0))
+    b = rs.assign_buckets(score, 9, seed=3)
+    assert np.bincount(b).tolist() == [10] * 9
+    # every k value occurs 10 times: bucket b holds exactly the samples with k = b
+    np.testing.assert_array_equal(b, k)
+    # ties are broken in a seeded random order, sizes still equal (differ by at most one)
+    ties = rs.assign_buckets(np.zeros(23), 4, seed=1)
+    assert sorted(np.bincount(ties).tolist()) == [5, 6, 6, 6]
+    assert np.array_equal(ties, rs.assign_buckets(np.zeros(23), 4, seed=1))
+    assert not np.array_equal(ties, rs.assign_buckets(np.zeros(23), 4, seed=2))
+    with pytest.raises(TokenscaleError, match=r"3 candidate samples for 4 buckets"):
+        rs.assign_buckets(np.zeros(3), 4)
+
+
+def test_bucket_weights_ramp_list_and_bad_weights():
+    np.testing.assert_allclose(rs.bucket_weights({"ramp": [0.5, 1.5]}, 3), [0.5, 1.0, 1.5])
+    np.testing.assert_allclose(rs.bucket_weights([1, 0, 2], 3), [1, 0, 2])
+    with pytest.raises(TokenscaleError, match=r"weights has 2 entries for 3 buckets"):
+        rs.bucket_weights([1, 2], 3)
+    with pytest.raises(TokenscaleError, match=r"must be finite and non-negative"):
+        rs.bucket_weights({"ramp": [-1, 1]}, 3)
+    with pytest.raises(TokenscaleError, match=r"give a zero total weight"):
+        rs.bucket_weights([0, 0, 0], 3)
+
+
+def test_sampler_weights_reach_the_data_order():
+    """Draws of the reshaped arm's sampler: bucket frequencies match the weights (χ²), zero outside the pool."""
+    n_train, B = 5000, 5
+    rng = np.random.default_rng(0)
+    pool = np.sort(rng.choice(n_train, 400, replace=False))
+    bucket = rs.assign_buckets(rng.random(400), B, seed=0)
+    wb = rs.bucket_weights({"ramp": [0.2, 1.8]}, B)
+    w = rs.pool_weights(n_train, pool, rs.sample_weights(bucket, wb))
+    draws = WeightedSampler(w, seed=4).indices(1600 * 16, 20000)  # a continuation's positions
+    assert np.isin(draws, pool).all()
+    bucket_of = dict(zip(pool.tolist(), bucket.tolist()))
+    observed = np.bincount([bucket_of[d] for d in draws.tolist()], minlength=B)
+    share = np.array([wb[b] * (bucket == b).sum() for b in range(B)])
+    assert chisquare(observed, share / share.sum() * observed.sum()).pvalue > 1e-3
+    assert chisquare(observed, np.full(B, observed.sum() / B)).pvalue < 1e-6  # not the uniform pool
+    with pytest.raises(TokenscaleError, match=r"sample index outside \[0, 10\)"):
+        rs.pool_weights(10, np.array([3, 10]), np.ones(2))
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_metrics_on_planted_curves():
+    steps = np.array([401, 430, 460, 490, 520, 550])
+    lin = np.linspace(0, 1, 6)
+    reshaped = np.stack([5 - (0.33 + e) * lin for e in (0, 0.01, -0.01)])  # seeds differ in their drop
+    uniform = np.stack([5 - (0.30 + e) * lin for e in (0, 0.004, -0.004)])
+    m = rs.arm_metrics(steps, {"reshaped": reshaped, "uniform": uniform}, n_boot=300)
+    assert m["acceleration_vs_uniform"]["value"] == pytest.approx(0.1)
+    assert m["acceleration_vs_uniform"]["ci_low"] < 0.1 < m["acceleration_vs_uniform"]["ci_high"]
+    assert m["final_reshaped"]["value"] == pytest.approx(4.67)
+    # the control never gets to 4.67 within the window: censored, "> window"
+    assert m["steps_to_reach_vs_uniform"]["censored"] and m["steps_to_reach_vs_uniform"]["value"] is None
+    # a slower reshaped arm: the control reaches its final loss (4.8) two thirds of the way from 490 to 520 = step 500
+    m2 = rs.arm_metrics(steps, {"reshaped": 5 - 0.2 * lin[None], "uniform": 5 - 0.3 * lin[None]}, n_boot=10)
+    assert m2["steps_to_reach_vs_uniform"]["value"] == pytest.approx((500 - 401) / (550 - 401))
+    assert m2["acceleration_vs_uniform"]["value"] == pytest.approx(-1 / 3)
+    with pytest.raises(TokenscaleError, match=r"no curves for arm 'uniform'"):
+        rs.arm_metrics(steps, {"reshaped": reshaped})
+
+
+# ------------------------------------------------------------------------------------------ config
+def reshape_config(**ex) -> dict:
+    """The tiny T run (40 steps, constant lr) as a reference, and a reshape experiment over steps 20-30."""
+    cfg = tiny_config(name="ref", schedule={"kind": "constant", "warmup_frac": 0.1},
+                      checkpoints={"count": 12, "first_step": 2})
+    cfg["reshape"] = [{"name": "rs", "reference": "ref", "window": [20, 30], "candidates": 12, "buckets": 3,
+                       "seeds": [0, 1], "checkpoints": 3, **ex}]
+    return cfg
+
+
+def test_config_adds_the_arms_and_the_snapshot():
+    v = validate_config(reshape_config())
+    runs = {r["name"]: r for r in v["runs"]}
+    assert sorted(n for n in runs if n.startswith("rs-")) == [
+        "rs-original", "rs-reshaped-s0", "rs-reshaped-s1", "rs-uniform-s0", "rs-uniform-s1"]
+    assert runs["ref"]["snapshots"] == [20]
+    arm = run_configs(v)["rs-reshaped-s1"]
+    assert arm.branch == {"from": "ref", "step": 20} and arm.total_steps == 30 and arm.seed == 0
+    assert arm.reshape == {"experiment": "rs", "arm": "reshaped", "data_seed": 1}
+    assert arm.schedule["warmup_steps"] == 4 and arm.checkpoint_steps()[-1] == 30
+    from tokenscale.series import build_workflow
+
+    wf = build_workflow({**v, "results": "/r"})
+    assert sorted(wf.series) == ["ref", "rs-candidates"]  # arms are sources, not series
+    cand = wf.series["rs-candidates"]
+    assert cand.token_set == "rs" and [s for _, s in cand.members] == [s for s in wf.sources["ref"].steps if s >= 2]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"window": [30, 50]}, r"window \[30, 50\] is not within the reference's steps 1\.\.40"),
+    ({"window": [30, 20]}, r"window \[30, 20\] is not within"),
+    ({"candidates": 2}, r"2 candidate samples for 3 buckets"),
+    ({"weights": [0, 0, 0]}, r"bucket weights \[0.0, 0.0, 0.0\] give a zero total weight"),
+    ({"weights": [1, -1, 1]}, r"bucket weights \[1.0, -1.0, 1.0\] must be finite and non-negative"),
+    ({"reference": "nope"}, r"reference 'nope' is not a T run of this config"),
+    ({"candidate_from_step": 25}, r"candidate_from_step 25 leaves \d+ reference checkpoints"),
+])
+def test_bad_experiments_are_one_line(change, message):
+    with pytest.raises(TokenscaleError, match=r"^config: reshape\[0\] \(rs\): " + message):
+        validate_config(reshape_config(**change))
+
+
+# ------------------------------------------------------------------------------------------ continuations
+def _pool(data_dir) -> np.ndarray:
+    """Uniform sampler weights over the first 12 training samples."""
+    from tokenscale.data import TrainTokens
+
+    return rs.pool_weights(len(TrainTokens(data_dir)), np.arange(12), np.ones(12))
+
+
+def _train(run, data_dir, run_dir, weights=None):
+    return Trainer(run, data_dir, run_dir, threads=1, progress=False, sampler_weights=weights).train()
+
+
+@pytest.fixture(scope="module")
+def arms(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("reshape")
+    rc = run_configs(validate_config(reshape_config()))
+    _train(rc["ref"], data_dir, root / "ref")
+    return root, rc
+
+
+def test_original_arm_equals_the_reference_bit_for_bit(arms, data_dir):
+    root, rc = arms
+    out = _train(rc["rs-original"], data_dir, root / "rs-original")
+    assert out["checkpoints"] == rc["rs-original"].checkpoint_steps() == [21, 25, 30]
+    assert 30 in rc["ref"].checkpoint_steps()  # a step both saved: the weights are compared there
+    for s in out["checkpoints"]:
+        a = load_file(str(root / "rs-original" / "checkpoints" / f"step{s:08d}" / "model.safetensors"))
+        ref_ck = root / "ref" / "checkpoints" / f"step{s:08d}"
+        if ref_ck.is_dir():
+            b = load_file(str(ref_ck / "model.safetensors"))
+            assert all(torch.equal(a[k], b[k]) for k in a), s
+    rows = [json.loads(x) for x in (root / "rs-original" / "log.jsonl").read_text().splitlines()]
+    ref = {r["step"]: r for r in map(json.loads, (root / "ref" / "log.jsonl").read_text().splitlines())}
+    assert [r["step"] for r in rows] == list(range(21, 31))
+    assert all(r["loss"] == ref[r["step"]]["loss"] and r["lr"] == ref[r["step"]]["lr"] for r in rows)  # no re-warmup
+
+
+def test_pool_arm_continues_the_full_state_with_its_own_data(arms, data_dir, tmp_path):
+    root, rc = arms
+    np.save(tmp_path / "w.npy", _pool(data_dir))
+    run = rc["rs-uniform-s0"]
+    with pytest.raises(TokenscaleError, match=r"reshape arm 'uniform' needs --sampler-weights"):
+        _train(run, data_dir, root / "no-weights")
+    _train(run, data_dir, root / run.name, weights=tmp_path / "w.npy")
+    rows = [json.loads(x) for x in (root / run.name / "log.jsonl").read_text().splitlines()]
+    ref = {r["step"]: r for r in map(json.loads, (root / "ref" / "log.jsonl").read_text().splitlines())}
+    assert rows[0]["step"] == 21 and rows[0]["lr"] == ref[21]["lr"]  # the schedule continues
+    assert any(r["loss"] != ref[r["step"]]["loss"] for r in rows)  # another data order
+
+
+def test_reference_without_the_snapshot_is_one_line(data_dir, tmp_path):
+    rc = run_configs(validate_config(reshape_config()))
+    np.save(tmp_path / "w.npy", _pool(data_dir))
+    with pytest.raises(TokenscaleError, match=r"^run rs-reshaped-s0: branch snapshot not found: .*/ref/snapshots/"
+                                              r"step00000020"):
+        _train(rc["rs-reshaped-s0"], data_dir, tmp_path / "rs-reshaped-s0", weights=tmp_path / "w.npy")
