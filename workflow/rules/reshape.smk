@@ -13,7 +13,7 @@ rule reshape_candidates:
     params:
         n=lambda w: RESHAPE[w.exp]["candidates"],
         seed=lambda w: RESHAPE[w.exp]["candidate_seed"],
-        data=DATA,
+        data=lambda w, input: Path(input.meta).parent,
     conda:
         "../../envs/tokenscale.yaml"
     log:
@@ -39,7 +39,7 @@ rule reshape_scores:
     params:
         experiment=lambda w: json.dumps(RESHAPE[w.exp], sort_keys=True),
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
-        data=DATA,
+        data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.scores).parent,
     conda:
         "../../envs/tokenscale.yaml"
