@@ -63,6 +63,7 @@ def _panel_buckets(ax, d: dict):
 def _panel_weights(ax, d: dict):
     B = len(d["bucket_weights"])
     ax.bar(np.arange(B), d["bucket_weights"], color="#d62728", alpha=0.7, label="reshaped weight")
+    ax.set_xticks(np.arange(B))
     ax.set_xlabel("score bucket (low → high)")
     ax.set_ylabel("sampling weight")
     tw = ax.twinx()
@@ -95,6 +96,9 @@ def _panel_valid(ax, d: dict):
         lo, hi = m.get("ci_low"), m.get("ci_high")
         ci = f" [{lo:+.1%}, {hi:+.1%}]" if lo is not None and hi is not None else ""
         ax.text(0.02, 0.04, f"acceleration vs uniform: {m['value']:+.1%}{ci}", transform=ax.transAxes, fontsize=8)
+    else:
+        ax.text(0.02, 0.04, "acceleration vs uniform: n/a (the uniform arm's loss did not fall over the window)",
+                transform=ax.transAxes, fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats)")
     ax.legend(fontsize=7)
