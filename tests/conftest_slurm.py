@@ -360,8 +360,10 @@ def scontrol_job(cluster, jobid: str) -> str:
 
 # ------------------------------------------------------------------------------ comparing outputs
 # Results that legitimately differ between two runs: logs and benchmarks (timings), the trainer's
-# private resumable state (an implementation detail, not a result).
-SKIP_PARTS = {"logs", "benchmarks", "state", "state.old", "state.tmp"}
+# private resumable state (an implementation detail, not a result) and its copies kept as snapshots: a trainer.pt
+# also holds Python's and numpy's global RNG states, unseeded and never drawn from by training (model, optimizer,
+# scheduler and torch RNG agree); the runs branched from a snapshot are compared, checkpoint by checkpoint.
+SKIP_PARTS = {"logs", "benchmarks", "state", "state.old", "state.tmp", "snapshots"}
 # JSON keys / CSV columns / HDF5 attributes holding timings or machine facts (MFU and the device peak are
 # throughput: timings).
 TIMING_KEY = re.compile(
