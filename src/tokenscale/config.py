@@ -117,8 +117,7 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
         raise TokenscaleError(f"config: analysis.selection {an['selection']!r} is not one of analysis.selections "
                               f"({', '.join(sorted(an['selections']))})")
     cfg["runs"] += expand_sweeps(cfg["sweeps"], schema["properties"]["runs"]["items"])
-    names = [r["name"] for r in cfg["runs"]]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = _duplicate_names(cfg["runs"])
     if dup:
         raise TokenscaleError(f"config: runs has duplicate name(s): {', '.join(dup)}")
     from .model import resolve_arch  # imports torch lazily only
@@ -224,6 +223,12 @@ def _grid_runs(sweep: dict, grid: dict) -> list[dict]:
     return runs
 
 
+def _duplicate_names(runs: list[dict]) -> list[str]:
+    """Run names used more than once, sorted."""
+    names = [r["name"] for r in runs]
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 def expand_sweeps(sweeps: list[dict], run_schema: dict) -> list[dict]:
     """Every sweep's runs, each validated against the ``runs`` item schema (defaults filled)."""
     validator = jsonschema.Draft202012Validator(run_schema)
@@ -290,7 +295,7 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
     """Each ``reshape`` experiment's continuation runs ``{name}-{arm}-s{seed}`` (and ``{name}-original``): the
     reference's recipe, branched from its snapshot at the window start (added to its snapshots), ending at the
     window end, with the reference's warmup in steps. Bad experiments are refused in one line here."""
-    from .reshape import bucket_weights, candidate_first_step
+    from .reshape import bucket_weights, candidate_first_step, candidate_steps
 
     runs = {r["name"]: r for r in cfg["runs"]}
     seq_len, out = cfg["data"]["seq_len"], []
@@ -305,7 +310,7 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
             raise TokenscaleError(f"{where}: window {ex['window']} is not within the reference's steps 1..{total} "
                                   f"with start < end")
         first = ex["candidate_from_step"] if ex["candidate_from_step"] is not None else max(1, s_a // 10)
-        n_ckpt = sum(first <= s for s in RunConfig._of_valid(ref, seq_len).checkpoint_steps())
+        n_ckpt = len(candidate_steps(RunConfig._of_valid(ref, seq_len), ex))
         if first > s_a or n_ckpt < 5:
             raise TokenscaleError(f"{where}: candidate_from_step {first} leaves {n_ckpt} reference checkpoints "
                                   f"(need >= 5 from a step <= the window start {s_a})")
@@ -326,8 +331,7 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
             _fill_defaults(run, run_schema)
             out.append(run)
         ref["snapshots"] = sorted(set(ref["snapshots"]) | {s_a})
-    names = [r["name"] for r in cfg["runs"] + out]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = _duplicate_names(cfg["runs"] + out)
     if dup:
         raise TokenscaleError(f"config: reshape run name(s) {', '.join(dup)} clash with other runs")
     return out

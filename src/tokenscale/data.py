@@ -597,8 +597,6 @@ def build_token_set(docs: list[dict], tokenizer, out_path: str | Path, *, seq_le
     documents of its domain. Only when every document has given a window do they give further, non-overlapping
     ones. No target token appears twice.
     """
-    import h5py
-
     eos = tokenizer.convert_tokens_to_ids(EOS) if EOS in tokenizer.get_vocab() else tokenizer.eos_token_id
     if eos is None:
         raise TokenscaleError("token set: tokenizer has no EOS token to separate documents")
@@ -615,15 +613,28 @@ def build_token_set(docs: list[dict], tokenizer, out_path: str | Path, *, seq_le
         )
     cut = [tuple(a[s : s + width] for a in u) for u, s in picks]
     input_ids, doc_id, doc_pos, dom = (np.stack(a) for a in zip(*cut))
-    input_ids = input_ids.astype(np.int32)
+    return write_token_set(out_path, input_ids, doc_id[:, 1:], doc_pos[:, 1:], dom[:, 1:], kind=kind,
+                           domain_names=domain_names, attrs=attrs)
+
+
+def write_token_set(out_path: str | Path, input_ids: np.ndarray, doc_id: np.ndarray, doc_pos: np.ndarray,
+                    domain: np.ndarray, *, kind: str, domain_names: list[str], attrs: dict | None = None,
+                    sample_index: np.ndarray | None = None) -> Path:
+    """Write a token set HDF5 (``docs/formats.md``) atomically: ``input_ids`` (S, T+1); ``doc_id``, ``doc_pos`` and
+    ``domain`` (S, T) of the target tokens; ``sample_index`` (S,) for a set of training samples."""
+    import h5py
+
+    input_ids = np.asarray(input_ids).astype(np.int32)
     out_path = Path(out_path)
     with atomic.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("input_ids", data=input_ids)
         f.create_dataset("token_id", data=input_ids[:, 1:])
-        f.create_dataset("doc_id", data=doc_id[:, 1:])
-        f.create_dataset("doc_pos", data=doc_pos[:, 1:])
-        f.create_dataset("domain", data=dom[:, 1:])
-        f.attrs["seq_len"] = seq_len
+        f.create_dataset("doc_id", data=np.asarray(doc_id).astype(np.int32))
+        f.create_dataset("doc_pos", data=np.asarray(doc_pos).astype(np.int32))
+        f.create_dataset("domain", data=np.asarray(domain).astype(np.int16))
+        if sample_index is not None:
+            f.create_dataset("sample_index", data=np.asarray(sample_index, dtype=np.int64))
+        f.attrs["seq_len"] = input_ids.shape[1] - 1
         f.attrs["kind"] = kind
         f.attrs["domain_names"] = json.dumps(domain_names)
         f.attrs["tokenscale_version"] = __version__

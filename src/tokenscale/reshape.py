@@ -36,8 +36,8 @@ import numpy as np
 
 from . import TokenscaleError
 
-__all__ = ["candidate_first_step", "bucket_weights", "score_samples", "assign_buckets", "sample_weights", "pool_weights",
-           "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics", "SCORES_FIELDS"]
+__all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "score_samples", "assign_buckets",
+           "sample_weights", "pool_weights", "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics", "SCORES_FIELDS"]
 
 SCORES_FIELDS = ("sample_index", "score", "bucket", "weight", "n_in_window")
 
@@ -46,6 +46,12 @@ SCORES_FIELDS = ("sample_index", "score", "bucket", "weight", "n_in_window")
 def candidate_first_step(ex: dict) -> int:
     """First reference step the candidates are evaluated at: ``candidate_from_step``, default window start / 10."""
     return ex["candidate_from_step"] if ex["candidate_from_step"] is not None else max(1, ex["window"][0] // 10)
+
+
+def candidate_steps(reference, ex: dict) -> list[int]:
+    """The ``reference`` run's (a RunConfig) checkpoint steps the experiment's candidates are evaluated at."""
+    first = candidate_first_step(ex)
+    return [s for s in reference.checkpoint_steps() if s >= first]
 
 
 def bucket_weights(spec, buckets: int, *, where: str = "reshape") -> np.ndarray:
@@ -108,34 +114,20 @@ def pool_weights(n_samples: int, sample_index: np.ndarray, weight: np.ndarray) -
 # ----------------------------------------------------------------------------- candidate token set
 def build_candidate_set(data_dir: str | Path, out_path: str | Path, *, n: int, seed: int) -> Path:
     """A token set (docs/formats.md, kind ``train-sample``) of ``n`` training samples drawn without replacement."""
-    import h5py
-
-    from . import atomic
-    from .data import TrainTokens
+    from .data import TrainTokens, write_token_set
 
     data_dir = Path(data_dir)
     tt = TrainTokens(data_dir)
     if n > len(tt):
         raise TokenscaleError(f"reshape: {n} candidates but the training set has {len(tt)} samples")
     idx = np.sort(np.random.default_rng([seed, 23]).choice(len(tt), size=n, replace=False))  # (S,)
-    ids = tt.batch(idx).astype(np.int32)  # (S, T+1)
     T = tt.seq_len
     pos = idx[:, None] * T + np.arange(1, T + 1)[None, :]  # (S, T) stream position of each target token
     docs = np.load(data_dir / "train_docs.npz")
     doc = np.searchsorted(docs["doc_start"], pos, side="right") - 1  # (S, T)
-    with atomic.atomic_output(Path(out_path)) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("input_ids", data=ids)
-        f.create_dataset("token_id", data=ids[:, 1:])
-        f.create_dataset("doc_id", data=doc.astype(np.int32))
-        f.create_dataset("doc_pos", data=(pos - docs["doc_start"][doc]).astype(np.int32))
-        f.create_dataset("domain", data=docs["doc_domain"][doc].astype(np.int16))
-        f.create_dataset("sample_index", data=idx.astype(np.int64))
-        f.attrs["seq_len"] = T
-        f.attrs["kind"] = "train-sample"
-        f.attrs["domain_names"] = json.dumps(tt.meta["domain_names"])
-        f.attrs["tokenizer_sha256"] = tt.meta["tokenizer_sha256"]
-        f.attrs["corpus_sha256"] = tt.meta["corpus_sha256"]
-    return Path(out_path)
+    return write_token_set(out_path, tt.batch(idx), doc, pos - docs["doc_start"][doc], docs["doc_domain"][doc],
+                           kind="train-sample", domain_names=tt.meta["domain_names"], sample_index=idx,
+                           attrs={k: tt.meta[k] for k in ("tokenizer_sha256", "corpus_sha256")})
 
 
 # ----------------------------------------------------------------------------- scores file
@@ -328,7 +320,7 @@ def _repeats(arms: list[dict], batch_size: int, s_a: int, s_b: int) -> dict:
         if a["arm"] == "original":
             continue
         draws = pool_draws(a["weights"], a["data_seed"], s_a * batch_size, (s_b - s_a) * batch_size)
-        counts = np.bincount(np.unique(draws, return_inverse=True)[1])
+        counts = np.unique(draws, return_counts=True)[1]  # draws per distinct sample
         out[a["run"]] = {"draws": int(draws.size), "distinct": int(counts.size),
                          "mean_draws_per_sample": float(draws.size / counts.size), "max_draws": int(counts.max())}
     return out

@@ -211,21 +211,15 @@ def _group_value(run, axis: str) -> float:
     return float(nonembedding_flops_per_token(resolve_arch(run.model, run.seq_len), run.seq_len))
 
 
-def reshape_candidate_steps(cfg: dict, ex: dict) -> list[int]:
-    """The reference's checkpoint steps a reshape experiment's candidates are evaluated at (from
-    ``candidate_from_step``, default the window start / 10)."""
-    from .config import run_configs
-    from .reshape import candidate_first_step
-
-    first = candidate_first_step(ex)
-    return [s for s in run_configs(cfg)[ex["reference"]].checkpoint_steps() if s >= first]
-
-
 def _reshape_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each reshape experiment's candidate tokens (training samples) at the reference's checkpoints around the
     window: a token set of its own and a source that is the reference's checkpoints from ``candidate_from_step``."""
+    from .config import run_configs
+    from .reshape import candidate_steps
+
+    runs = run_configs(cfg)
     for ex in cfg["reshape"]:
-        ref, steps = wf.sources[ex["reference"]], reshape_candidate_steps(cfg, ex)
+        ref, steps = wf.sources[ex["reference"]], candidate_steps(runs[ex["reference"]], ex)
         src = Source(f"{ex['reference']}.from{steps[0]}", tuple((s, ref.checkpoint(s)) for s in steps), ref.ready)
         wf.add(sources=[src], token_sets=[TokenSet(ex["name"], f"{cfg['results']}/reshape/{ex['name']}/candidates.h5")])
         yield Series(f"{ex['name']}-candidates", "candidates", ex["name"], tuple((src.name, s) for s in steps),

@@ -102,8 +102,7 @@ Cost: one chunked pass over the N tokens; per chunk the largest temporaries are
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tokenscale._lazy import lazy_exports
 
 # public name -> module that defines it (PEP 562 lazy exports, as in tokenscale.fit: a stage module importing a
 # sibling never waits on this package's own imports)
@@ -125,14 +124,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)  # PEP 562: import the defining module on first use

@@ -22,8 +22,7 @@ Where things are (each module depends only on those above it):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tokenscale._lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -46,14 +45,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: import the defining module on first use
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)  # PEP 562: import the defining module on first use
