@@ -134,9 +134,55 @@ def test_config_adds_the_arms_and_the_snapshot():
     from tokenscale.series import build_workflow
 
     wf = build_workflow({**v, "results": "/r"})
-    assert sorted(wf.series) == ["ref", "rs-candidates"]  # arms are sources, not series
+    arms = ["rs-original", "rs-reshaped-s0", "rs-reshaped-s1", "rs-uniform-s0", "rs-uniform-s1"]
+    assert sorted(wf.series) == ["ref", "rs-candidates", *arms]
     cand = wf.series["rs-candidates"]
     assert cand.token_set == "rs" and [s for _, s in cand.members] == [s for s in wf.sources["ref"].steps if s >= 2]
+    # each arm's continuation series: the reference's checkpoints up to the window start, then the arm's own
+    cont = wf.series["rs-uniform-s1"]
+    assert cont.kind == "continuation" and cont.token_set == "valid" and cont.sources == ("ref", "rs-uniform-s1")
+    assert cont.members == tuple(("ref", s) for s in wf.sources["ref"].steps if s <= 20) + tuple(
+        ("rs-uniform-s1", s) for s in arm.checkpoint_steps())
+    assert all(s > 20 for s in arm.checkpoint_steps())
+
+
+# ------------------------------------------------------------------------------------------ spectrum shift (step 6)
+def _planted_arms(shift: float, n_seeds=3, N=4000, seed=0):
+    """Uniform-arm τ (log10 step) spread over [1.5, 3]; the reshaped arm's τ = the uniform arm's + ``shift`` + noise;
+    10% of tokens unselected (NaN) in each arm."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(1.5, 3.0, N)
+    arms = {"reshaped": [], "uniform": []}
+    for _ in range(n_seeds):
+        for arm, d in (("uniform", 0.0), ("reshaped", shift)):
+            x = base + d + rng.normal(0, 0.03, N)
+            x[rng.random(N) < 0.1] = np.nan
+            arms[arm].append(x)
+    return {a: np.stack(v) for a, v in arms.items()}
+
+
+def test_spectrum_shift_recovers_a_planted_shift_and_is_null_for_exchangeable_arms():
+    window = (np.log10(400), np.log10(550))
+    s = rs.spectrum_shift(_planted_arms(-0.02), window)
+    sh = s["shift"]["uniform"]
+    assert sh["value"] == pytest.approx(-0.02, abs=0.003) and sh["ci_low"] <= sh["value"] <= sh["ci_high"]
+    assert len(sh["per_pair"]) == 3 and min(sh["tokens_per_pair"]) > 100
+    # the window fraction: tokens within [x_a, x_b]; shifted earlier → the window picks up a slice from its end
+    f = s["window_fraction"]
+    assert f["uniform"]["value"] == pytest.approx(0.9 * (window[1] - window[0]) / 1.5, rel=0.1)
+    # exchangeable arms: no shift, and the seed CI covers 0 at about its nominal rate
+    nulls = [rs.spectrum_shift(_planted_arms(0.0, seed=k), window)["shift"]["uniform"] for k in range(1, 41)]
+    assert abs(np.mean([n["value"] for n in nulls])) < 0.001
+    assert sum(n["ci_low"] <= 0 <= n["ci_high"] for n in nulls) >= 34
+    # one original-arm seed is paired with every reshaped seed
+    X = _planted_arms(0.0, seed=2)
+    o = rs.spectrum_shift({**X, "original": X["uniform"][:1]}, window)
+    assert len(o["shift"]["original"]["per_pair"]) == 3
+    assert o["window_fraction"]["reshaped_minus_original"]["ci_low"] is None  # one original seed: no Welch interval
+    with pytest.raises(TokenscaleError, match=r"no continuation fits for arm 'reshaped'"):
+        rs.spectrum_shift({"uniform": X["uniform"]}, window)
+    with pytest.raises(TokenscaleError, match=r"cover different token counts \[4000, 10\]"):
+        rs.spectrum_shift({"reshaped": X["reshaped"], "uniform": X["uniform"][:, :10]}, window)
 
 
 @pytest.mark.parametrize("change, message", [

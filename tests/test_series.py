@@ -128,6 +128,8 @@ def test_new_kinds_get_every_downstream_rule_each_checkpoint_evaluated_once_no_t
     for name in ("t_smoke", "toy1", "best3"):
         for rule in ("assemble_shard", "fit_shard", "fit_table", "analyze"):
             assert any(r == rule and f"series={name}" in w for r, w in jobs), (rule, name)
+    for rule in ("fit_table", "analyze"):  # a reshape arm's continuation is fitted, and compared in its report only
+        assert any(r == rule and "series=rs_smoke-uniform-s1" in w for r, w in jobs) == (rule == "fit_table"), rule
     assert [w for r, w in jobs if r == "series_manifest"] == ["series=best3"]
     imported = {ln.rsplit("|", 1)[1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:")}
     assert "snakemake" in imported and "tokenscale.series" in imported

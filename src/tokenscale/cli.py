@@ -534,7 +534,7 @@ def cmd_reshape_report(args) -> int:
         raise TokenscaleError("reshape-report: --arms needs {\"arms\": [{run, arm, data_seed, val_loss, log[, weights]}]}")
     r = make_report(reshape_entry(args.experiment), batch_size=args.batch_size, scores_dir=args.scores, fits=args.fits,
                     tokens=args.tokens, trajectories=args.trajectories, reference_val_loss=args.reference_val_loss,
-                    arms=arms, analysis=analysis, out=args.out, figures=args.figures)
+                    arms=arms, analysis=analysis, out=args.out, figures=args.figures, valid_tokens=args.valid_tokens)
     acc = r["metrics"]["acceleration_vs_uniform"]
     print(f"reshape-report: {r['experiment']}: acceleration vs uniform {acc['value']} "
           f"[{acc['ci_low']}, {acc['ci_high']}] -> {args.out}", file=sys.stderr)
@@ -839,7 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectories", nargs="+", required=True, help="trajectory shards of the candidate series")
     p.add_argument("--reference-val-loss", required=True, help="val_loss.csv of the reference run")
     p.add_argument("--arms", type=_json_object, required=True,
-                   help='JSON {"arms": [{run, arm, data_seed, val_loss, log, weights}]} of the continuation runs')
+                   help='JSON {"arms": [{run, arm, data_seed, val_loss, log, weights, fits}]} of the continuation runs '
+                        '(fits: the fit table of the arm\'s continuation series, read with --valid-tokens)')
+    p.add_argument("--valid-tokens", default=None,
+                   help="the validation token set: compare the arms' learning-time spectra (every arm needs 'fits')")
     p.add_argument("--options", type=_json_object, default={}, help="JSON of the config's analysis section")
     p.add_argument("--out", required=True, help="output report.json")
     p.add_argument("--figures", required=True, help="output folder for the figure")

@@ -7,7 +7,9 @@
 * B – mean candidate-token loss per score bucket at the reference's checkpoints (bucket 0 = lowest score);
 * C – per bucket: its sampling weight in the reshaped arm and its mean score;
 * D – training loss of each arm over the window (mean over seeds of a running mean of the per-step loss);
-* E – validation loss of each arm over the window (mean over seeds, min–max band), with the acceleration.
+* E – validation loss of each arm over the window (mean over seeds, min–max band), with the acceleration;
+* F – (beyond the paper; when the arms' continuations were fitted) the learning-time histogram of the selected
+  validation tokens in each arm's continuation series (mean over seeds), with the paired τ shift vs uniform.
 """
 
 from __future__ import annotations
@@ -105,17 +107,40 @@ def _panel_valid(ax, d: dict):
     ax.set_title("E. validation loss over the window", fontsize=9)
 
 
+def _panel_shift(ax, d: dict):
+    if "shift_hist" not in d:
+        ax.text(0.5, 0.5, "continuations not fitted", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    edges = np.asarray(d["shift_edges"], dtype=float)
+    for arm, h in d["shift_hist"].items():
+        ax.stairs(h, edges, color=ARM_COLORS.get(arm, "k"), lw=1.3, label=arm)
+    _window(ax, d["window"])
+    ax.set_xscale("log")
+    ax.set_xlabel("learning time τ (step)")
+    ax.set_ylabel("validation tokens per τ bin (mean over seeds)")
+    m = d["spectrum_shift"]["shift"].get("uniform", {})
+    if m.get("value") is not None:
+        lo, hi = m.get("ci_low"), m.get("ci_high")
+        ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None else ""
+        ax.text(0.02, 0.96, f"mean Δlog10 τ (reshaped − uniform),\ntokens learned in the window: {m['value']:+.4f}{ci}",
+                transform=ax.transAxes, fontsize=7, va="top")
+    ax.legend(fontsize=7, loc="center left")
+    ax.set_title("F. validation-token learning times in the continuations", fontsize=9)
+
+
 def plot_reshape(d: dict, outdir: str | Path) -> list[Path]:
-    """Fig. 6 A–E from the report dict of ``tokenscale reshape-report`` (its ``figure`` entry); PNG + SVG."""
+    """Fig. 6 A–F from the report dict of ``tokenscale reshape-report`` (its ``figure`` entry); PNG + SVG."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(16, 7.5), layout="constrained")
-    axes = fig.subplot_mosaic([["A", "B", "C"], ["D", "E", "E"]])
+    axes = fig.subplot_mosaic([["A", "B", "C"], ["D", "E", "F"]])
     _panel_reference(axes["A"], d)
     _panel_buckets(axes["B"], d)
     _panel_weights(axes["C"], d)
     _panel_train(axes["D"], d)
     _panel_valid(axes["E"], d)
+    _panel_shift(axes["F"], d)
     fig.suptitle(f"Reshaping with learning times: {d['experiment']} (reference {d['reference']}, "
                  f"window {d['window'][0]}–{d['window'][1]})", fontsize=10)
     png = Path(_save(fig, outdir, RESHAPE_FIGURE_NAME))

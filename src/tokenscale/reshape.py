@@ -21,6 +21,14 @@ Given a reference run and a target window ``[s_a, s_b]`` of its steps:
    final loss, over s_b − s_1 (linear interpolation of the control's mean curve; censored, "> 1", when it never
    gets there); the final loss of each arm (its floor). CIs: percentile bootstrap over data-order seeds,
    resampled independently per arm.
+6. **Mechanism** (beyond the paper). Each arm's continuation series (the reference's checkpoints up to s_a, then
+   the arm's) is evaluated on the validation tokens and fitted; τ_i^(arm) is token i's learning time there (the
+   analysis selection; NaN when not selected). Per arm, ``f_in`` = the fraction of validation tokens with
+   x_a ≤ τ ≤ x_b (mean over seeds). Per pair of a reshaped seed and a control seed (matched by seed index; every
+   reshaped seed with the single ``original``): ``shift = mean_i (τ_i^r − τ_i^c)`` over the tokens selected in
+   both arms whose mean (τ_i^r + τ_i^c)/2 lies in the window (conditioning on the pair's mean, not on one arm,
+   so exchangeable arms give shift 0 without regression to the mean); negative = the reshaped arm learns them
+   earlier. CIs: Student-t over seeds (pairs), Welch for differences of fractions.
 
 This module is torch-free (numpy, h5py for the token set); the workflow calls it through ``tokenscale reshape-*``.
 """
@@ -37,7 +45,8 @@ import numpy as np
 from . import TokenscaleError
 
 __all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "score_samples", "assign_buckets",
-           "sample_weights", "pool_weights", "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics", "SCORES_FIELDS"]
+           "sample_weights", "pool_weights", "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics",
+           "spectrum_shift", "SCORES_FIELDS"]
 
 SCORES_FIELDS = ("sample_index", "score", "bucket", "weight", "n_in_window")
 
@@ -220,6 +229,62 @@ def arm_metrics(steps, curves: dict[str, np.ndarray], *, n_boot: int = 2000, see
     return out
 
 
+def _t_ci(values: np.ndarray, confidence: float) -> dict:
+    """Mean of per-seed values with its Student-t interval (None with fewer than 2 finite values)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return {"value": _clean(v.mean()) if v.size else None, "ci_low": None, "ci_high": None}
+    lo, hi = t.interval(confidence, v.size - 1, loc=v.mean(), scale=v.std(ddof=1) / np.sqrt(v.size))
+    return {"value": _clean(v.mean()), "ci_low": _clean(lo), "ci_high": _clean(hi)}
+
+
+def _welch_ci(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
+    """mean(a) − mean(b) with Welch's interval (None unless both have 2 or more values)."""
+    from scipy.stats import ttest_ind
+
+    out = {"value": _clean(np.mean(a) - np.mean(b)), "ci_low": None, "ci_high": None}
+    if a.size >= 2 and b.size >= 2:
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+        out |= {"ci_low": _clean(ci.low), "ci_high": _clean(ci.high)}
+    return out
+
+
+def _pair_shift(xr: np.ndarray, xc: np.ndarray, window_x) -> tuple[float, int]:
+    """(mean τ^r − τ^c, tokens) over tokens selected in both arms with their mean τ inside the window."""
+    both = np.isfinite(xr) & np.isfinite(xc)
+    mid = 0.5 * (xr + xc)
+    m = both & (mid >= window_x[0]) & (mid <= window_x[1])
+    return (float(np.mean(xr[m] - xc[m])) if m.any() else math.nan), int(m.sum())
+
+
+def spectrum_shift(tau_x: dict[str, np.ndarray], window_x, *, confidence: float = 0.95) -> dict:
+    """Step 6: how the arms' learning-time spectra moved. ``tau_x`` {arm: (n_seeds, N)} τ of every validation
+    token on the fit axis in each seed's continuation series, NaN where not selected; ``window_x`` (x_a, x_b).
+
+    CIs are Student-t intervals over seeds (pairs), Welch's for differences of window fractions: with 2–3 seeds a
+    percentile bootstrap over seeds covers far below its nominal level (45% instead of 95% on planted null arms)."""
+    if "reshaped" not in tau_x:
+        raise TokenscaleError("reshape: no continuation fits for arm 'reshaped'")
+    X = {a: np.atleast_2d(np.asarray(t, dtype=np.float64)) for a, t in tau_x.items()}
+    if len({x.shape[1] for x in X.values()}) != 1:
+        raise TokenscaleError(f"reshape: continuation fits cover different token counts {[x.shape[1] for x in X.values()]}")
+    lo, hi = window_x
+    f_in = {a: np.mean((x >= lo) & (x <= hi), axis=1) for a, x in X.items()}  # (n_seeds,) per arm
+    out = {"window_fraction": {a: _t_ci(f, confidence) | {"per_seed": f.tolist()} for a, f in f_in.items()},
+           "shift": {}, "n_tokens": int(X["reshaped"].shape[1]), "confidence": confidence}
+    for ctrl in (a for a in X if a != "reshaped"):
+        nr, nc = X["reshaped"].shape[0], X[ctrl].shape[0]
+        idx = [(i, 0) for i in range(nr)] if nc == 1 else [(i, i) for i in range(min(nr, nc))]
+        pairs = [_pair_shift(X["reshaped"][i], X[ctrl][j], window_x) for i, j in idx]
+        out["shift"][ctrl] = _t_ci(np.array([p[0] for p in pairs]), confidence) | {
+            "per_pair": [_clean(p[0]) for p in pairs], "tokens_per_pair": [p[1] for p in pairs]}
+        out["window_fraction"][f"reshaped_minus_{ctrl}"] = _welch_ci(f_in["reshaped"], f_in[ctrl], confidence)
+    return out
+
+
 def _clean(v):
     v = float(v)
     return v if math.isfinite(v) else None
@@ -326,10 +391,47 @@ def _repeats(arms: list[dict], batch_size: int, s_a: int, s_b: int) -> dict:
     return out
 
 
+def _arm_tau(arms: list[dict], valid_tokens, analysis: dict, window) -> tuple[dict, tuple[float, float], str]:
+    """({arm: (n_seeds, N) τ on the fit axis, NaN where not selected}, window on the fit axis, fit transform) from
+    the arms' continuation fit tables (every validation token, the analysis selection)."""
+    from .analysis.alignment import selected_tau
+    from .analysis.numerics import to_x
+    from .analysis.options import AnalysisOptions
+    from .io import read_token_set
+    from .io.fits import load_fits
+
+    missing = [a["run"] for a in arms if "fits" not in a]
+    if missing:
+        raise TokenscaleError(f"reshape: arm {missing[0]} has no continuation 'fits' (needed with the validation tokens)")
+    ts = read_token_set(valid_tokens, datasets=())
+    n, sel = int(ts["n_seqs"]) * int(ts["seq_len"]), AnalysisOptions.from_config(analysis).main
+    by_arm, transform = {}, None
+    for a in sorted(arms, key=lambda a: (a["arm"], a["data_seed"])):
+        fit = load_fits(a["fits"])
+        if transform not in (None, fit.transform):
+            raise TokenscaleError(f"reshape: {a['fits']} is fitted with transform {fit.transform!r}, others {transform!r}")
+        transform = fit.transform
+        tau, valid = selected_tau(fit, n, sel)
+        by_arm.setdefault(a["arm"], []).append(np.where(valid, tau, np.nan))
+    window_x = tuple(float(to_x(s, transform)) for s in window)
+    return {k: np.stack(v) for k, v in by_arm.items()}, window_x, transform
+
+
+def _shift_figure_data(tau_x: dict, window, transform: str) -> dict:
+    """Per arm, the mean over seeds of the selected validation tokens' τ histogram (log-spaced steps)."""
+    from .analysis.numerics import to_orig
+
+    edges = np.geomspace(max(1.0, window[0] / 4), window[1], 25)
+    hist = {a: np.mean([np.histogram(to_orig(t[np.isfinite(t)], transform), bins=edges)[0] for t in x], axis=0).tolist()
+            for a, x in tau_x.items()}
+    return {"shift_edges": edges.tolist(), "shift_hist": hist}
+
+
 def make_report(ex: dict, *, batch_size: int, scores_dir, fits, tokens, trajectories, reference_val_loss,
-                arms: list[dict], analysis: dict, out, figures) -> dict:
-    """Stage 4–5: ``out`` (report.json) and Fig. 6 A–E in ``figures``. ``arms``: dicts with ``run``, ``arm``,
-    ``data_seed``, ``val_loss`` (csv), ``log`` (log.jsonl) and, for pool arms, ``weights`` (npy)."""
+                arms: list[dict], analysis: dict, out, figures, valid_tokens=None) -> dict:
+    """Stages 4–6: ``out`` (report.json) and Fig. 6 A–F in ``figures``. ``arms``: dicts with ``run``, ``arm``,
+    ``data_seed``, ``val_loss`` (csv), ``log`` (log.jsonl), for pool arms ``weights`` (npy) and, for step 6
+    (with ``valid_tokens``, the validation token set), ``fits``: the arm's continuation fit table."""
     from . import atomic
     from .analysis.numerics import to_orig
     from .figures_reshape import plot_reshape
@@ -367,12 +469,18 @@ def make_report(ex: dict, *, batch_size: int, scores_dir, fits, tokens, trajecto
               "arm_curves": {k: v.tolist() for k, v in curves.items()},
               "train_loss_floor": train_floor, "bucket_window_drop": drops, "bucket_drop_spearman": _clean(rho),
               "repeats": _repeats(arms, batch_size, s_a, s_b)}
+    shift_fig = {}
+    if valid_tokens is not None:
+        tau_x, window_x, transform = _arm_tau(arms, valid_tokens, analysis, ex["window"])
+        report["spectrum_shift"] = spectrum_shift(tau_x, window_x)
+        shift_fig = _shift_figure_data(tau_x, ex["window"], transform)
     atomic.write_json(out, report, allow_nan=False)
     fig = {**report, "reference_steps": ref.steps.tolist(), "reference_loss": ref.loss.tolist(),
            "candidate_tau_steps": to_orig(tau[valid], fit.transform).tolist(), "candidate_steps": cand_steps.tolist(),
            "bucket_curves": curves_b.tolist(), "bucket_weights": summary["bucket_weights"],
            "bucket_mean_score": summary["bucket_mean_score"],
            "train_loss": {k: {"steps": list(range(s_a + width, s_b + 1)),
-                              "loss": [_running_mean(t, width).tolist() for t in v]} for k, v in train.items()}}
+                              "loss": [_running_mean(t, width).tolist() for t in v]} for k, v in train.items()},
+           **shift_fig}
     plot_reshape(fig, figures)
     return report

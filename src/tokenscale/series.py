@@ -21,6 +21,9 @@ Each kind of series is one builder in :data:`BUILDERS` (config -> series). Today
 * ``external`` -- an external folder's checkpoints, on its own token set;
 * ``candidates`` -- a reshape experiment's candidate training samples (a token set of their own) at the reference
   run's checkpoints around the target window (:mod:`tokenscale.reshape`);
+* ``continuation`` -- a reshape experiment's continuation arm on the shared validation token set: the reference's
+  checkpoints up to the window start, then the arm's own (the arms' learning-time spectra are compared in the
+  experiment's report, not analysed one by one);
 * ``frontier`` -- a D or M sweep's frontier (:mod:`tokenscale.frontier`): the best recipe's final checkpoint per
   token budget or model size, on the shared validation token set, fitted on tokens seen (D) or on the models'
   non-embedding FLOPs/token (M). Deferred: the choice needs the runs' validation losses.
@@ -226,12 +229,27 @@ def _reshape_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
                      (src.name,), "reshape")
 
 
+def _continuation_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
+    """Each reshape arm's validation-token trajectories: the reference's checkpoints up to the window start (the
+    state the arm continues from), then the arm's checkpoints over the window; named like the arm's run."""
+    from .config import run_configs
+
+    for name, run in run_configs(cfg).items():
+        if run.reshape is None:
+            continue
+        ref, s_a = run.branch["from"], run.branch["step"]
+        head = tuple((ref, s) for s in wf.sources[ref].steps if s <= s_a)
+        tail = tuple((name, s) for s in wf.sources[name].steps)
+        yield Series(name, "continuation", VALID_TOKENS, head + tail, (ref, name), run.hash)
+
+
 # kind -> builder: every series of that kind in a validated config (registering its sources and token sets)
 BUILDERS: dict[str, Callable[[dict, Workflow], Iterable[Series]]] = {
     "run": _run_series,
     "external": _external_series,
     "frontier": _frontier_series,
     "candidates": _reshape_series,
+    "continuation": _continuation_series,
 }
 
 def build_workflow(cfg: dict) -> Workflow:

@@ -96,6 +96,8 @@ def reshape_report_inputs(wildcards):
         "reference": f"{RESULTS}/runs/{ex['reference']}/val_loss.csv",
         "val_loss": [f"{RESULTS}/runs/{r}/val_loss.csv" for r in arms],
         "trained": [f"{RESULTS}/runs/{r}/train.json" for r in arms],
+        "continuations": [f"{RESULTS}/series/{r}/fits.h5" for r in arms],  # each arm's continuation series
+        "valid": TOKEN_SETS[VALID_TOKENS].path,
     }
 
 
@@ -105,7 +107,7 @@ def reshape_arms_json(wildcards):
     for r in reshape_arms(wildcards.exp):
         rs = RUNS[r].reshape
         arm = {"run": r, "arm": rs["arm"], "data_seed": rs["data_seed"], "val_loss": f"{RESULTS}/runs/{r}/val_loss.csv",
-               "log": f"{RESULTS}/runs/{r}/log.jsonl"}
+               "log": f"{RESULTS}/runs/{r}/log.jsonl", "fits": f"{RESULTS}/series/{r}/fits.h5"}
         if rs["arm"] != "original":
             arm["weights"] = f"{reshape_dir(wildcards.exp)}/weights-{rs['arm']}.npy"
         out.append(arm)
@@ -219,7 +221,9 @@ def series_eval_dirs(wildcards):
 
 # App. A.2 alignment: series on the validation token set (frequencies are counted with its tokenizer); the
 # dependency length at the final member's checkpoint where the members are known when the DAG is built.
-ALIGNED = [s for s, v in SERIES.items() if v.token_set == VALID_TOKENS]
+# Continuation series (reshape arms) are compared in their experiment's report instead.
+ANALYZED = [s for s, v in SERIES.items() if v.kind != "continuation"]
+ALIGNED = [s for s in ANALYZED if SERIES[s].token_set == VALID_TOKENS]
 DEPENDENCY = {s: SERIES[s].members[-1] for s in ALIGNED if not SERIES[s].deferred}
 
 
@@ -269,7 +273,7 @@ def all_targets():
     out = [f"{DATA}/valid_tokens.h5"]
     out += [f"{RESULTS}/runs/{r}/{f}" for r in RUNS for f in ("train.json", "val_loss.csv")]
     out += [f"{RESULTS}/series/{s}/fits.h5" for s in SERIES]
-    out += [f"{RESULTS}/series/{s}/analysis/{f}" for s in SERIES for f in ("summary.json", "figures")]
+    out += [f"{RESULTS}/series/{s}/analysis/{f}" for s in ANALYZED for f in ("summary.json", "figures")]
     out += [f"{RESULTS}/series/{s}/frontier/frontier.csv" for s, v in SERIES.items() if v.kind == "frontier"]
     out += [f"{RESULTS}/series/{s}/alignment/alignment.json" for s in ALIGNED]
     out += [f"{RESULTS}/seeds/{g}/agreement.json" for g in SEED_GROUPS]

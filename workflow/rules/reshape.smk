@@ -1,7 +1,8 @@
 # Reshaping the training distribution with learning times (paper §6, Fig. 6; tokenscale.reshape). Per experiment:
 # candidate training samples -> (evaluated at the reference's checkpoints, fitted: series {exp}-candidates by the
 # generic rules) -> scores, buckets and sampler weights -> continuation arms (rule train, branched from the
-# reference's snapshot at the window start) -> report with seed CIs and Fig. 6 A-E.
+# reference's snapshot at the window start; each arm's validation trajectories fitted as series {arm}) -> report
+# with seed CIs, Fig. 6 A-E and the arms' learning-time shift (panel F).
 
 
 rule reshape_candidates:
@@ -82,4 +83,4 @@ rule reshape_report:
         "tokenscale reshape-report --experiment {params.experiment:q} --batch-size {params.batch_size} "
         "--scores {params.scores:q} --fits {input.fits:q} --tokens {input.tokens:q} "
         "--trajectories {input.trajectories:q} --reference-val-loss {input.reference:q} --arms {params.arms:q} "
-        "--options {params.analysis:q} --out {output.report:q} --figures {output.figures:q} > {log:q} 2>&1"
+        "--valid-tokens {input.valid:q} --options {params.analysis:q} --out {output.report:q} --figures {output.figures:q} > {log:q} 2>&1"
