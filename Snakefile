@@ -25,6 +25,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/reshape.smk"
+include: "workflow/rules/synthetic.smk"
 
 
 rule all:

@@ -77,7 +77,7 @@ def test_cli_bad_config_prints_one_line(tmp_path):
     assert lines == ["tokenscale: error: config: unknown key 'runs[0].bacth_size' (allowed: axis, batch_size, branch, "
                      "checkpoints, deepspeed_config, device, engine, grad_clip, in_loop_validation, lr, micro_batch_size, "
                      "model, name, nproc, perf, precision, reshape, schedule, seed, single_pass, snapshots, state_every, sweep, "
-                     "tokens, weight_decay)"]
+                     "synthetic, tokens, weight_decay)"]
 
 
 def test_cli_help_for_every_command():

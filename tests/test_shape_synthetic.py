@@ -45,7 +45,8 @@ def test_power_law_curve_prefers_power_law_and_recovers_alpha():
 
 
 def test_aic_matches_hand_computation():
-    # L = 6.09 − 1.03·s is the least-squares line (s̄ = 3, ȳ = 3, Σ(s−s̄)(y−ȳ) = −10.3, Σ(s−s̄)² = 10);
+    # L = 6.09 − 1.03·s is the least-squares line
+    # (s̄ = 3, ȳ = 3, Σ(s−s̄)(y−ȳ) = −10.3, Σ(s−s̄)² = 10);
     # residuals −0.06, 0.07, −0.10, 0.23, −0.14 give RSS = 0.091
     steps = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     loss = np.array([5.0, 4.1, 2.9, 2.2, 0.8])

@@ -541,6 +541,53 @@ def cmd_reshape_report(args) -> int:
     return 0
 
 
+def cmd_prepare_synthetic(args) -> int:
+    from .config import validate_config
+    from .synthetic import prepare
+
+    entry = validate_config({"synthetic": [args.entry]})["synthetic"][0]
+    meta = prepare(entry, args.out)
+    print(f"prepare-synthetic: {entry['name']}: {meta['n_samples']:,} training examples (levels "
+          f"{meta['level_counts']}), vocab {meta['vocab_size']} -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_synthetic_levels(args) -> int:
+    import torch
+
+    from .evaluate import scored_predictions
+    from .series import step_from_name
+    from .synthetic import _level_table, level_rows, write_levels
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    level, rows = _level_table(args.tokens), []
+    for i, ckpt in enumerate(args.checkpoints, 1):
+        step = step_from_name(Path(ckpt).name)
+        if step is None:
+            raise TokenscaleError(f"synthetic-levels: cannot tell the step of checkpoint {ckpt} (not step<N>)")
+        loss, correct = scored_predictions(ckpt, args.tokens, device=args.device)
+        rows += level_rows(step, level, loss, correct)
+        print(f"synthetic-levels: {i}/{len(args.checkpoints)} step {step}: accuracy {correct.mean():.3f}", file=sys.stderr)
+    write_levels(args.out, rows)
+    return 0
+
+
+def cmd_synthetic_report(args) -> int:
+    from .config import validate_config
+    from .synthetic import make_report
+
+    entry = validate_config({"synthetic": [args.entry]})["synthetic"][0]
+    analysis = validate_config({"analysis": args.options})["analysis"]
+    r = make_report(entry, run=args.run, levels_csv=args.levels, val_loss=args.val_loss, fits=args.fits,
+                    trajectories=args.trajectories, summary=args.summary, overlap_json=args.overlap,
+                    analysis=analysis, out=args.out, figures=args.figures)
+    sh = r["shape_test"]
+    print(f"synthetic-report: {args.run}: {r['levels']['n_levels_above_half']} levels above 50% accuracy; shape test "
+          f"delta AIC (linear - power) {sh['delta_aic']} -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_figures(args) -> int:
     from .analysis import read_analysis
     from .figures import make_figures
@@ -808,6 +855,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis-label", default="training step", help="axis label of the figures")
     p.add_argument("--out", required=True, help="output agreement.json")
     p.add_argument("--figures", required=True, help="output folder for the figures")
+
+    p = _command(sub, "prepare-synthetic", cmd_prepare_synthetic,
+                 "generate a synthetic modular-arithmetic dataset (paper App. A.3) as a data folder",
+                 "Writes tokenizer/, train_tokens.bin/.json (answer-only supervision), valid_tokens.h5 (the entry's own "
+                 "level distribution), levels_tokens.h5 (balanced levels) and overlap.json.")
+    p.add_argument("--entry", type=_json_object, required=True, help="JSON of one config `synthetic` entry")
+    p.add_argument("--out", required=True, help="output data folder")
+
+    p = _command(sub, "synthetic-levels", cmd_synthetic_levels,
+                 "per-level answer loss and accuracy of a synthetic run's checkpoints (paper Fig. 8)",
+                 "Evaluates every checkpoint on the balanced validation set; writes levels.csv (step, level, n, loss, "
+                 "accuracy).")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint folders step<N>/, any order")
+    p.add_argument("--tokens", required=True, help="the dataset's levels_tokens.h5")
+    p.add_argument("--device", default=None, help="torch device (default: CUDA when available, else CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--out", required=True, help="output levels.csv")
+
+    p = _command(sub, "synthetic-report", cmd_synthetic_report,
+                 "a synthetic series' report: per-level accuracy, the shape test, SVD energies, R²; Fig. 8-10",
+                 "The shape test fits a line and a power law to the aggregate validation loss on the step axis after "
+                 "the analysis' transient rule and compares their AIC.")
+    p.add_argument("--entry", type=_json_object, required=True, help="JSON of the run's config `synthetic` entry")
+    p.add_argument("--run", required=True, help="the run (= series) name")
+    p.add_argument("--levels", required=True, help="levels.csv of the run (tokenscale synthetic-levels)")
+    p.add_argument("--val-loss", required=True, help="val_loss.csv of the run (its answers' mean loss)")
+    p.add_argument("--fits", required=True, help="fit table of the series")
+    p.add_argument("--trajectories", nargs="+", required=True, help="trajectory shards of the series")
+    p.add_argument("--summary", required=True, help="the series' analysis summary.json")
+    p.add_argument("--overlap", required=True, help="the dataset's overlap.json")
+    p.add_argument("--options", type=_json_object, default={}, help="JSON of the config's analysis section")
+    p.add_argument("--out", required=True, help="output report.json")
+    p.add_argument("--figures", required=True, help="output folder for Fig. 8-10")
 
     p = _command(sub, "reshape-candidates", cmd_reshape_candidates,
                  "a reshape experiment's candidate token set: training samples drawn without replacement",

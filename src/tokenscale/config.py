@@ -122,9 +122,11 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
         raise TokenscaleError(f"config: runs has duplicate name(s): {', '.join(dup)}")
     from .model import resolve_arch  # imports torch lazily only
 
+    if cross_run:
+        _check_synthetic(cfg)
     for i, r in enumerate(cfg["runs"]):
         try:
-            resolve_arch(r["model"], cfg["data"]["seq_len"])
+            resolve_arch(r["model"], run_seq_len(cfg, r) if cross_run else cfg["data"]["seq_len"])
         except TokenscaleError as e:
             raise TokenscaleError(f"config: runs[{i}].{e}") from None
     _branch_sweeps(cfg)
@@ -253,10 +255,42 @@ def _total_steps(run: dict, seq_len: int) -> int:
     return RunConfig._of_valid(run, seq_len).total_steps
 
 
+def run_seq_len(cfg: dict, run: dict) -> int:
+    """A run's sequence length: its synthetic dataset's ``seq_len``, else the prepared corpus' (``data.seq_len``)."""
+    for e in cfg.get("synthetic", []) if run.get("synthetic") else []:
+        if e["name"] == run["synthetic"]:
+            return e["seq_len"]
+    return cfg["data"]["seq_len"]  # (a train job's one-run spec carries the run's own seq_len as data.seq_len)
+
+
+def _check_synthetic(cfg: dict) -> None:
+    """Every ``synthetic`` entry generates (one line naming the bad value otherwise); every run's ``synthetic``
+    names one, and such runs take their validation loss from the per-token evaluation."""
+    from .synthetic import spec_of
+
+    for i, e in enumerate(cfg["synthetic"]):
+        try:
+            spec_of(e)
+        except TokenscaleError as err:
+            raise TokenscaleError(f"config: synthetic[{i}] ({e['name']}): {err}") from None
+    dup = _duplicate_names(cfg["synthetic"])
+    if dup:
+        raise TokenscaleError(f"config: synthetic has duplicate name(s): {', '.join(dup)}")
+    names = {e["name"] for e in cfg["synthetic"]}
+    for r in cfg["runs"]:
+        if r["synthetic"] is None:
+            continue
+        if r["synthetic"] not in names:
+            raise TokenscaleError(f"config: run {r['name']}: synthetic {r['synthetic']!r} is not a synthetic dataset of "
+                                  f"this config ({', '.join(sorted(names)) or 'none'})")
+        if r["in_loop_validation"]:
+            raise TokenscaleError(f"config: run {r['name']}: a synthetic run needs in_loop_validation: false (only the "
+                                  "answer token is scored, by the per-token evaluation)")
+
+
 def _branch_sweeps(cfg: dict) -> None:
     """Each sweep with ``branch_from``: its runs branch from the trunk at their decay start, which the trunk snapshots."""
     runs = {r["name"]: r for r in cfg["runs"]}
-    seq_len = cfg["data"]["seq_len"]
     for sweep in cfg["sweeps"]:
         trunk_name = sweep.get("branch_from")
         if trunk_name is None:
@@ -265,12 +299,12 @@ def _branch_sweeps(cfg: dict) -> None:
         if trunk_name not in runs:
             raise TokenscaleError(f"{where} {trunk_name!r} is not a run of this config")
         trunk = runs[trunk_name]
-        trunk_total = _total_steps(trunk, seq_len)
+        trunk_total = _total_steps(trunk, run_seq_len(cfg, trunk))
         steps = set(trunk["snapshots"])
         for run in (r for r in cfg["runs"] if r["sweep"] == sweep["name"]):
             if run["schedule"]["kind"] != "wsd":
                 raise TokenscaleError(f"{where}: run {run['name']} has schedule.kind {run['schedule']['kind']!r}, needs 'wsd'")
-            start = decay_start(run["schedule"], _total_steps(run, seq_len))
+            start = decay_start(run["schedule"], _total_steps(run, run_seq_len(cfg, run)))
             if not 1 <= start < trunk_total:
                 raise TokenscaleError(f"{where}: run {run['name']} decays from step {start}, "
                                       f"not within trunk {trunk_name}'s steps 1..{trunk_total - 1}")
@@ -298,19 +332,19 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
     from .reshape import bucket_weights, candidate_first_step, candidate_steps
 
     runs = {r["name"]: r for r in cfg["runs"]}
-    seq_len, out = cfg["data"]["seq_len"], []
+    out = []
     for i, ex in enumerate(cfg["reshape"]):
         where = f"config: reshape[{i}] ({ex['name']})"
         ref = runs.get(ex["reference"])
         if ref is None or ref["axis"] != "T" or ref["reshape"] is not None:
             raise TokenscaleError(f"{where}: reference {ex['reference']!r} is not a T run of this config")
-        total = _total_steps(ref, seq_len)
+        total = _total_steps(ref, run_seq_len(cfg, ref))
         s_a, s_b = ex["window"]
         if not 1 <= s_a < s_b <= total:
             raise TokenscaleError(f"{where}: window {ex['window']} is not within the reference's steps 1..{total} "
                                   f"with start < end")
         first = ex["candidate_from_step"] if ex["candidate_from_step"] is not None else max(1, s_a // 10)
-        n_ckpt = len(candidate_steps(RunConfig._of_valid(ref, seq_len), ex))
+        n_ckpt = len(candidate_steps(RunConfig._of_valid(ref, run_seq_len(cfg, ref)), ex))
         if first > s_a or n_ckpt < 5:
             raise TokenscaleError(f"{where}: candidate_from_step {first} leaves {n_ckpt} reference checkpoints "
                                   f"(need >= 5 from a step <= the window start {s_a})")
@@ -324,7 +358,7 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
         arms += [("original", ref["seed"])] if ex["original_arm"] else []
         for arm, seed in arms:
             run = {**copy.deepcopy(base), "name": f"{ex['name']}-{arm}" + (f"-s{seed}" if arm != "original" else ""),
-                   "tokens": s_b * ref["batch_size"] * seq_len, "schedule": schedule, "single_pass": False,
+                   "tokens": s_b * ref["batch_size"] * run_seq_len(cfg, ref), "schedule": schedule, "single_pass": False,
                    "checkpoints": {"count": ex["checkpoints"], "first_step": s_a + 1}, "in_loop_validation": False,
                    "branch": {"from": ref["name"], "step": s_a},
                    "reshape": {"experiment": ex["name"], "arm": arm, "data_seed": seed}}
@@ -341,11 +375,10 @@ def _check_branches(cfg: dict) -> None:
     """Every ``branch``: a run of this config, a step below both runs' ends and among the trunk's snapshots,
     a compatible trunk and the same lr schedule before the step (one line naming the run otherwise)."""
     runs = {r["name"]: r for r in cfg["runs"]}
-    seq_len = cfg["data"]["seq_len"]
     for r in cfg["runs"]:
-        if r["snapshots"] and max(r["snapshots"]) > _total_steps(r, seq_len):
+        if r["snapshots"] and max(r["snapshots"]) > _total_steps(r, run_seq_len(cfg, r)):
             raise TokenscaleError(f"config: run {r['name']}: snapshot step {max(r['snapshots'])} is beyond its "
-                                  f"{_total_steps(r, seq_len)} steps")
+                                  f"{_total_steps(r, run_seq_len(cfg, r))} steps")
         if r["branch"] is None:
             continue
         name, src, step = r["name"], r["branch"]["from"], r["branch"]["step"]
@@ -354,14 +387,14 @@ def _check_branches(cfg: dict) -> None:
         if src not in runs or src == name:
             raise TokenscaleError(f"config: run {name}: branch.from {src!r} is not another run of this config")
         trunk = runs[src]
-        total, trunk_total = _total_steps(r, seq_len), _total_steps(trunk, seq_len)
+        total, trunk_total = _total_steps(r, run_seq_len(cfg, r)), _total_steps(trunk, run_seq_len(cfg, trunk))
         if step >= min(total, trunk_total):
             raise TokenscaleError(f"config: run {name}: branch step {step} is not below its steps ({total}) "
                                   f"and trunk {src}'s ({trunk_total})")
         if step not in trunk["snapshots"]:
             raise TokenscaleError(f"config: run {name}: branch step {step} is not in run {src}'s snapshots "
                                   f"({trunk['snapshots']}); add it there")
-        a, b = RunConfig._of_valid(trunk, seq_len).branch_key(), RunConfig._of_valid(r, seq_len).branch_key()
+        a, b = RunConfig._of_valid(trunk, run_seq_len(cfg, trunk)).branch_key(), RunConfig._of_valid(r, run_seq_len(cfg, r)).branch_key()
         for key in a:
             if a[key] != b[key]:
                 raise TokenscaleError(f"config: run {name}: trunk {src} differs in {key} ({a[key]!r} vs {b[key]!r}); "
@@ -466,6 +499,7 @@ class RunConfig:
     snapshots: list
     branch: dict | None
     reshape: dict | None
+    synthetic: str | None
     single_pass: bool
     engine: str
     deepspeed_config: str
@@ -537,4 +571,4 @@ def checkpoint_steps(total_steps: int, count: int, first_step: int = 1) -> list[
 
 def run_configs(cfg: dict) -> dict[str, RunConfig]:
     """Typed views of every run in a validated config (:func:`validate_config`; not validated again), by name."""
-    return {r["name"]: RunConfig._of_valid(r, cfg["data"]["seq_len"]) for r in cfg["runs"]}
+    return {r["name"]: RunConfig._of_valid(r, run_seq_len(cfg, r)) for r in cfg["runs"]}

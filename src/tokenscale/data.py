@@ -619,9 +619,10 @@ def build_token_set(docs: list[dict], tokenizer, out_path: str | Path, *, seq_le
 
 def write_token_set(out_path: str | Path, input_ids: np.ndarray, doc_id: np.ndarray, doc_pos: np.ndarray,
                     domain: np.ndarray, *, kind: str, domain_names: list[str], attrs: dict | None = None,
-                    sample_index: np.ndarray | None = None) -> Path:
+                    sample_index: np.ndarray | None = None, score_mask: np.ndarray | None = None) -> Path:
     """Write a token set HDF5 (``docs/formats.md``) atomically: ``input_ids`` (S, T+1); ``doc_id``, ``doc_pos`` and
-    ``domain`` (S, T) of the target tokens; ``sample_index`` (S,) for a set of training samples."""
+    ``domain`` (S, T) of the target tokens; ``sample_index`` (S,) for a set of training samples; ``score_mask``
+    (S, T) bool when only some positions are the set's tokens (a synthetic example's answer)."""
     import h5py
 
     input_ids = np.asarray(input_ids).astype(np.int32)
@@ -634,6 +635,8 @@ def write_token_set(out_path: str | Path, input_ids: np.ndarray, doc_id: np.ndar
         f.create_dataset("domain", data=np.asarray(domain).astype(np.int16))
         if sample_index is not None:
             f.create_dataset("sample_index", data=np.asarray(sample_index, dtype=np.int64))
+        if score_mask is not None:
+            f.create_dataset("score_mask", data=np.asarray(score_mask, dtype=bool))
         f.attrs["seq_len"] = input_ids.shape[1] - 1
         f.attrs["kind"] = kind
         f.attrs["domain_names"] = json.dumps(domain_names)
@@ -643,8 +646,13 @@ def write_token_set(out_path: str | Path, input_ids: np.ndarray, doc_id: np.ndar
     return out_path
 
 
+SUPERVISE = ("all", "last")  # train_tokens.json "supervise": every next-token label, or only the row's last one
+
+
 class TrainTokens:
-    """Memory-mapped training stream; sample ``i`` is ``tokens[i*T : i*T + T + 1]`` (windows overlap by one)."""
+    """Memory-mapped training stream; sample ``i`` is ``tokens[i*T : i*T + T + 1]`` (windows overlap by one), or
+    with ``"layout": "rows"`` (synthetic examples) row ``i`` of ``T + 1`` tokens, ``tokens[i*(T+1) : (i+1)*(T+1)]``.
+    ``supervise`` (``"all"`` or ``"last"``) says which labels the trainer's loss uses."""
 
     def __init__(self, data_dir: str | Path):
         data_dir = Path(data_dir)
@@ -656,6 +664,12 @@ class TrainTokens:
         self.n_samples = int(self.meta["n_samples"])
         self.vocab_size = int(self.meta["vocab_size"])
         self.tokens = np.memmap(data_dir / "train_tokens.bin", dtype=self.meta["dtype"], mode="r", shape=(self.meta["n_tokens"],))
+        layout = self.meta.get("layout", "stream")
+        self.stride = {"stream": self.seq_len, "rows": self.seq_len + 1}.get(layout)
+        self.supervise = self.meta.get("supervise", "all")
+        if self.stride is None or self.supervise not in SUPERVISE:
+            raise TokenscaleError(f"{meta_path}: layout {layout!r} / supervise {self.supervise!r} is not one of "
+                                  f"stream, rows / {', '.join(SUPERVISE)}")
 
     def __len__(self) -> int:
         return self.n_samples
@@ -665,5 +679,5 @@ class TrainTokens:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_samples):
             raise TokenscaleError(f"sample index out of range [0, {self.n_samples}): {idx.min()}..{idx.max()}")
-        rows = idx[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
+        rows = idx[:, None] * self.stride + np.arange(self.seq_len + 1)[None, :]
         return self.tokens[rows].astype(np.int64)

@@ -33,6 +33,7 @@ __all__ = [
     "load_token_set",
     "load_checkpoint_model",
     "evaluate_checkpoint",
+    "scored_predictions",
 ]
 
 # Max number of logits elements handled by one F.cross_entropy call (rows x vocab).  On CPU a small
@@ -289,7 +290,8 @@ def evaluate_checkpoint(
 ) -> Path:
     """Evaluate one checkpoint on a token set; write ``out_path`` atomically and return it.
 
-    Output: dataset ``loss`` (N,) float32 nats, N = S*T row-major (token instance ``s*T+t``).
+    Output: dataset ``loss`` (N,) float32 nats, N = S*T row-major (token instance ``s*T+t``); for a token set with
+    a ``score_mask``, only its scored positions (row-major), so ``mean_loss`` is theirs.
     ``step``/``tokens_seen`` come from the checkpoint's ``tokenscale.json`` if present, else from
     the arguments (``step`` falls back to the directory name ``step<N>``/``checkpoint-<N>``;
     ``tokens_seen`` to -1 = unknown).  A conflicting argument is an error.  ``device`` defaults to
@@ -314,7 +316,8 @@ def evaluate_checkpoint(
     if step_v is None:
         raise TokenscaleError(f"cannot tell the step of checkpoint {ckpt} (no tokenscale.json, no step argument)")
     tokens_v = pick("tokens_seen", tokens_seen)
-    ts = tio.read_token_set(token_set_path, datasets=("input_ids",))
+    ts = tio.read_token_set(token_set_path)
+    mask = ts.get(tio.SCORE_MASK)  # (S, T) bool or None: the positions that are the set's tokens
     ts_sha = tio.sha256_file(token_set_path)
     tok_sha = _check_tokenizer(ckpt, token_set_path, ts["attrs"])
     if device is None:
@@ -324,6 +327,8 @@ def evaluate_checkpoint(
     t1 = time.perf_counter()
     losses = token_losses(model, ts["input_ids"], batch_size=batch_size, device=dev)
     t2 = time.perf_counter()
+    if mask is not None:
+        losses = losses[mask]  # (n,) the scored positions, row-major
     if not np.all(np.isfinite(losses)):
         raise TokenscaleError(f"checkpoint {ckpt} produced non-finite losses on {token_set_path}")
     cfg = model.config
@@ -356,3 +361,28 @@ def evaluate_checkpoint(
     del model
     attrs["seconds"] = float(time.perf_counter() - t0)
     return tio.write_eval_file(out, losses, attrs)
+
+
+def scored_predictions(ckpt_dir: os.PathLike | str, token_set_path: os.PathLike | str, *, batch_size: int = 256,
+                       device: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(loss (n,) float32, correct (n,) bool) of a checkpoint at a token set's scored positions (its
+    ``score_mask``, row-major): the cross entropy and whether the argmax next token is the target (a synthetic
+    example's answer accuracy)."""
+    ts = tio.read_token_set(token_set_path)
+    mask = ts.get(tio.SCORE_MASK)
+    if mask is None:
+        raise TokenscaleError(f"{token_set_path}: no {tio.SCORE_MASK}: answer accuracy needs the scored positions")
+    _check_tokenizer(Path(ckpt_dir), token_set_path, ts["attrs"])
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_checkpoint_model(ckpt_dir, device=dev)
+    ids = torch.as_tensor(ts["input_ids"], dtype=torch.long)
+    m = torch.as_tensor(mask)
+    loss, correct = [], []
+    with torch.inference_mode():
+        for s0 in range(0, ids.shape[0], batch_size):
+            batch, mb = ids[s0:s0 + batch_size].to(dev), m[s0:s0 + batch_size].to(dev)
+            logits = model(input_ids=batch[:, :-1], use_cache=False).logits[mb].float()  # (n_b, V)
+            tgt = batch[:, 1:][mb]  # (n_b,)
+            loss.append(F.cross_entropy(logits, tgt, reduction="none").cpu().numpy())
+            correct.append((logits.argmax(-1) == tgt).cpu().numpy())
+    return np.concatenate(loss).astype(np.float32), np.concatenate(correct)

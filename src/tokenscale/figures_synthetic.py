@@ -59,7 +59,7 @@ def _array(name: str, a, shape: tuple) -> np.ndarray:
 def _steps(name: str, steps) -> np.ndarray:
     s = np.asarray(steps, dtype=np.float64)
     if s.ndim != 1 or s.size < 2 or not np.all(s > 0):
-        raise TokenscaleError(f"synthetic figure: {name} must be >= 2 positive steps (log axis), got {s[:4]!r}")
+        raise TokenscaleError(f"synthetic figure: {name} must be >= 2 positive steps (log axis), got {s[:4].tolist()}")
     return s
 
 
@@ -116,7 +116,7 @@ def _sigmoid(xg: np.ndarray, p: dict, i: int) -> np.ndarray:
     return p["post"][i] + p["delta"][i] * logistic(p["lam"][i] * (p["tau"][i] - xg))
 
 
-def _trajectory_panel(ax, s, losses, rows, p, pick, lev):
+def _trajectory_panel(ax, s, losses, rows, p, pick, lev, n_valid):
     """One level: the level mean over ``rows``, and the ``pick`` tokens (dots) with their sigmoids (dashed)."""
     xg = np.linspace(math.log10(s[0]), math.log10(s[-1]), 200)
     pal = ["#1f77b4", "#d62728", "#ff7f0e", "#9467bd", "#8c564b"]
@@ -130,7 +130,7 @@ def _trajectory_panel(ax, s, losses, rows, p, pick, lev):
     if not pick.size:
         ax.text(0.5, 0.5, "no valid fit", ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xscale("log")
-    ax.set_title(f"L{lev} ({pick.size} of {rows.size} tokens shown)", fontsize=8)
+    ax.set_title(f"L{lev}: {pick.size} shown, {n_valid} of {rows.size} tokens fitted", fontsize=8)
 
 
 def plot_level_trajectories(x_steps, losses, levels, fits, outdir, *, per_level: int = 3,
@@ -154,7 +154,7 @@ def plot_level_trajectories(x_steps, losses, levels, fits, outdir, *, per_level:
         rows = np.nonzero(lv == lev)[0]
         ok = rows[valid[rows]]
         pick = np.sort(rng.choice(ok, size=min(per_level, ok.size), replace=False)) if ok.size else ok
-        _trajectory_panel(ax, s, losses, rows, p, pick, lev)
+        _trajectory_panel(ax, s, losses, rows, p, pick, lev, ok.size)
     for ax in axs[uniq.size:]:
         ax.set_axis_off()
     for ax in axs[(nrows - 1) * ncols:]:

@@ -17,7 +17,8 @@ series reads the files of its members from there.
 
 Each kind of series is one builder in :data:`BUILDERS` (config -> series). Today's kinds:
 
-* ``run`` -- a training run's own checkpoints on the T axis, on the shared validation token set;
+* ``run`` -- a training run's own checkpoints on the T axis, on the shared validation token set (a synthetic run:
+  on its dataset's validation examples, whose answers are the tokens);
 * ``external`` -- an external folder's checkpoints, on its own token set;
 * ``candidates`` -- a reshape experiment's candidate training samples (a token set of their own) at the reference
   run's checkpoints around the target window (:mod:`tokenscale.reshape`);
@@ -166,12 +167,15 @@ def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     from .config import run_configs
 
     wf.add(token_sets=[TokenSet(VALID_TOKENS, f"{cfg['results']}/data/valid_tokens.h5")])
+    wf.add(token_sets=[TokenSet(e["name"], f"{cfg['results']}/synthetic/{e['name']}/valid_tokens.h5")
+                       for e in cfg.get("synthetic", [])])
     for name, run in run_configs(cfg).items():
         root = f"{cfg['results']}/runs/{name}"
         ckpts = tuple((s, f"{root}/checkpoints/step{s:08d}") for s in run.checkpoint_steps())
         wf.add(sources=[Source(name, ckpts, (f"{root}/train.json",))])
+        tokens = run.spec.get("synthetic") or VALID_TOKENS  # a synthetic run: its dataset's validation answers
         if run.axis == "T" and run.reshape is None:  # D/M runs: sources of their frontier; reshape arms: of a report
-            yield Series(name, "run", VALID_TOKENS, tuple((name, s) for s, _ in ckpts), (name,), run.hash)
+            yield Series(name, "run", tokens, tuple((name, s) for s, _ in ckpts), (name,), run.hash)
 
 
 def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:

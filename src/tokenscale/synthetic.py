@@ -44,7 +44,8 @@ import numpy as np
 from tokenscale import TokenscaleError
 
 __all__ = ["BOS", "CHUNK", "DISTRIBUTIONS", "EQ", "OPS", "PAD", "SPLITS", "SyntheticSpec", "evaluate_prefix",
-           "expression_hash", "generate", "level_probs", "overlap", "vocab", "vocab_size"]
+           "expression_hash", "generate", "level_probs", "overlap", "prepare", "spec_of", "vocab", "vocab_size",
+           "write_tokenizer"]
 
 PAD, BOS, EQ = 0, 1, 2
 OPS = ("+", "-", "*")
@@ -252,3 +253,195 @@ def overlap(train: dict, valid: dict) -> dict:
     out = count(np.ones(seen.size, dtype=bool))
     out["by_level"] = {int(L): count(level == L) for L in np.unique(level)}
     return out
+
+
+# ----------------------------------------------------------------------------- the prepared data folder
+def spec_of(entry: dict) -> SyntheticSpec:
+    """The :class:`SyntheticSpec` of a config ``synthetic`` entry."""
+    return SyntheticSpec(p=entry["p"], l_max=entry["l_max"], distribution=entry["distribution"],
+                         exponent=float(entry["exponent"]), seq_len=entry["seq_len"])
+
+
+def write_tokenizer(p: int, out_dir) -> "Path":
+    """A word-level tokenizer over :func:`vocab` (tokens separated by spaces), saved like any tokenscale tokenizer
+    so checkpoints carry it and evaluation checks it against the token sets."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab(p))}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out))
+    return out
+
+
+def _token_set(path, ex: dict, *, kind: str, spec: SyntheticSpec, attrs: dict) -> None:
+    """A token set of examples (answer-scored): domain = level − 1 (names L1..L{l_max}), doc_id = example."""
+    from .data import write_token_set
+
+    n, T = ex["tokens"].shape[0], spec.seq_len
+    mask = np.zeros((n, T), dtype=bool)
+    mask[:, -1] = True  # the label at the last position is the answer
+    domain = np.broadcast_to((ex["level"].astype(np.int16) - 1)[:, None], (n, T))
+    write_token_set(path, ex["tokens"], np.broadcast_to(np.arange(n)[:, None], (n, T)),
+                    np.broadcast_to(np.arange(T)[None, :], (n, T)), domain, kind=kind,
+                    domain_names=[f"L{L}" for L in range(1, spec.l_max + 1)], attrs=attrs, score_mask=mask)
+
+
+def prepare(entry: dict, out_dir) -> dict:
+    """The data folder of one config ``synthetic`` entry: ``tokenizer/``, ``train_tokens.bin`` + ``.json`` (rows
+    of ``seq_len + 1`` tokens, only the answer supervised), ``valid_tokens.h5`` (``valid_examples`` from the
+    entry's own level distribution: the series' tokens, one per example), ``levels_tokens.h5`` (``level_examples``
+    per level: the per-level diagnosis) and ``overlap.json``; returns the train meta."""
+    import json
+    from pathlib import Path
+
+    from . import atomic
+    from .data import tokenizer_sha256
+
+    spec, seed, out = spec_of(entry), int(entry["seed"]), Path(out_dir)
+    tok_sha = tokenizer_sha256(write_tokenizer(spec.p, out / "tokenizer"))
+    train = generate(spec, int(entry["train_examples"]), seed=seed, split="train")
+    valid = generate(spec, int(entry["valid_examples"]), seed=seed, split="valid")
+    levels = generate(spec, int(entry["level_examples"]) * spec.l_max, seed=seed, split="valid", levels="balanced")
+    dtype = np.uint8 if vocab_size(spec.p) <= 256 else np.uint16
+    with atomic.atomic_output(out / "train_tokens.bin") as tmp, open(tmp, "wb") as fh:
+        train["tokens"].astype(dtype).tofile(fh)
+    n = int(train["tokens"].shape[0])
+    meta = {"dtype": np.dtype(dtype).name, "n_tokens": n * (spec.seq_len + 1), "seq_len": spec.seq_len,
+            "n_samples": n, "single_pass_tokens": n * spec.seq_len, "layout": "rows", "supervise": "last",
+            "vocab_size": vocab_size(spec.p), "tokenizer_sha256": tok_sha, "synthetic": dict(entry),
+            "level_counts": np.bincount(train["level"], minlength=spec.l_max + 1)[1:].tolist()}
+    attrs = {"tokenizer_sha256": tok_sha, "synthetic": json.dumps(dict(entry), sort_keys=True)}
+    _token_set(out / "valid_tokens.h5", valid, kind="synthetic", spec=spec, attrs=attrs)
+    _token_set(out / "levels_tokens.h5", levels, kind="synthetic-levels", spec=spec, attrs=attrs)
+    atomic.write_json(out / "overlap.json", {"valid": overlap(train, valid), "levels": overlap(train, levels)})
+    atomic.write_json(out / "train_tokens.json", meta)  # last: the rule's completion marker
+    return meta
+
+
+# ----------------------------------------------------------------------------- stages the workflow runs
+LEVEL_FIELDS = ("step", "level", "n", "loss", "accuracy")
+
+
+def write_levels(path, rows: list[dict]) -> None:
+    """levels.csv: per checkpoint step and level, the examples, mean answer loss and answer accuracy."""
+    import csv
+    import io
+
+    from . import atomic
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LEVEL_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic.write_text(path, buf.getvalue())
+
+
+def read_levels(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps (K,), levels (n_L,), loss (n_L, K), accuracy (n_L, K)) from a levels.csv."""
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        step = np.array([int(r["step"]) for r in rows])
+        level = np.array([int(r["level"]) for r in rows])
+        loss = np.array([float(r["loss"]) for r in rows])
+        acc = np.array([float(r["accuracy"]) for r in rows])
+    except (OSError, KeyError, ValueError) as e:
+        raise TokenscaleError(f"{path}: cannot read a levels table ({e}); rerun its synthetic_levels job") from None
+    steps, levels = np.unique(step), np.unique(level)
+    if step.size != steps.size * levels.size:
+        raise TokenscaleError(f"{path}: {step.size} rows are not one per (step, level) of {steps.size} x {levels.size}")
+    order = np.lexsort((step, level))  # level-major, steps ascending
+    return steps, levels, loss[order].reshape(levels.size, steps.size), acc[order].reshape(levels.size, steps.size)
+
+
+def _level_table(tokens_path) -> np.ndarray:
+    """(n,) level of each scored answer of a synthetic token set (domain + 1 at its last position)."""
+    from .io import read_token_set
+
+    ts = read_token_set(tokens_path, datasets=("domain",))
+    return np.asarray(ts["domain"][:, -1], dtype=np.int64) + 1
+
+
+def level_rows(step: int, level: np.ndarray, loss: np.ndarray, correct: np.ndarray) -> list[dict]:
+    """The levels.csv rows of one checkpoint."""
+    return [{"step": int(step), "level": int(L), "n": int((level == L).sum()),
+             "loss": float(loss[level == L].mean()), "accuracy": float(correct[level == L].mean())}
+            for L in np.unique(level)]
+
+
+def _fit_params(fits_path) -> tuple[dict, np.ndarray, object]:
+    """({tau, lam, delta, post} (N,) on the fit axis, valid (N,), fit) of a series' fit table."""
+    from .io.fits import load_fits
+
+    fit = load_fits(fits_path)
+    p = {k: np.asarray(getattr(fit, k), dtype=np.float64) for k in ("tau", "lam", "delta", "post")}
+    ok = (np.asarray(fit.status) != 2) & np.all([np.isfinite(v) for v in p.values()], axis=0)
+    return p, ok, fit
+
+
+def _per_level_summary(levels, acc, tau_steps, valid, level_of_token) -> dict:
+    """Final accuracy, levels past 50% and the median τ of the valid fits per level."""
+    final = {int(L): float(a[-1]) for L, a in zip(levels, acc)}
+    med = {}
+    for L in levels:
+        m = valid & (level_of_token == L)
+        med[int(L)] = {"n_valid_fits": int(m.sum()), "median_tau_step": float(np.median(tau_steps[m])) if m.any() else None}
+    return {"final_accuracy": final, "levels_above_half": [L for L, a in final.items() if a > 0.5],
+            "n_levels_above_half": int(sum(a > 0.5 for a in final.values())), "tau_by_level": med}
+
+
+def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectories, summary, overlap_json,
+                analysis: dict, out, figures) -> dict:
+    """report.json and Fig. 8–10 of one synthetic series: per-level loss/accuracy, the shape test on the
+    aggregate validation loss (step axis, the analysis' transient rule), the decomposition's headline numbers."""
+    import json
+
+    from . import atomic
+    from .analysis.shape import shape_test
+    from .figures_synthetic import plot_level_trajectories, plot_levels, plot_params_vs_tau
+    from .frontier import read_curve
+    from .io import read_run_trajectories
+
+    steps, levels, loss, acc = read_levels(levels_csv)
+    curve = read_curve(val_loss, run, 0.0)
+    shape = shape_test(curve.steps, curve.loss, transient=analysis.get("transient", "dpeak"), transform="none")
+    p, ok, fit = _fit_params(fits)
+    losses, axis, meta = read_run_trajectories(trajectories)
+    token_level = np.asarray(meta["domain"], dtype=np.int64) + 1  # (N,) one answer per example
+    s = json.loads(open(summary).read())
+    tau_steps = 10.0 ** p["tau"] if fit.transform == "log10" else p["tau"]
+    report = {"run": run, "synthetic": entry, "level_probs": level_probs(spec_of(entry)).tolist(),
+              "shape_test": shape, "levels": _per_level_summary(levels, acc, tau_steps, ok, token_level),
+              "n_answer_tokens": int(losses.shape[0]), "n_valid_fits": int(ok.sum()),
+              "svd_energy": {k: s["svd"].get(k) for k in ("svd_energy1", "svd_energy2", "svd_energy1_fit", "svd_energy2_fit")},
+              "metrics": s.get("metrics", {}), "alpha_fit": s.get("alpha_fit"),
+              "overlap": json.loads(open(overlap_json).read())}
+    report = _finite(report)
+    atomic.write_json(out, report, allow_nan=False)
+    plot_levels(steps, levels, loss, acc, figures, title=f"{run}: per-level answer loss and accuracy")
+    fp = {**p, "valid": ok}
+    x_steps = np.asarray(axis["step"], dtype=np.float64)
+    plot_level_trajectories(x_steps, losses, token_level, fp, figures)
+    plot_params_vs_tau(tau_steps[ok], p["delta"][ok], p["lam"][ok], token_level[ok], figures)
+    return report
+
+
+def _finite(v):
+    """JSON-safe: non-finite floats become None."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v

@@ -202,6 +202,9 @@ class Trainer:
         self.tokens = TrainTokens(self.data_dir)
         if self.tokens.seq_len != run.seq_len:
             raise TokenscaleError(f"run {run.name}: seq_len {run.seq_len} differs from the prepared data ({self.tokens.seq_len})")
+        if self.tokens.supervise != "all" and run.in_loop_validation:
+            raise TokenscaleError(f"run {run.name}: its data supervises only the answer token; set in_loop_validation: "
+                                  "false (its validation loss comes from the per-token evaluation)")
         self.sampler = self._sampler(sampler_weights)
         self.total = run.total_steps
         need = self.total * run.batch_size
@@ -483,13 +486,19 @@ class Trainer:
 
         The body runs as the HF model's own forward would (DeepSpeed ZeRO 1-2 needs no forward hooks); the LM
         head and cross-entropy go through :func:`tokenscale.lmloss.linear_cross_entropy`."""
-        inp, tgt = ids[:, :-1], ids[:, 1:]  # (b, T), (b, T)
+        return self._loss_on(ids[:, :-1], ids[:, 1:])
+
+    def _loss_on(self, inp: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (b, T), labels (b, T) -> (training loss, CE); with ``supervise: last`` (synthetic data) only the
+        last label of each row (the answer) enters the loss: the others are never read."""
         cfg = self.model.config
         is_moe = hasattr(cfg, "num_experts")
         kw = {"output_router_logits": True} if is_moe else {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.run.precision == "bf16"):
             out = self.body(input_ids=inp, **kw)
             h = out.last_hidden_state  # (b, T, d)
+            if self.tokens.supervise == "last":
+                h, tgt = h[:, -1:], tgt[:, -1:]  # (b, 1, d), (b, 1)
             ce = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.model.lm_head.weight, tgt.reshape(-1),
                                       self.perf["loss"])
         loss = ce

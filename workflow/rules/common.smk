@@ -42,6 +42,7 @@ wildcard_constraints:
     shard="[0-9]+",
     group="[A-Za-z0-9][A-Za-z0-9_.-]*",
     exp="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    syn="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def data_spec():
@@ -53,8 +54,42 @@ def run_spec(run):
     """Config slice one training run depends on: its entry, the sequence length and the thread count."""
     entry = {k: v for k, v in RUNS[run].spec.items() if k != "seq_len"}
     return json.dumps(
-        {"data": {"seq_len": CFG["data"]["seq_len"]}, "runs": [entry], "threads": CFG["threads"]}, sort_keys=True
+        {"data": {"seq_len": RUNS[run].seq_len}, "runs": [entry], "threads": CFG["threads"]}, sort_keys=True
     )
+
+
+# ---------------------------------------------------------------------------------------------- synthetic data
+SYNTHETIC = {e["name"]: e for e in CFG["synthetic"]}
+SYNTHETIC_SERIES = [s for s, v in SERIES.items() if v.kind == "run" and RUNS[s].synthetic]  # App. A.3 reports
+
+
+def synthetic_dir(name):
+    return f"{RESULTS}/synthetic/{name}"
+
+
+def train_data(wildcards):
+    """The prepared data a run trains on: its synthetic dataset's folder, else the tokenized corpus."""
+    syn = RUNS[wildcards.run].synthetic
+    d = synthetic_dir(syn) if syn else DATA
+    return {"tokens": f"{d}/train_tokens.bin", "meta": f"{d}/train_tokens.json", "valid": f"{d}/valid_tokens.h5",
+            "tokenizer": f"{d}/tokenizer/tokenizer.json"}
+
+
+def synthetic_report_inputs(wildcards):
+    run = RUNS[wildcards.series]
+    d = synthetic_dir(run.synthetic)
+    return {
+        "levels": f"{RESULTS}/runs/{wildcards.series}/levels.csv",
+        "val_loss": f"{RESULTS}/runs/{wildcards.series}/val_loss.csv",
+        "fits": f"{series_dir(wildcards)}/fits.h5",
+        "trajectories": trajectory_shards(wildcards),
+        "summary": f"{series_dir(wildcards)}/analysis/summary.json",
+        "overlap": f"{d}/overlap.json",
+    }
+
+
+def run_checkpoint_dirs(wildcards):
+    return " ".join(shlex.quote(p) for _, p in SOURCES[wildcards.run].checkpoints)
 
 
 # ---------------------------------------------------------------------------------------------- reshaping
@@ -127,7 +162,8 @@ def val_loss_inputs(wildcards):
     if RUNS[run].in_loop_validation:
         return {"summary": f"{RESULTS}/runs/{run}/train.json"}
     blocks = eval_blocks(SOURCES[run], PER_JOB)
-    return {"evals": [eval_block_dir(VALID_TOKENS, run, b) for b in range(len(blocks))]}
+    tokens = RUNS[run].synthetic or VALID_TOKENS  # a synthetic run: its answers' mean loss
+    return {"evals": [eval_block_dir(tokens, run, b) for b in range(len(blocks))]}
 
 
 def val_loss_source(wildcards, input):
@@ -278,4 +314,5 @@ def all_targets():
     out += [f"{RESULTS}/series/{s}/alignment/alignment.json" for s in ALIGNED]
     out += [f"{RESULTS}/seeds/{g}/agreement.json" for g in SEED_GROUPS]
     out += [f"{reshape_dir(e)}/report.json" for e in RESHAPE]
+    out += [f"{RESULTS}/series/{s}/synthetic/report.json" for s in SYNTHETIC_SERIES]
     return out

@@ -5,10 +5,7 @@
 # run's own `nproc` (CPU ranks). More than one rank needs `engine: deepspeed` (the trainer says so otherwise).
 rule train:
     input:
-        tokens=rules.tokenize.output.train,
-        meta=rules.tokenize.output.meta,
-        valid=rules.tokenize.output.valid,
-        tokenizer=rules.train_tokenizer.output.tokenizer,
+        unpack(train_data),  # the tokenized corpus, or the run's synthetic dataset
         trunk=train_trunk,
         weights=train_weights,
     output:

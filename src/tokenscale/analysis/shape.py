@@ -130,9 +130,10 @@ def shape_test(steps, loss, *, transient="dpeak", transform: str = "log10") -> d
     ``steps`` (K,) strictly increasing positive steps, ``loss`` (K,) finite mean validation loss.
     ``transient``/``transform``: the transient rule and the axis it is applied on (as in the analysis).
 
-    Returns a JSON-ready dict: ``n_points``, ``transient_rule``, ``transient_step`` (first kept step on the
-    rule's axis, original units), ``transform``, ``linear`` and ``power_law`` (each ``{"params", "rss", "k",
-    "aic", "aicc", "r2"}``; params ``{a, b}`` of ``a − b·s`` and ``{k, alpha, E}`` of ``k·s^−α + E``),
+    Returns a JSON-ready dict: ``n_points``, ``transient_rule``, ``transient_step`` (where the rule starts, in
+    steps; the first kept step for "dpeak"/"peak"), ``transform``, ``linear`` and ``power_law`` (each
+    ``{"params", "rss", "k", "aic", "aicc", "r2"}``; params ``{a, b}`` of ``a − b·s`` and ``{k, alpha, E}`` of
+    ``k·s^−α + E``),
     ``delta_aic`` and ``delta_aicc`` (linear − power law: positive ⇒ power law preferred),
     ``akaike_weights`` ``{"linear", "power_law"}`` (from AIC) and ``preferred`` (the lower-AIC model).
     """

@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 TOKEN_SET_DATASETS = ("input_ids", "token_id", "doc_id", "doc_pos", "domain")
+# optional (S, T) bool: the positions whose losses are the set's tokens (e.g. the answer of a synthetic example);
+# evals hold those positions only, in row-major order, and trajectory token_index names their flat s*T+t
+SCORE_MASK = "score_mask"
 META_DATASETS = ("doc_id", "doc_pos", "domain", "token_id")
 EVAL_FORMAT = "tokenscale-eval-v1"
 TRAJ_FORMAT = "tokenscale-trajectories-v1"
@@ -244,6 +247,9 @@ def _check_token_set(f: h5py.File, p: Path) -> tuple[int, int]:
             raise _err(p, f"not a valid token set ({name} shape {f[name].shape} != {(S, T)})")
     if "sample_index" in f and f["sample_index"].shape != (S,):
         raise _err(p, f"not a valid token set (sample_index shape {f['sample_index'].shape} != {(S,)})")
+    if SCORE_MASK in f and (f[SCORE_MASK].shape != (S, T) or f[SCORE_MASK].dtype != np.bool_):
+        raise _err(p, f"not a valid token set ({SCORE_MASK} {f[SCORE_MASK].shape} {f[SCORE_MASK].dtype} is not "
+                      f"bool {(S, T)})")
     if "seq_len" in f.attrs and int(f.attrs["seq_len"]) != T:
         raise _err(p, f"not a valid token set (attribute seq_len={int(f.attrs['seq_len'])} but input_ids has T={T})")
     return S, T
@@ -260,7 +266,7 @@ def read_token_set(path: os.PathLike | str, *, datasets: Sequence[str] | None = 
     p = Path(path)
     with _reading(p, "token set") as f:
         S, T = _check_token_set(f, p)
-        names = list(TOKEN_SET_DATASETS) + (["sample_index"] if "sample_index" in f else [])
+        names = list(TOKEN_SET_DATASETS) + [d for d in ("sample_index", SCORE_MASK) if d in f]
         if datasets is not None:
             unknown = [d for d in datasets if d not in names]
             if unknown:
@@ -280,7 +286,10 @@ def token_set_info(path: os.PathLike | str, *, sha256: bool = True) -> dict:
     with _reading(p, "token set") as f:
         S, T = _check_token_set(f, p)
         attrs = _attrs_dict(f.attrs, json_keys=("domain_names",))
-    info = {"path": p, "n_seqs": S, "seq_len": T, "n_tokens": S * T, "attrs": attrs}
+        scored = np.flatnonzero(f[SCORE_MASK][()]) if SCORE_MASK in f else None
+    # n_tokens: the set's tokens (scored positions); positions: their flat s*T+t (None = every position)
+    n = S * T if scored is None else int(scored.size)
+    info = {"path": p, "n_seqs": S, "seq_len": T, "n_tokens": n, "attrs": attrs, "positions": scored}
     if sha256:
         info["sha256"] = sha256_file(p)
     return info
@@ -648,13 +657,14 @@ def _write_one_shard(
         extra = headers[0].get("axis_name")
         if extra not in (None, "step", "tokens"):
             f.create_dataset(f"axis/{extra}", data=np.array([h["axis_value"] for h in headers], dtype=np.float64))
-        f.create_dataset("token_index", data=np.arange(lo, hi, dtype=np.int64))
-        # metadata: read only the token-set rows covering [lo, hi)
-        s0, s1 = lo // T, -(-hi // T)
+        pos = np.arange(lo, hi, dtype=np.int64) if ts.get("positions") is None else ts["positions"][lo:hi]
+        f.create_dataset("token_index", data=pos)
+        # metadata: read only the token-set rows covering the shard's positions
+        s0, s1 = (int(pos[0]) // T, int(pos[-1]) // T + 1) if n else (0, 0)
         with _reading(ts["path"], "token set") as tf:
-            meta = {name: (tf[name][s0:s1] if hi > lo else tf[name][0:0]) for name in META_DATASETS}
+            meta = {name: tf[name][s0:s1] for name in META_DATASETS}
         for name, rows in meta.items():
-            f.create_dataset(f"meta/{name}", data=rows.reshape(-1)[lo - s0 * T : hi - s0 * T])
+            f.create_dataset(f"meta/{name}", data=rows.reshape(-1)[pos - s0 * T])
         del meta
         evals = []
         for h in headers:
