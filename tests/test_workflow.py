@@ -141,6 +141,27 @@ def test_smoke_reshape_experiment(smoke):
     assert (d / "figures" / "fig06_reshape.png").stat().st_size > 20_000
     log = [json.loads(x) for x in (smoke / "runs" / "rs_smoke-uniform-s0" / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 61  # continued from the snapshot at the window start
+    shift = r["spectrum_shift"]  # step 6: the arms' continuation series, fitted on the validation tokens
+    assert shift["n_tokens"] == 24 * 32 and len(shift["shift"]["uniform"]["per_pair"]) == 2
+    assert set(shift["window_fraction"]) == {"reshaped", "uniform", "reshaped_minus_uniform"}
+
+
+@pytest.mark.parametrize("run, dist", [("syn_smoke_uniform", "uniform"), ("syn_smoke_power", "power")])
+def test_smoke_synthetic_pair(smoke, run, dist):
+    """App. A.3: each synthetic run's series is its dataset's 96 validation answers (one token per example); the
+    report has per-level accuracy for the 3 levels, the shape test and the decomposition's numbers; Fig. 8-10."""
+    from tokenscale.synthetic import read_levels
+
+    r = json.loads((smoke / "series" / run / "synthetic" / "report.json").read_text())
+    assert r["synthetic"]["distribution"] == dist and r["n_answer_tokens"] == 96
+    steps, levels, loss, acc = read_levels(smoke / "runs" / run / "levels.csv")
+    assert levels.tolist() == [1, 2, 3] and steps[-1] == 200 and np.all((acc >= 0) & (acc <= 1))
+    assert r["levels"]["final_accuracy"] == {str(L): a for L, a in zip(levels.tolist(), acc[:, -1].tolist())}
+    sh = r["shape_test"]
+    assert sh["preferred"] in ("linear", "power_law") and sh["linear"]["k"] == 2 and sh["power_law"]["k"] == 3
+    assert r["svd_energy"]["svd_energy1"] is None or 0 < r["svd_energy"]["svd_energy1"] <= 1
+    for name in ("fig08_levels", "fig09_level_trajectories", "fig10_params_vs_tau"):
+        assert (smoke / "series" / run / "synthetic" / "figures" / f"{name}.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("sweep, axis", [("d_smoke", "tokens"), ("m_smoke", "flops")])
