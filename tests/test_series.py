@@ -124,7 +124,8 @@ def test_new_kinds_get_every_downstream_rule_each_checkpoint_evaluated_once_no_t
     arms = [f"rs_smoke-{a}-s{s}" for a in ("reshaped", "uniform") for s in (0, 1)]
     assert sorted(w for r, w in jobs if r == "evaluate_checkpoint") == sorted(
         [f"tokens=valid, source={run}, block=000" for run in ("t_smoke", "t_smoke_s1", *arms)]
-        + ["tokens=rs_smoke, source=t_smoke.from6, block=000"])  # reshape candidates: the reference from step 6
+        + ["tokens=rs_smoke, source=t_smoke.from6, block=000"]  # reshape candidates: the reference from step 6
+        + [f"tokens=mano_smoke_{d}, source=syn_smoke_{d}, block=000" for d in ("uniform", "power")])  # synthetic
     for name in ("t_smoke", "toy1", "best3"):
         for rule in ("assemble_shard", "fit_shard", "fit_table", "analyze"):
             assert any(r == rule and f"series={name}" in w for r, w in jobs), (rule, name)
