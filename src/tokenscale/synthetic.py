@@ -405,6 +405,7 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     import json
 
     from . import atomic
+    from .analysis.numerics import jsonable
     from .analysis.shape import shape_test
     from .figures_synthetic import plot_level_trajectories, plot_levels, plot_params_vs_tau
     from .frontier import read_curve
@@ -424,7 +425,7 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
               "svd_energy": {k: s["svd"].get(k) for k in ("svd_energy1", "svd_energy2", "svd_energy1_fit", "svd_energy2_fit")},
               "metrics": s.get("metrics", {}), "alpha_fit": s.get("alpha_fit"),
               "overlap": json.loads(open(overlap_json).read())}
-    report = _finite(report)
+    report = jsonable(report)  # non-finite numbers -> null
     atomic.write_json(out, report, allow_nan=False)
     plot_levels(steps, levels, loss, acc, figures, title=f"{run}: per-level answer loss and accuracy")
     fp = {**p, "valid": ok}
@@ -433,15 +434,3 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     plot_params_vs_tau(tau_steps[ok], p["delta"][ok], p["lam"][ok], token_level[ok], figures)
     return report
 
-
-def _finite(v):
-    """JSON-safe: non-finite floats become None."""
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(v) if np.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
