@@ -122,7 +122,8 @@ def paper():
 
 def test_paper_config_has_the_papers_runs(paper):
     cfg, runs = paper
-    by_axis = {a: [r for r in runs.values() if r.axis == a and r.name != "rs_ref" and r.reshape is None] for a in "TDM"}
+    by_axis = {a: [r for r in runs.values() if r.axis == a and r.name != "rs_ref" and r.reshape is None
+                  and r.synthetic is None] for a in "TDM"}
     assert len(runs) >= 113 and {a: len(v) for a, v in by_axis.items()} == {"T": 3, "D": 50, "M": 60}
     assert all(r.precision == "bf16" and r.engine == "deepspeed" and r.device == "cuda" for r in runs.values())
     assert cfg["eval"]["checkpoints_per_job"] == 1 and cfg["data"]["builtin"] is False
@@ -139,6 +140,21 @@ def test_paper_reshape_experiment(paper):
     assert ex["candidates"] * cfg["data"]["seq_len"] >= 1_000_000_000 and 2000 in ref.snapshots
     arms = [r for r in runs.values() if r.reshape is not None]
     assert len(arms) == 7 and all(r.branch == {"from": "rs_ref", "step": 2000} and r.total_steps == 3800 for r in arms)
+
+
+def test_paper_synthetic_pair(paper):
+    """App. A.3: p 23, L 1-10, uniform vs L^-2; 8 layers, 8 heads, hidden 512, 400k steps of 128, lr 3e-5, seq 64."""
+    cfg, runs = paper
+    data = {s["name"]: s for s in cfg["synthetic"]}
+    syn = [r for r in runs.values() if r.synthetic is not None]
+    assert sorted(data[r.synthetic]["distribution"] for r in syn) == ["power", "uniform"]
+    for r in syn:
+        entry = data[r.synthetic]
+        assert (entry["p"], entry["l_max"], entry["seq_len"], entry["train_examples"]) == (23, 10, 64, 51_200_000)
+        arch = resolve_arch(r.model, r.seq_len)
+        assert (arch["num_layers"], arch["num_heads"], arch["hidden_size"], arch["family"]) == (8, 8, 512, "dense")
+        assert (r.total_steps, r.batch_size, r.lr, r.seq_len) == (400_000, 128, 3e-5, 64)
+    assert data["mano_power"]["exponent"] == 2
 
 
 def test_paper_t_runs(paper):

@@ -116,6 +116,11 @@ def test_plot_levels(tmp_path):
     assert paths[0].name == "fig08_levels.png"
     with pytest.raises(TokenscaleError, match="accuracy has shape"):
         plot_levels(steps, levels, loss, acc[:, :-1], tmp_path, title="t")
+    # the level-only baselines are drawn, whether their keys are ints or (from report.json) strings
+    drawn = {}
+    for name, base in (("none", None), ("int", {int(v): 0.4 for v in levels}), ("str", {str(v): 0.4 for v in levels})):
+        drawn[name] = plot_levels(steps, levels, loss, acc, tmp_path / name, title="t", baseline=base)[0].read_bytes()
+    assert drawn["int"] == drawn["str"] != drawn["none"]
 
 
 def test_plot_level_trajectories(tmp_path):

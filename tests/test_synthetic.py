@@ -16,7 +16,7 @@ from scipy.stats import chisquare
 from tokenscale import TokenscaleError
 from tokenscale import synthetic as syn
 from tokenscale.synthetic import (BOS, CHUNK, EQ, PAD, SyntheticSpec, evaluate_prefix, expression_hash, generate,
-                                  level_probs, overlap, vocab, vocab_size)
+                                  level_baseline, level_probs, overlap, vocab, vocab_size)
 
 OP0, VAL0 = syn.OP0, syn.VAL0
 
@@ -234,6 +234,18 @@ def test_train_and_valid_streams_differ():
     tr = generate(spec, 3000, seed=0, split="train")
     va = generate(spec, 3000, seed=0, split="valid")
     assert (tr["tokens"] != va["tokens"]).any(axis=1).mean() > 0.9
+
+
+def test_level_baseline_known_answer():
+    # p = 3, L = 1: + and - give uniform answers, x gives 0 with probability 5/9, so the most frequent answer is 0
+    # and a level-only predictor is right with probability (1/3 + 1/3 + 5/9) / 3 = 11/27
+    spec = SyntheticSpec(p=3, l_max=1, seq_len=8)
+    tr = generate(spec, 30000, seed=0, split="train")
+    va = generate(spec, 8000, seed=0, split="valid", levels="balanced")
+    assert level_baseline(tr, va)[1] == pytest.approx(11 / 27, abs=0.015)
+    planted_train = {"level": np.array([1, 1, 1, 2, 2]), "answer": np.array([4, 4, 0, 1, 2])}
+    planted_eval = {"level": np.array([1, 1, 2, 2, 2, 2]), "answer": np.array([4, 3, 1, 1, 1, 0])}
+    assert level_baseline(planted_train, planted_eval) == {1: 0.5, 2: 0.75}  # level 2 ties at 1 and 2: the lower
 
 
 def test_overlap_only_at_short_levels():

@@ -68,22 +68,28 @@ def _level_norm(levels: np.ndarray) -> colors.Normalize:
     return colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0)
 
 
-def plot_levels(steps, levels, loss, accuracy, outdir, *, title: str) -> list[Path]:
+def plot_levels(steps, levels, loss, accuracy, outdir, *, title: str, baseline: dict | None = None) -> list[Path]:
     """Fig. 8: per-level mean answer loss and answer accuracy against step (log x).
 
-    ``steps`` (K,), ``levels`` (n_levels,) ints, ``loss`` and ``accuracy`` (n_levels, K)."""
+    ``steps`` (K,), ``levels`` (n_levels,) ints, ``loss`` and ``accuracy`` (n_levels, K); ``baseline``
+    ({level: accuracy}) draws each level's level-only baseline as a dotted line in its colour."""
     s = _steps("steps", steps)
     lv = np.asarray(levels).astype(int).ravel()
     shape = (lv.size, s.size)
     loss, acc = _array("loss", loss, shape), _array("accuracy", accuracy, shape)
     norm, cmap = _level_norm(lv), colormaps["viridis"]
+    baseline = {int(k): float(v) for k, v in (baseline or {}).items()}  # JSON gives string keys
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax_l, ax_a = fig.subplots(1, 2)
     for i, lev in enumerate(lv):
         c = cmap(norm(lev))
         ax_l.plot(s, loss[i], color=c, lw=1.4, label=f"L{lev}")
         ax_a.plot(s, acc[i], color=c, lw=1.4)
+        if int(lev) in baseline:
+            ax_a.axhline(float(baseline[int(lev)]), color=c, lw=0.9, ls=":")
     ax_a.axhline(0.5, color="0.4", lw=0.9, ls="--", label="accuracy 0.5")
+    if baseline:
+        ax_a.plot([], [], color="0.4", lw=0.9, ls=":", label="level-only baseline (most frequent answer)")
     ax_a.set_ylim(-0.02, 1.02)
     for ax, ylab, name in ((ax_l, "mean answer loss (nats)", "loss"), (ax_a, "answer accuracy", "accuracy")):
         ax.set_xscale("log")

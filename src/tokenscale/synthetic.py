@@ -44,8 +44,8 @@ import numpy as np
 from tokenscale import TokenscaleError
 
 __all__ = ["BOS", "CHUNK", "DISTRIBUTIONS", "EQ", "OPS", "PAD", "SPLITS", "SyntheticSpec", "evaluate_prefix",
-           "expression_hash", "generate", "level_probs", "overlap", "prepare", "spec_of", "vocab", "vocab_size",
-           "write_tokenizer"]
+           "expression_hash", "generate", "level_baseline", "level_probs", "overlap", "prepare", "spec_of", "vocab",
+           "vocab_size", "write_tokenizer"]
 
 PAD, BOS, EQ = 0, 1, 2
 OPS = ("+", "-", "*")
@@ -255,6 +255,19 @@ def overlap(train: dict, valid: dict) -> dict:
     return out
 
 
+def level_baseline(train: dict, evaluated: dict) -> dict:
+    """Per level, the accuracy on ``evaluated`` of a predictor that knows only the level: the level's most
+    frequent training answer ({L: accuracy}).  Small p makes answers far from uniform (x gives 0 more often),
+    so this, not 1/p, is the floor a level's accuracy must clear to show the expression was used."""
+    out = {}
+    for L in np.unique(evaluated["level"]):
+        tr = np.asarray(train["answer"])[np.asarray(train["level"]) == L]
+        ev = np.asarray(evaluated["answer"])[np.asarray(evaluated["level"]) == L]
+        majority = np.bincount(tr).argmax() if tr.size else 0
+        out[int(L)] = float((ev == majority).mean())
+    return out
+
+
 # ----------------------------------------------------------------------------- the prepared data folder
 def spec_of(entry: dict) -> SyntheticSpec:
     """The :class:`SyntheticSpec` of a config ``synthetic`` entry."""
@@ -319,7 +332,8 @@ def prepare(entry: dict, out_dir) -> dict:
     attrs = {"tokenizer_sha256": tok_sha, "synthetic": json.dumps(dict(entry), sort_keys=True)}
     _token_set(out / "valid_tokens.h5", valid, kind="synthetic", spec=spec, attrs=attrs)
     _token_set(out / "levels_tokens.h5", levels, kind="synthetic-levels", spec=spec, attrs=attrs)
-    atomic.write_json(out / "overlap.json", {"valid": overlap(train, valid), "levels": overlap(train, levels)})
+    atomic.write_json(out / "overlap.json", {"valid": overlap(train, valid), "levels": overlap(train, levels),
+                                             "level_baseline": level_baseline(train, levels)})
     atomic.write_json(out / "train_tokens.json", meta)  # last: the rule's completion marker
     return meta
 
@@ -387,15 +401,19 @@ def _fit_params(fits_path) -> tuple[dict, np.ndarray, object]:
     return p, ok, fit
 
 
-def _per_level_summary(levels, acc, tau_steps, valid, level_of_token) -> dict:
-    """Final accuracy, levels past 50% and the median τ of the valid fits per level."""
+def _per_level_summary(levels, acc, tau_steps, valid, level_of_token, baseline: dict | None = None) -> dict:
+    """Final accuracy, levels past 50% and past the level-only baseline (:func:`level_baseline`, keys as
+    strings or ints), and the median τ of the valid fits per level."""
     final = {int(L): float(a[-1]) for L, a in zip(levels, acc)}
+    base = {int(k): float(v) for k, v in (baseline or {}).items()}
     med = {}
     for L in levels:
         m = valid & (level_of_token == L)
         med[int(L)] = {"n_valid_fits": int(m.sum()), "median_tau_step": float(np.median(tau_steps[m])) if m.any() else None}
+    above_base = [L for L, a in final.items() if L in base and a > base[L]]
     return {"final_accuracy": final, "levels_above_half": [L for L, a in final.items() if a > 0.5],
-            "n_levels_above_half": int(sum(a > 0.5 for a in final.values())), "tau_by_level": med}
+            "n_levels_above_half": int(sum(a > 0.5 for a in final.values())),
+            "level_baseline": base, "levels_above_baseline": above_base, "tau_by_level": med}
 
 
 def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectories, summary, overlap_json,
@@ -419,15 +437,18 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     token_level = np.asarray(meta["domain"], dtype=np.int64) + 1  # (N,) one answer per example
     s = json.loads(open(summary).read())
     tau_steps = 10.0 ** p["tau"] if fit.transform == "log10" else p["tau"]
+    ov = json.loads(open(overlap_json).read())
     report = {"run": run, "synthetic": entry, "level_probs": level_probs(spec_of(entry)).tolist(),
-              "shape_test": shape, "levels": _per_level_summary(levels, acc, tau_steps, ok, token_level),
+              "shape_test": shape,
+              "levels": _per_level_summary(levels, acc, tau_steps, ok, token_level, ov.get("level_baseline")),
               "n_answer_tokens": int(losses.shape[0]), "n_valid_fits": int(ok.sum()),
               "svd_energy": {k: s["svd"].get(k) for k in ("svd_energy1", "svd_energy2", "svd_energy1_fit", "svd_energy2_fit")},
               "metrics": s.get("metrics", {}), "alpha_fit": s.get("alpha_fit"),
-              "overlap": json.loads(open(overlap_json).read())}
+              "overlap": {k: v for k, v in ov.items() if k != "level_baseline"}}
     report = jsonable(report)  # non-finite numbers -> null
     atomic.write_json(out, report, allow_nan=False)
-    plot_levels(steps, levels, loss, acc, figures, title=f"{run}: per-level answer loss and accuracy")
+    plot_levels(steps, levels, loss, acc, figures, title=f"{run}: per-level answer loss and accuracy",
+                baseline=report["levels"]["level_baseline"])
     fp = {**p, "valid": ok}
     x_steps = np.asarray(axis["step"], dtype=np.float64)
     plot_level_trajectories(x_steps, losses, token_level, fp, figures)
