@@ -1,7 +1,7 @@
 import pytest
 
 from tokenscale import TokenscaleError
-from tokenscale.config import RunConfig, checkpoint_steps, load_config, run_configs, validate_config
+from tokenscale.config import RunConfig, checkpoint_steps, load_config, run_configs, run_seq_len, validate_config
 
 from conftest import REPO, run_cli, tiny_config, write_config
 
@@ -140,7 +140,7 @@ def test_run_views_of_a_validated_config_equal_validated_entries():
     cfg = load_config(REPO / "config" / "config.yaml")
     for name, run in run_configs(cfg).items():
         entry = next(r for r in cfg["runs"] if r["name"] == name)
-        again = RunConfig.from_dict(entry, cfg["data"]["seq_len"])
+        again = RunConfig.from_dict(entry, run_seq_len(cfg, entry))  # a synthetic run's is its dataset's
         assert run == again and run.hash == again.hash and run.spec == again.spec
 
 

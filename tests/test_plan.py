@@ -59,8 +59,8 @@ def test_paper_numbers_are_the_papers():
 
 def test_branched_run_trains_only_after_its_branch_step():
     """A decay branch (runs[].branch: {from, step}) computes total_steps - step steps; the rest is saved."""
-    run = SimpleNamespace(name="b", axis="D", sweep="d", reshape=None, model=HAND_MODEL, seq_len=64, batch_size=16,
-                          total_steps=976,
+    run = SimpleNamespace(name="b", axis="D", sweep="d", reshape=None, synthetic=None, model=HAND_MODEL, seq_len=64,
+                          batch_size=16, total_steps=976,
                           spec={"branch": {"from": "trunk", "step": 700}})
     r = run_plan(run, 500, peak=312e12, mfu=0.5)
     assert r["steps"] == 276 and r["tokens"] == 276 * 1024 and r["flops"] == 276 * 1024 * 408960
@@ -97,12 +97,14 @@ def test_plan_cli_is_torch_free_and_prints_axes():
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120).stdout
     lines = out.splitlines()
-    assert lines[0] == "plan: " + str(PAPER) + ": 121 runs, vocab 65536, seq_len 2048"
+    assert lines[0] == "plan: " + str(PAPER) + ": 123 runs, vocab 65536, seq_len 2048"
     assert "312 TFLOP/s [NVIDIA A100 bf16] x MFU 0.4" in lines[1]
     rows = {line.split()[0]: line.split() for line in lines if line[:1] in "TDM" or line.startswith("all")}
     # T: the paper's 3 runs and the reshaping reference (§6); its 7 continuation runs count in "all" only
-    assert [rows[a][1] for a in ("T", "D", "M", "all")] == ["4", "50", "60", "121"]
+    # (and the 2 synthetic runs of App. A.3, on their own 29-token vocabulary)
+    assert [rows[a][1] for a in ("T", "D", "M", "all")] == ["4", "50", "60", "123"]
     assert any(line.startswith("reshape (§6): 7 continuation runs") for line in lines)
+    assert any(line.startswith("synthetic (App. A.3): 2 runs") for line in lines)
     assert [rows[a][6] for a in ("T", "D", "M", "all")] == ["133", "358", "422", "913"]
 
 

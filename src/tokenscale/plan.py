@@ -61,6 +61,7 @@ def run_plan(run, vocab_size: int, peak: float, mfu: float) -> dict:
     start = branch["step"] if branch else 0
     per_step = run.batch_size * run.seq_len * flops_per_token
     return {"run": run.name, "axis": run.axis, "sweep": run.sweep, "reshape": run.reshape is not None,
+            "synthetic": run.synthetic is not None,
             "model_flops_per_token": flops_per_token,
             "steps": total - start, "tokens": (total - start) * run.batch_size * run.seq_len,
             "flops": (total - start) * per_step, "gpu_hours": gpu_hours((total - start) * per_step, peak, mfu),
@@ -76,20 +77,26 @@ def gpu_hours(flops: float, peak: float, mfu: float) -> float:
 def plan(cfg: dict, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU, precision: str = DEFAULT_PRECISION) -> dict:
     """Per-run rows and per-axis totals of a validated config, with the paper's A100-days per axis."""
     from .config import run_configs
+    from .synthetic import vocab_size
 
     if not 0 < mfu <= 1:
         raise TokenscaleError(f"--mfu {mfu} must be in (0, 1]")
     peak, label = gpu_peak(gpu, precision)
     a100, _ = gpu_peak("a100", precision)
-    rows = [run_plan(r, cfg["data"]["vocab_size"], peak, mfu) for r in run_configs(cfg).values()]
-    # a reshape experiment's continuation runs (§6) are a study of their own, not part of the T axis
-    axes = {axis: axis_total([r for r in rows if r["axis"] == axis and not r["reshape"]], axis, a100, mfu)
-            for axis in AXES}
+    vocab = {e["name"]: vocab_size(e["p"]) for e in cfg.get("synthetic", [])}  # a synthetic run's is its dataset's
+    rows = [run_plan(r, vocab.get(r.synthetic, cfg["data"]["vocab_size"]), peak, mfu)
+            for r in run_configs(cfg).values()]
+    # a reshape experiment's continuation runs (§6) and the synthetic runs (App. A.3) are studies of their own,
+    # not part of the T axis
+    axes = {axis: axis_total([r for r in rows if r["axis"] == axis and not (r["reshape"] or r["synthetic"])], axis,
+                             a100, mfu) for axis in AXES}
     arms = [r for r in rows if r["reshape"]]
+    synthetic = [r for r in rows if r["synthetic"]]
     trunks = {r["branch_from"] for r in rows if r["branch_from"] and not r["reshape"]}  # of decay branches
     return {"gpu": label, "peak": peak, "mfu": mfu, "precision": precision, "runs": rows, "axes": axes,
             "total": axis_total(rows, None, a100, mfu),
             "reshape": {"runs": len(arms), "gpu_hours": sum(r["gpu_hours"] for r in arms)},
+            "synthetic": {"runs": len(synthetic), "gpu_hours": sum(r["gpu_hours"] for r in synthetic)},
             "trunks": {r["run"]: r["gpu_hours"] for r in rows if r["run"] in trunks}}
 
 
@@ -138,6 +145,9 @@ def _axis_lines(p: dict) -> list[str]:
                      f"{t['implied_mfu']:>12.3g}")
     if p["reshape"]["runs"]:
         lines.append(f"reshape (§6): {p['reshape']['runs']} continuation runs, {_hours(p['reshape']['gpu_hours'])} "
+                     "GPU-hours, in 'all' only (the paper gives no GPU-days for them)")
+    if p["synthetic"]["runs"]:
+        lines.append(f"synthetic (App. A.3): {p['synthetic']['runs']} runs, {_hours(p['synthetic']['gpu_hours'])} "
                      "GPU-hours, in 'all' only (the paper gives no GPU-days for them)")
     lines.append(f"ratio = this plan's A100-days at MFU {p['mfu']:g} / the paper's (§4.1, §5.1, §5.2; its "
                  f"{PAPER_TOTAL_A100_DAYS:,.0f} A100-days in all include its other experiments)")
