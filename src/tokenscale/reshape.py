@@ -19,8 +19,13 @@ Given a reference run and a target window ``[s_a, s_b]`` of its steps:
    (s_1 = s_a + 1, one step after the shared start): drop D = L(s_1) − L(s_b) of the arm's mean curve over
    seeds; acceleration ``D_reshaped / D_control − 1``; the steps the control needs to reach the reshaped arm's
    final loss, over s_b − s_1 (linear interpolation of the control's mean curve; censored, "> 1", when it never
-   gets there); the final loss of each arm (its floor). CIs: percentile bootstrap over data-order seeds,
-   resampled independently per arm.
+   gets there); the final loss of each arm (its floor). D of an arm is the mean of its seeds' drops d_j, so the
+   acceleration's CI is Fieller's interval for the ratio of two independent means, ρ = mean(d^r)/mean(d^c):
+   the set of ρ with (mean(d^r) − ρ·mean(d^c))² ≤ t²·(v_r + ρ²·v_c), v = s²/n per arm, t at the
+   Welch–Satterthwaite degrees of freedom; unbounded (reported as null) when the control's drop is not
+   significantly above zero; a single-seed control (``original``) contributes no variance (it cannot be
+   estimated from one run). Drops and floors get Student-t intervals over seeds; steps-to-reach (censored)
+   a percentile bootstrap over seeds, resampled independently per arm.
 6. **Mechanism** (beyond the paper). Each arm's continuation series (the reference's checkpoints up to s_a, then
    the arm's) is evaluated on the validation tokens and fitted; τ_i^(arm) is token i's learning time there (the
    analysis selection; NaN when not selected). Per arm, ``f_in`` = the fraction of validation tokens with
@@ -209,6 +214,11 @@ def arm_metrics(steps, curves: dict[str, np.ndarray], *, n_boot: int = 2000, see
         return out
 
     point = stats(C)
+    per_seed = {a: c[:, 0] - c[:, -1] for a, c in C.items()}  # (n_seeds,) each seed's drop
+    exact = {f"drop_{a}": _t_ci(d, confidence) for a, d in per_seed.items()}
+    exact |= {f"final_{a}": _t_ci(c[:, -1], confidence) for a, c in C.items()}
+    exact |= {f"acceleration_vs_{ctrl}": _fieller_ci(per_seed["reshaped"], per_seed[ctrl], confidence, shift=-1.0)
+              for ctrl in per_seed if ctrl != "reshaped"}
     rng = np.random.default_rng(seed)
     boots = [stats({a: c[rng.integers(0, c.shape[0], c.shape[0])] for a, c in C.items()}) for _ in range(n_boot)]
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
@@ -218,7 +228,11 @@ def arm_metrics(steps, curves: dict[str, np.ndarray], *, n_boot: int = 2000, see
         finite = vals[np.isfinite(vals)]
         lo, hi = np.quantile(finite, q).tolist() if finite.size else [math.nan, math.nan]
         entry = {"value": _clean(v), "ci_low": _clean(lo), "ci_high": _clean(hi)}
+        if k in exact:  # the closed-form interval; the value stays the point estimate of the mean curves
+            entry |= {"ci_low": exact[k]["ci_low"], "ci_high": exact[k]["ci_high"]}
+            entry["ci_method"] = "fieller" if k.startswith("acceleration") else "student_t"
         if k.startswith("steps_to_reach"):
+            entry["ci_method"] = "bootstrap"
             entry["censored"] = not math.isfinite(v)  # the control never reached the reshaped arm's final loss
             entry["censored_fraction"] = float(np.mean(~np.isfinite(vals)))
             if finite.size < vals.size:
@@ -239,6 +253,32 @@ def _t_ci(values: np.ndarray, confidence: float) -> dict:
         return {"value": _clean(v.mean()) if v.size else None, "ci_low": None, "ci_high": None}
     lo, hi = t.interval(confidence, v.size - 1, loc=v.mean(), scale=v.std(ddof=1) / np.sqrt(v.size))
     return {"value": _clean(v.mean()), "ci_low": _clean(lo), "ci_high": _clean(hi)}
+
+
+def _fieller_ci(num: np.ndarray, den: np.ndarray, confidence: float, shift: float = 0.0) -> dict:
+    """mean(num)/mean(den) + shift with Fieller's interval (independent samples; module docstring, step 5).
+
+    ``den`` with one value contributes no variance; fewer than 2 ``num`` values, or a denominator not
+    significantly above zero (the interval is then unbounded), give null bounds."""
+    from scipy.stats import t
+
+    x, y = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    a, b = x.mean(), y.mean()
+    out = {"value": _clean(a / b + shift) if b != 0 else None, "ci_low": None, "ci_high": None}
+    if x.size < 2 or b == 0:
+        return out
+    va = x.var(ddof=1) / x.size
+    vb = y.var(ddof=1) / y.size if y.size >= 2 else 0.0
+    rho = a / b
+    parts = [va ** 2 / (x.size - 1)] + ([(rho ** 2 * vb) ** 2 / (y.size - 1)] if y.size >= 2 else [])
+    df = (va + rho ** 2 * vb) ** 2 / sum(parts) if sum(parts) > 0 else math.inf
+    q = t.ppf((1 + confidence) / 2, df)
+    A, B, C = b * b - q * q * vb, -2 * a * b, a * a - q * q * va  # A ρ² + B ρ + C <= 0
+    disc = B * B - 4 * A * C
+    if A <= 0 or disc < 0:
+        return out
+    lo, hi = sorted(((-B - math.sqrt(disc)) / (2 * A), (-B + math.sqrt(disc)) / (2 * A)))
+    return out | {"ci_low": _clean(lo + shift), "ci_high": _clean(hi + shift)}
 
 
 def _welch_ci(a: np.ndarray, b: np.ndarray, confidence: float) -> dict:
