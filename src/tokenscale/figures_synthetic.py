@@ -136,7 +136,7 @@ def _trajectory_panel(ax, s, losses, rows, p, pick, lev, n_valid):
     if not pick.size:
         ax.text(0.5, 0.5, "no valid fit", ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xscale("log")
-    ax.set_title(f"L{lev}: {pick.size} shown, {n_valid} of {rows.size} tokens fitted", fontsize=8)
+    ax.set_title(f"L{lev}: {pick.size} shown, {n_valid} of {rows.size} tokens selected", fontsize=8)
 
 
 def plot_level_trajectories(x_steps, losses, levels, fits, outdir, *, per_level: int = 3,
@@ -198,5 +198,5 @@ def plot_params_vs_tau(tau_steps, delta, lam, levels, outdir) -> list[Path]:
     axs[1].set_title("λ vs learning time", fontsize=10)
     cb = fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=list(axs), pad=0.01)
     cb.set_label("difficulty level L")
-    fig.suptitle(f"token sigmoid parameters vs learning time ({int(ok.sum())} of {n} tokens)", fontsize=11)
+    fig.suptitle(f"token sigmoid parameters vs learning time ({int(ok.sum())} of {n} tokens selected)", fontsize=11)
     return _paths(_save(fig, _outdir(outdir), "fig10_params_vs_tau"))

@@ -391,25 +391,29 @@ def level_rows(step: int, level: np.ndarray, loss: np.ndarray, correct: np.ndarr
             for L in np.unique(level)]
 
 
-def _fit_params(fits_path) -> tuple[dict, np.ndarray, object]:
-    """({tau, lam, delta, post} (N,) on the fit axis, valid (N,), fit) of a series' fit table."""
+def _fit_params(fits_path, analysis: dict) -> tuple[dict, np.ndarray, object]:
+    """({tau, lam, delta, post} (N,) on the fit axis, selected (N,), fit) of a series' fit table; ``selected``
+    is the analysis' token selection (the one p(τ) uses: noise rows and τ outside the window excluded)."""
+    from .analysis.alignment import selected_rows
+    from .analysis.options import AnalysisOptions
     from .io.fits import load_fits
 
     fit = load_fits(fits_path)
     p = {k: np.asarray(getattr(fit, k), dtype=np.float64) for k in ("tau", "lam", "delta", "post")}
-    ok = (np.asarray(fit.status) != 2) & np.all([np.isfinite(v) for v in p.values()], axis=0)
-    return p, ok, fit
+    finite = np.all([np.isfinite(v) for v in p.values()], axis=0)
+    return p, finite & selected_rows(fit, AnalysisOptions.from_config(analysis).main), fit
 
 
 def _per_level_summary(levels, acc, tau_steps, valid, level_of_token, baseline: dict | None = None) -> dict:
     """Final accuracy, levels past 50% and past the level-only baseline (:func:`level_baseline`, keys as
-    strings or ints), and the median τ of the valid fits per level."""
+    strings or ints), and the median τ of the selected fits per level."""
     final = {int(L): float(a[-1]) for L, a in zip(levels, acc)}
     base = {int(k): float(v) for k, v in (baseline or {}).items()}
     med = {}
     for L in levels:
         m = valid & (level_of_token == L)
-        med[int(L)] = {"n_valid_fits": int(m.sum()), "median_tau_step": float(np.median(tau_steps[m])) if m.any() else None}
+        med[int(L)] = {"n_selected_fits": int(m.sum()),
+                       "median_tau_step": float(np.median(tau_steps[m])) if m.any() else None}
     above_base = [L for L, a in final.items() if L in base and a > base[L]]
     return {"final_accuracy": final, "levels_above_half": [L for L, a in final.items() if a > 0.5],
             "n_levels_above_half": int(sum(a > 0.5 for a in final.values())),
@@ -432,7 +436,7 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     steps, levels, loss, acc = read_levels(levels_csv)
     curve = read_curve(val_loss, run, 0.0)
     shape = shape_test(curve.steps, curve.loss, transient=analysis.get("transient", "dpeak"), transform="none")
-    p, ok, fit = _fit_params(fits)
+    p, ok, fit = _fit_params(fits, analysis)
     losses, axis, meta = read_run_trajectories(trajectories)
     token_level = np.asarray(meta["domain"], dtype=np.int64) + 1  # (N,) one answer per example
     s = json.loads(open(summary).read())
@@ -441,7 +445,7 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     report = {"run": run, "synthetic": entry, "level_probs": level_probs(spec_of(entry)).tolist(),
               "shape_test": shape,
               "levels": _per_level_summary(levels, acc, tau_steps, ok, token_level, ov.get("level_baseline")),
-              "n_answer_tokens": int(losses.shape[0]), "n_valid_fits": int(ok.sum()),
+              "n_answer_tokens": int(losses.shape[0]), "n_selected_fits": int(ok.sum()),
               "svd_energy": {k: s["svd"].get(k) for k in ("svd_energy1", "svd_energy2", "svd_energy1_fit", "svd_energy2_fit")},
               "metrics": s.get("metrics", {}), "alpha_fit": s.get("alpha_fit"),
               "overlap": {k: v for k, v in ov.items() if k != "level_baseline"}}

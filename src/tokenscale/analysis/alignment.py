@@ -166,21 +166,26 @@ def selected_tau(fit, n_tokens: int, selection) -> tuple[np.ndarray, np.ndarray]
     """``(tau (N,), valid (N,))`` like :func:`instance_tau`, with the spectrum's token selection (an
     :class:`tokenscale.analysis.options.Selection`) instead of categories, and τ inside the fitted window (an
     extrapolated τ is no learning time that was observed)."""
-    from .options import selection_weights
-
     rows = np.arange(len(fit)) if fit.token_index is None else _ints("fit.token_index", fit.token_index)
     if fit.token_index is None and len(fit) != n_tokens:
         raise TokenscaleError(f"fit has {len(fit)} rows and no token_index, expected {n_tokens} (one per instance)")
     _first_bad("fit.token_index", rows, (rows < 0) | (rows >= n_tokens), f"is outside [0, {n_tokens})")
+    tau = np.full(n_tokens, np.nan)
+    valid = np.zeros(n_tokens, bool)
+    tau[rows] = np.asarray(fit.tau, dtype=float)
+    valid[rows] = selected_rows(fit, selection)
+    return tau, valid
+
+
+def selected_rows(fit, selection) -> np.ndarray:
+    """(len(fit),) bool: the fit rows in the spectrum's token selection whose τ lies inside the fitted window."""
+    from .options import selection_weights
+
     t = np.asarray(fit.tau, dtype=float)
     x = np.asarray(fit.axis, dtype=float)
     ok = (np.asarray(fit.status) != 2) & np.isfinite(t) & np.isfinite(np.asarray(fit.delta, dtype=float))
     w = selection_weights(selection, np.asarray(fit.delta, float), np.asarray(fit.r2, float), ok)
-    tau = np.full(n_tokens, np.nan)
-    valid = np.zeros(n_tokens, bool)
-    tau[rows] = t
-    valid[rows] = (w > 0) & (t >= x[0]) & (t <= x[-1])
-    return tau, valid
+    return (w > 0) & (t >= x[0]) & (t <= x[-1])
 
 
 # ----------------------------------------------------------------------------- bootstrap
