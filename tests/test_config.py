@@ -1,3 +1,6 @@
+import copy
+
+import yaml
 import pytest
 
 from tokenscale import TokenscaleError
@@ -77,7 +80,7 @@ def test_cli_bad_config_prints_one_line(tmp_path):
     assert lines == ["tokenscale: error: config: unknown key 'runs[0].bacth_size' (allowed: axis, batch_size, branch, "
                      "checkpoints, deepspeed_config, device, engine, grad_clip, in_loop_validation, lr, micro_batch_size, "
                      "model, name, nproc, perf, precision, reshape, schedule, seed, single_pass, snapshots, state_every, sweep, "
-                     "synthetic, tokens, weight_decay)"]
+                     "synthetic, threads, tokens, weight_decay)"]
 
 
 def test_cli_help_for_every_command():
@@ -253,3 +256,18 @@ def test_sweep_grid_list_is_the_union_of_products():
     assert names == ["d-tok1M-lr3e-3", "d-tok2M-lr3e-3", "d-tok1M-lr1e-3"]
     with pytest.raises(TokenscaleError, match="d-tok1M-lr3e-3"):
         validate_config({"sweeps": [{**sweep, "grid": [sweep["grid"][0], sweep["grid"][0]]}]})
+
+
+def test_run_threads_are_outside_the_hash_and_reach_reshape_arms():
+    base = {"name": "a", "axis": "T", "tokens": 4096, "batch_size": 4}
+    assert RunConfig.from_dict({**base, "threads": 1}, seq_len=16).hash == RunConfig.from_dict(base, seq_len=16).hash
+    with pytest.raises(TokenscaleError, match=r"runs\[0\]\.threads"):
+        RunConfig.from_dict({**base, "threads": 0}, seq_len=16)
+    cfg = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
+    ref = next(r for r in cfg["runs"] if r["name"] == cfg["reshape"][0]["reference"])
+    ref["threads"] = 2
+    arms = [r for r in run_configs(validate_config(copy.deepcopy(cfg))).values() if r.reshape]
+    assert arms and {r.threads for r in arms} == {2}
+    cfg["reshape"][0]["threads"] = 1
+    arms = [r for r in run_configs(validate_config(cfg)).values() if r.reshape]
+    assert {r.threads for r in arms} == {1}

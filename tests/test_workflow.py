@@ -332,3 +332,23 @@ def test_bad_config_stops_dry_run_with_one_line(tmp_path, bad, message):
     assert p.returncode != 0
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if re.search(message, ln)]
     assert lines, p.stderr[-2000:]
+
+
+def test_run_threads_reach_its_train_and_eval_jobs(tmp_path):
+    """A run's own `threads` sets its training and evaluation jobs' threads (and its reshape arms'); other runs keep
+    the top-level count."""
+    cfg = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
+    cfg["threads"] = 2
+    cfg["runs"][0]["threads"] = 1
+    name = cfg["runs"][0]["name"]
+    extra = tmp_path / "threads.yaml"
+    extra.write_text(yaml.safe_dump({"threads": 2, "runs": cfg["runs"]}))
+    p = smk("-n", "-p", "--forceall", results=tmp_path / "r", extra_config=extra, timeout=300)
+    shell = [ln.split("Shell command:", 1)[-1].strip() for ln in p.stdout.splitlines()]
+    shell = [ln for ln in shell if ln.startswith("tokenscale ")]
+    own = [ln for ln in shell if ln.startswith("tokenscale train") and f"--run {name} " in ln
+           or ln.startswith("tokenscale evaluate") and f"/evals/valid/{name}/" in ln]
+    others = [ln for ln in shell if ln.startswith("tokenscale train") and f"--run {name} " not in ln
+              and f'"from": "{name}"' not in ln]  # its reshape arms inherit its threads
+    assert len(own) == 2 and all("--threads 1 " in ln for ln in own), own
+    assert others and all("--threads 2 " in ln for ln in others), others

@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
     from .train import Trainer
 
     data = Path(args.data) if args.data else Path(cfg["results"]) / "data"
-    trainer = Trainer(run, data, out, threads=args.threads or cfg["threads"], sampler_weights=args.sampler_weights,
+    trainer = Trainer(run, data, out, threads=args.threads or run.threads or cfg["threads"], sampler_weights=args.sampler_weights,
                       init_from=args.init_from, progress=not args.quiet)
     s = trainer.train()
     if trainer.dist.main:

@@ -360,7 +360,7 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
             run = {**copy.deepcopy(base), "name": f"{ex['name']}-{arm}" + (f"-s{seed}" if arm != "original" else ""),
                    "tokens": s_b * ref["batch_size"] * run_seq_len(cfg, ref), "schedule": schedule, "single_pass": False,
                    "checkpoints": {"count": ex["checkpoints"], "first_step": s_a + 1}, "in_loop_validation": False,
-                   "branch": {"from": ref["name"], "step": s_a},
+                   "branch": {"from": ref["name"], "step": s_a}, "threads": ex["threads"] or ref["threads"],
                    "reshape": {"experiment": ex["name"], "arm": arm, "data_seed": seed}}
             _fill_defaults(run, run_schema)
             out.append(run)
@@ -504,6 +504,7 @@ class RunConfig:
     engine: str
     deepspeed_config: str
     nproc: int
+    threads: int | None
     precision: str
     device: str
     perf: dict
@@ -533,9 +534,9 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
-        """sha256 of what determines the run's numbers: the spec without ``snapshots`` and ``single_pass`` (and
+        """sha256 of what determines the run's numbers: the spec without ``snapshots``, ``single_pass`` and ``threads`` (and
         without ``branch`` / ``schedule.warmup_steps`` while null, so runs written before those keys keep their hash)."""
-        spec = {k: v for k, v in self.spec.items() if k not in ("snapshots", "single_pass")}
+        spec = {k: v for k, v in self.spec.items() if k not in ("snapshots", "single_pass", "threads")}
         if spec.get("branch") is None:
             spec.pop("branch", None)
         if spec["schedule"].get("warmup_steps", 0) is None:

@@ -50,11 +50,21 @@ def data_spec():
     return json.dumps({"data": CFG["data"]}, sort_keys=True)
 
 
+def run_threads(run):
+    """CPU threads of a run's jobs: its own `threads`, else the top-level one."""
+    return RUNS[run].threads or CFG["threads"]
+
+
+def source_threads(wildcards):
+    """CPU threads of an evaluation job: the run's whose checkpoints it reads, else the top-level count."""
+    return run_threads(wildcards.source) if wildcards.source in RUNS else CFG["threads"]
+
+
 def run_spec(run):
     """Config slice one training run depends on: its entry, the sequence length and the thread count."""
-    entry = {k: v for k, v in RUNS[run].spec.items() if k != "seq_len"}
+    entry = {k: v for k, v in RUNS[run].spec.items() if k not in ("seq_len", "threads")}
     return json.dumps(
-        {"data": {"seq_len": RUNS[run].seq_len}, "runs": [entry], "threads": CFG["threads"]}, sort_keys=True
+        {"data": {"seq_len": RUNS[run].seq_len}, "runs": [entry], "threads": run_threads(run)}, sort_keys=True
     )
 
 

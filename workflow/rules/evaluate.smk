@@ -44,7 +44,7 @@ rule evaluate_checkpoint:
         f"{RESULTS}/logs/evaluate/{{tokens}}/{{source}}/block-{{block}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{tokens}}/{{source}}/block-{{block}}.tsv"
-    threads: CFG["threads"]
+    threads: source_threads
     resources:
         mem_mb=8000,
         runtime=60,

@@ -21,7 +21,7 @@ rule train:
         f"{RESULTS}/logs/train/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
-    threads: CFG["threads"]
+    threads: lambda w: run_threads(w.run)
     resources:
         mem_mb=16000,
         runtime=1440,
