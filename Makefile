@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo smoke test lint report clean-results
+.PHONY: demo smoke test lint verify report clean-results
 
-$(STAMP): pyproject.toml scripts/setup-venv.sh
+$(STAMP): pyproject.toml scripts/setup-venv.sh requirements/cpu.lock
 	bash scripts/setup-venv.sh $(VENV) $(PY)
 	touch $(STAMP)
 
@@ -23,6 +23,9 @@ smoke: $(STAMP)  ## the same DAG on config/smoke.yaml (about a minute)
 
 test: $(STAMP)  ## the test suite (includes an end-to-end smoke workflow run)
 	$(BIN)/python -m pytest -ra
+
+verify: $(STAMP)  ## compare results/ (from `make demo`) with reference/default.json: exit 1 if a number moved
+	$(BIN)/tokenscale verify --results results --reference reference/default.json
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -26,6 +26,7 @@ include: "workflow/rules/fit.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/reshape.smk"
 include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/provenance.smk"
 
 
 rule all:

@@ -352,3 +352,23 @@ def test_run_threads_reach_its_train_and_eval_jobs(tmp_path):
               and f'"from": "{name}"' not in ln]  # its reshape arms inherit its threads
     assert len(own) == 2 and all("--threads 1 " in ln for ln in own), own
     assert others and all("--threads 2 " in ln for ln in others), others
+
+
+def test_second_run_is_bit_identical(smoke, tmp_path):
+    """Two runs on one machine give bit-identical weights, trajectories and fits (docs/determinism.md)."""
+    from tokenscale.determinism import compare_arrays, compare_weights
+
+    again = tmp_path / "again"
+    smk(str(again / f"series/{RUN}/fits.h5"), results=again)
+    weights, arrays = compare_weights(smoke, again), compare_arrays(smoke, again)
+    assert weights and all(weights.values()), [k for k, v in weights.items() if not v]
+    assert any("/trajectories/" in k for k in arrays) and any(k.endswith("fits.h5/tau") for k in arrays)
+    assert all(arrays.values()), [k for k, v in arrays.items() if not v]
+
+
+def test_verify_smoke_against_committed_reference(smoke):
+    """`tokenscale verify` on the smoke results against reference/smoke.json (what `make verify` does for the demo)."""
+    p = subprocess.run([sys.executable, "-m", "tokenscale.cli", "verify", "--results", str(smoke), "--reference",
+                        "reference/smoke.json", "--failed-only"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
+    assert " 0 FAIL, 0 missing" in p.stdout

@@ -645,6 +645,42 @@ def _json_object(text: str) -> dict:
     return v
 
 
+def cmd_provenance(args) -> int:
+    from . import atomic
+    from .verify import provenance
+
+    prov = provenance(args.config_sha256, Path(args.repo), Path(args.lock), Path(args.manifest) if args.manifest else None)
+    atomic.write_json(args.out, prov)
+    print(json.dumps(prov, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from . import atomic, verify
+
+    results = Path(args.results)
+    if args.write:
+        ref = verify.write_reference(results, args.config)
+        atomic.write_json(args.reference, ref)
+        n = sum(len(v) for v in ref["numbers"].values())
+        print(f"verify: wrote {n} numbers from {len(ref['numbers'])} files of {results} to {args.reference}")
+        return 0
+    reference = verify.read_reference(Path(args.reference))
+    rules = verify.read_tolerances(Path(args.tolerances))
+    prov = verify.read_provenance(results)
+    for k in verify.PROVENANCE_KEYS:
+        print(f"provenance {k}: reference {reference['provenance'].get(k)}, results {prov.get(k)}")
+    for line in verify.provenance_mismatches(reference, prov):
+        print(line)
+    rows = verify.compare(reference, results, rules)
+    print(verify.table(rows, only_failed=args.failed_only))
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "missing", "new")}
+    print(f"verify: {len(rows)} numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if args.markdown:
+        atomic.write_text(args.markdown, verify.markdown(rows, verify.provenance_mismatches(reference, prov)))
+    return 1 if counts["FAIL"] or counts["missing"] else 0
+
+
 def _command(sub, name: str, func, summary: str, description: str = "") -> argparse.ArgumentParser:
     """A subcommand: ``summary`` in the command list, ``summary`` + ``description`` in its --help."""
     p = sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {description}".strip(),
@@ -933,6 +969,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="series name (figure titles)")
     p.add_argument("--axis-label", default="training step", help="x-axis label of the figures")
     p.add_argument("--figures", required=True, help="output folder for PNG + SVG figures")
+
+    p = _command(sub, "provenance", cmd_provenance, "record what a results tree was made from",
+                 "Writes the config hash, the code version (git commit, -dirty when tracked files differ), the lock "
+                 "file's hash with the Python version and the corpus manifest's hash; `verify` compares them.")
+    p.add_argument("--config-sha256", required=True, help="sha256 of the validated config (without `results`)")
+    p.add_argument("--repo", default=".", help="the workflow's checkout (its git commit is the code version)")
+    p.add_argument("--lock", default="requirements/cpu.lock", help="the lock file the environment was installed from")
+    p.add_argument("--manifest", default=None, help="the corpus manifest.json (omit for none)")
+    p.add_argument("--out", required=True, help="output provenance.json")
+
+    p = _command(sub, "verify", cmd_verify, "compare a results tree's headline numbers with committed references",
+                 "Prints provenance (mismatches on their own lines) and a table: number, reference, reproduced, "
+                 "tolerance, result. Exit status 1 when a number is out of tolerance or missing. --write makes a "
+                 "reference from a results tree instead.")
+    p.add_argument("--results", default="results", help="results tree to check")
+    p.add_argument("--reference", default="reference/default.json", help="reference numbers (JSON)")
+    p.add_argument("--tolerances", default="reference/tolerances.yaml",
+                   help="tolerance rules (YAML; first matching glob wins; docs/determinism.md says where they come from)")
+    p.add_argument("--write", action="store_true", help="write --reference from --results instead of comparing")
+    p.add_argument("--config", default="config/config.yaml", help="with --write: the config the results came from")
+    p.add_argument("--failed-only", action="store_true", help="list only the numbers that failed or are missing")
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file (for the report)")
     return ap
 
 

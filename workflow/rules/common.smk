@@ -8,7 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tokenscale import TokenscaleError
-from tokenscale.config import run_configs
+from tokenscale.config import config_hash, run_configs
 from tokenscale.series import (
     VALID_TOKENS,
     block_of,
@@ -19,6 +19,7 @@ from tokenscale.series import (
     seed_groups,
     series_spec,
 )
+from tokenscale.verify import code_version
 
 RESULTS = CFG["results"]
 DATA = f"{RESULTS}/data"
@@ -31,6 +32,10 @@ except TokenscaleError as e:
     raise WorkflowError(str(e)) from None
 SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
 PER_JOB = CFG["eval"]["checkpoints_per_job"]
+REPO_DIR = str(Path(workflow.basedir))
+LOCK_FILE = f"{REPO_DIR}/requirements/cpu.lock"
+CONFIG_SHA256 = config_hash({k: v for k, v in CFG.items() if k != "results"})
+CODE_VERSION = code_version(Path(REPO_DIR))
 
 
 wildcard_constraints:
@@ -325,4 +330,4 @@ def all_targets():
     out += [f"{RESULTS}/seeds/{g}/agreement.json" for g in SEED_GROUPS]
     out += [f"{reshape_dir(e)}/report.json" for e in RESHAPE]
     out += [f"{RESULTS}/series/{s}/synthetic/report.json" for s in SYNTHETIC_SERIES]
-    return out
+    return out + [f"{RESULTS}/provenance.json"]

@@ -1,0 +1,282 @@
+"""Reviewers reproduce: compare a results tree's headline numbers with reference numbers committed in the repo.
+
+A **reference** (``reference/<config>.json``, format ``tokenscale-reference/1``) holds the provenance of the run
+it was taken from and its headline numbers, ``{file: {key: value}}``, where ``file`` is a path inside the results
+tree and ``key`` a dotted path into that file (JSON) or a derived quantity (CSV, see :func:`csv_numbers`).
+Which numbers are headline numbers is :data:`HEADLINE`: per summary kind, globs of dotted keys.
+
+A **tolerance file** (``reference/tolerances.yaml``, format ``tokenscale-tolerances/1``) is an ordered list of
+rules ``{match, rtol, atol, why}``; the first rule whose ``match`` (an fnmatch glob over ``"file:key"``) fits a
+number gives its tolerance. A reproduced value ``x`` passes against reference ``r`` when
+``|x − r| <= atol + rtol·|r|`` (NaN passes only against NaN; None only against None). The values of the rules
+come from the determinism report (``docs/determinism.md``), which measured how far each kind of number moves
+across reruns, thread counts and CPU instruction-set caps.
+
+**Provenance** (``results/provenance.json``, written by the workflow's ``provenance`` rule) records the config
+hash, the code version, the lock file's hash with the Python version, and the corpus manifest's hash. ``verify``
+prints both sides and reports each mismatch on its own line; the numbers are compared regardless.
+
+Nothing here imports torch or h5py.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import json
+import math
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import TokenscaleError
+
+REFERENCE_FORMAT = "tokenscale-reference/1"
+TOLERANCE_FORMAT = "tokenscale-tolerances/1"
+PROVENANCE_FORMAT = "tokenscale-provenance/1"
+PROVENANCE_KEYS = ("config_sha256", "code_version", "lock_sha256", "corpus_manifest_sha256")
+
+# Headline numbers per summary kind: file glob (inside results/) -> key globs (dotted, fnmatch).
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "series/*/analysis/summary.json": (
+        "power_law.alpha", "power_law.E", "power_law.r2", "alpha_predicted", "tail.beta", "selections.*.beta",
+        "metrics.r2_reconstruction", "metrics.svd_energy1", "metrics.svd_energy2", "metrics.mean_loss_max_rel_err",
+        "metrics.r2_powerlaw_deriv", "category_counts.*.valid", "n_axis_points", "n_post_transient_points",
+    ),
+    "series/*/alignment/alignment.json": (
+        "frequency.spearman.rho", "dependency.spearman.rho", "domain.test.statistic", "n_valid",
+    ),
+    "series/*/synthetic/report.json": (
+        "levels.final_accuracy.*", "levels.n_levels_above_half", "svd_energy.svd_energy1", "svd_energy.svd_energy2",
+        "metrics.r2_reconstruction", "shape_test.delta_aic", "n_valid_fits",
+    ),
+    "reshape/*/report.json": (
+        "metrics.acceleration_vs_*.value", "metrics.drop_*.value", "metrics.final_*.value",
+        "metrics.steps_to_reach_vs_*.value", "bucket_drop_spearman",
+    ),
+    "seeds/*/agreement.json": ("pairs.*.spearman.rho", "pairs.*.median_abs_diff", "pairs.*.n"),
+    "series/*/frontier/frontier.csv": ("n_members", "val_loss@*"),
+    "runs/*/val_loss.csv": ("final_val_loss",),
+}
+
+
+# ------------------------------------------------------------------------------------------- reading numbers
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of every scalar leaf of a JSON value (list items by index)."""
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list):
+        items = ((str(i), v) for i, v in enumerate(obj))
+    else:
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def csv_numbers(path: Path) -> dict[str, float]:
+    """Derived numbers of a CSV: a frontier's member count and loss per axis value; a run's final val loss."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if path.name == "val_loss.csv":
+        return {"final_val_loss": float(rows[-1]["val_loss"])} if rows else {}
+    out: dict[str, float] = {"n_members": float(len(rows))}
+    out.update({f"val_loss@{float(r['axis_value']):g}": float(r["val_loss"]) for r in rows})
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def file_numbers(path: Path, keys: tuple[str, ...]) -> dict[str, float | None]:
+    """The headline numbers of one file: its flattened keys that match one of ``keys``."""
+    try:
+        flat = csv_numbers(path) if path.suffix == ".csv" else flatten(json.loads(path.read_text()))
+    except (ValueError, KeyError) as e:
+        raise TokenscaleError(f"verify: {path} cannot be read as a summary ({e})") from None
+    return {k: v for k, v in sorted(flat.items())
+            if _is_number(v) and any(fnmatch.fnmatchcase(k, g) for g in keys)}
+
+
+def headline_numbers(results: Path) -> dict[str, dict[str, float | None]]:
+    """``{file: {key: value}}`` of every headline number in a results tree."""
+    out = {}
+    for pattern, keys in HEADLINE.items():
+        for path in sorted(results.glob(pattern)):
+            nums = file_numbers(path, keys)
+            if nums:
+                out[path.relative_to(results).as_posix()] = nums
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- provenance
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lock_hash(lock: Path) -> str:
+    """sha256 of the lock file's bytes and the running Python's version (the lock is per Python minor)."""
+    if not lock.is_file():
+        return "none"
+    return hashlib.sha256(lock.read_bytes() + f"\npython {platform.python_version()}".encode()).hexdigest()
+
+
+def code_version(repo: Path) -> str:
+    """The checkout's commit (``-dirty`` when tracked files differ), else the package version."""
+    from . import __version__
+
+    try:
+        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"tokenscale {__version__} (no git checkout)"
+    return rev + ("-dirty" if dirty else "")
+
+
+def provenance(config_sha256: str, repo: Path, lock: Path, corpus_manifest: Path | None) -> dict:
+    """What a results tree was made from (written to results/provenance.json)."""
+    manifest = sha256_file(corpus_manifest) if corpus_manifest and corpus_manifest.is_file() else "none"
+    return {"format": PROVENANCE_FORMAT, "config_sha256": config_sha256, "code_version": code_version(repo),
+            "lock_sha256": lock_hash(lock), "python": platform.python_version(), "corpus_manifest_sha256": manifest}
+
+
+def read_provenance(results: Path) -> dict:
+    path = results / "provenance.json"
+    if not path.is_file():
+        raise TokenscaleError(f"verify: {path} is missing: the results tree has no provenance "
+                              "(run the workflow's default target, which writes it)")
+    prov = json.loads(path.read_text())
+    if prov.get("format") != PROVENANCE_FORMAT:
+        raise TokenscaleError(f"verify: {path} has format {prov.get('format')!r}, expected {PROVENANCE_FORMAT!r}")
+    return prov
+
+
+# -------------------------------------------------------------------------------------------------- references
+def write_reference(results: Path, config: str) -> dict:
+    """A reference from a results tree: its provenance and every headline number."""
+    return {"format": REFERENCE_FORMAT, "config": config, "provenance": read_provenance(results),
+            "numbers": headline_numbers(results)}
+
+
+def read_reference(path: Path) -> dict:
+    if not path.is_file():
+        raise TokenscaleError(f"verify: reference file {path} does not exist")
+    ref = json.loads(path.read_text())
+    if ref.get("format") != REFERENCE_FORMAT:
+        raise TokenscaleError(f"verify: reference {path} has format {ref.get('format')!r}; this tokenscale reads "
+                              f"{REFERENCE_FORMAT!r} (rewrite it with `tokenscale verify --write`)")
+    return ref
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    match: str
+    rtol: float
+    atol: float
+
+    def allows(self, ref: float | None, got: float | None) -> bool:
+        if ref is None or got is None:
+            return ref is got
+        if math.isnan(ref) or math.isnan(got):
+            return math.isnan(ref) and math.isnan(got)
+        return abs(got - ref) <= self.atol + self.rtol * abs(ref)
+
+    def __str__(self) -> str:
+        parts = ([f"±{self.atol:g}"] if self.atol else []) + ([f"±{self.rtol:.3g}×"] if self.rtol else [])
+        return " + ".join(parts) or "exact"
+
+
+def read_tolerances(path: Path) -> list[Tolerance]:
+    import yaml
+
+    if not path.is_file():
+        raise TokenscaleError(f"verify: tolerance file {path} does not exist")
+    doc = yaml.safe_load(path.read_text()) or {}
+    if doc.get("format") != TOLERANCE_FORMAT:
+        raise TokenscaleError(f"verify: tolerance file {path} has format {doc.get('format')!r}, "
+                              f"expected {TOLERANCE_FORMAT!r}")
+    rules = []
+    for i, r in enumerate(doc.get("rules") or []):
+        try:
+            rules.append(Tolerance(str(r["match"]), float(r.get("rtol", 0.0)), float(r.get("atol", 0.0))))
+        except (KeyError, TypeError, ValueError):
+            raise TokenscaleError(f"verify: {path}: rule {i} needs match and numeric rtol/atol, got {r!r}") from None
+    return rules
+
+
+def tolerance_of(name: str, rules: list[Tolerance]) -> Tolerance:
+    for r in rules:
+        if fnmatch.fnmatchcase(name, r.match):
+            return r
+    return Tolerance("(no rule)", 0.0, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------- comparison
+@dataclass(frozen=True)
+class Row:
+    name: str  # "file:key"
+    reference: float | None
+    reproduced: float | None
+    tolerance: Tolerance
+    status: str  # pass | FAIL | missing | new
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("FAIL", "missing")
+
+
+def compare(reference: dict, results: Path, rules: list[Tolerance]) -> list[Row]:
+    """One row per reference number (and per headline number the reference lacks, status ``new``)."""
+    rows = []
+    for file, ref_nums in reference["numbers"].items():
+        path = results / file
+        if not path.is_file():
+            raise TokenscaleError(f"verify: {path} is missing (the reference has {len(ref_nums)} numbers from it)")
+        pattern = next((p for p in HEADLINE if fnmatch.fnmatchcase(file, p)), None)
+        got = file_numbers(path, HEADLINE[pattern]) if pattern else {}
+        for key in sorted(set(ref_nums) | set(got)):
+            name, tol = f"{file}:{key}", tolerance_of(f"{file}:{key}", rules)
+            if key not in got:
+                rows.append(Row(name, ref_nums[key], None, tol, "missing"))
+            elif key not in ref_nums:
+                rows.append(Row(name, None, got[key], tol, "new"))
+            else:
+                rows.append(Row(name, ref_nums[key], got[key], tol, "pass" if tol.allows(ref_nums[key], got[key])
+                                else "FAIL"))
+    return rows
+
+
+def provenance_mismatches(reference: dict, prov: dict) -> list[str]:
+    """One line per provenance key that differs between the reference and the results tree."""
+    ref = reference.get("provenance", {})
+    return [f"provenance: {k} differs: reference {ref.get(k)!r}, results {prov.get(k)!r}"
+            for k in PROVENANCE_KEYS if ref.get(k) != prov.get(k)]
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.6g}"
+
+
+def table(rows: list[Row], only_failed: bool = False) -> str:
+    """The comparison as a fixed-width table: number, reference, reproduced, tolerance, result."""
+    shown = [r for r in rows if r.failed or not only_failed]
+    head = ("number", "reference", "reproduced", "tolerance", "result")
+    body = [(r.name, _fmt(r.reference), _fmt(r.reproduced), str(r.tolerance), r.status) for r in shown]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def markdown(rows: list[Row], mismatches: list[str]) -> str:
+    """The table in Markdown (Snakemake's report shows it next to the figures)."""
+    out = [f"- {m}" for m in mismatches] + ([""] if mismatches else [])
+    out += ["| number | reference | reproduced | tolerance | result |", "| --- | --- | --- | --- | --- |"]
+    out += [f"| `{r.name}` | {_fmt(r.reference)} | {_fmt(r.reproduced)} | {r.tolerance} | {r.status} |" for r in rows]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,132 @@
+"""tokenscale verify: headline numbers, tolerances, provenance, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tokenscale import TokenscaleError
+from tokenscale.cli import main
+from tokenscale.verify import (
+    REFERENCE_FORMAT,
+    Tolerance,
+    compare,
+    csv_numbers,
+    flatten,
+    headline_numbers,
+    provenance_mismatches,
+    read_provenance,
+    read_reference,
+    read_tolerances,
+    table,
+    tolerance_of,
+)
+
+SUMMARY = {"power_law": {"alpha": 0.83, "E": 3.84, "r2": 0.9998, "alpha_ci": [0.81, 0.85]},
+           "metrics": {"r2_reconstruction": 0.896, "svd_energy1": 0.92, "template_resolved": True},
+           "category_counts": {"late": {"valid": 27950, "all": 27950}}, "n_axis_points": 36, "run": "t"}
+TOLERANCES = """format: tokenscale-tolerances/1
+rules:
+  - {match: "*:category_counts.*", atol: 10, why: counts}
+  - {match: "*", rtol: 0.01, why: everything else}
+"""
+
+
+def make_tree(root, alpha=0.83, prov=None):
+    s = root / "series/t/analysis"
+    s.mkdir(parents=True)
+    (s / "summary.json").write_text(json.dumps({**SUMMARY, "power_law": {**SUMMARY["power_law"], "alpha": alpha}}))
+    (root / "runs/t").mkdir(parents=True)
+    (root / "runs/t/val_loss.csv").write_text("step,tokens_seen,val_loss\n1,10,8.3\n2,20,7.5\n")
+    (root / "provenance.json").write_text(json.dumps(prov or {
+        "format": "tokenscale-provenance/1", "config_sha256": "c", "code_version": "v", "lock_sha256": "l",
+        "corpus_manifest_sha256": "m"}))
+    return root
+
+
+def test_headline_numbers_pick_the_listed_keys_only(tmp_path):
+    nums = headline_numbers(make_tree(tmp_path))
+    assert nums["series/t/analysis/summary.json"] == {
+        "power_law.alpha": 0.83, "power_law.E": 3.84, "power_law.r2": 0.9998, "metrics.r2_reconstruction": 0.896,
+        "metrics.svd_energy1": 0.92, "category_counts.late.valid": 27950, "n_axis_points": 36}
+    assert nums["runs/t/val_loss.csv"] == {"final_val_loss": 7.5}
+
+
+def test_flatten_and_frontier_csv(tmp_path):
+    assert flatten({"a": {"b": [1, {"c": 2}]}}) == {"a.b.0": 1, "a.b.1.c": 2}
+    f = tmp_path / "frontier.csv"
+    f.write_text("axis_value,run,val_loss\n100000.0,a,6.7\n151000.0,b,6.6\n")
+    assert csv_numbers(f) == {"n_members": 2.0, "val_loss@100000": 6.7, "val_loss@151000": 6.6}
+
+
+def test_tolerance_rules_first_match_wins_and_nan_none():
+    rules = [Tolerance("*:n_*", 0.0, 0.0), Tolerance("*", 0.01, 0.0)]
+    assert tolerance_of("f:n_axis_points", rules).match == "*:n_*"
+    assert tolerance_of("f:power_law.alpha", rules).rtol == 0.01
+    t = Tolerance("*", 0.01, 0.001)
+    assert t.allows(1.0, 1.0109) and not t.allows(1.0, 1.0111)
+    assert t.allows(math.nan, math.nan) and not t.allows(math.nan, 1.0) and not t.allows(1.0, math.nan)
+    assert t.allows(None, None) and not t.allows(None, 1.0)
+
+
+def test_compare_reports_exactly_the_numbers_that_moved(tmp_path, capsys):
+    ref_tree = make_tree(tmp_path / "a")
+    ref_path = tmp_path / "ref.json"
+    assert main(["verify", "--results", str(ref_tree), "--reference", str(ref_path), "--write"]) == 0
+    tol = tmp_path / "tol.yaml"
+    tol.write_text(TOLERANCES)
+    same = make_tree(tmp_path / "b", alpha=0.8301)  # within 1%
+    assert main(["verify", "--results", str(same), "--reference", str(ref_path), "--tolerances", str(tol)]) == 0
+    moved = make_tree(tmp_path / "c", alpha=0.90)
+    capsys.readouterr()
+    assert main(["verify", "--results", str(moved), "--reference", str(ref_path), "--tolerances", str(tol)]) == 1
+    out = capsys.readouterr().out
+    failed = [ln for ln in out.splitlines() if ln.rstrip().endswith("FAIL")]
+    assert len(failed) == 1 and "series/t/analysis/summary.json:power_law.alpha" in failed[0], out
+    assert "verify: 8 numbers: 7 pass, 1 FAIL, 0 missing, 0 new" in out
+
+
+def test_provenance_mismatch_is_one_line_each_and_numbers_still_compared(tmp_path):
+    ref = {"format": REFERENCE_FORMAT, "provenance": {"config_sha256": "c", "code_version": "v", "lock_sha256": "l",
+                                                       "corpus_manifest_sha256": "m"}, "numbers": {}}
+    prov = read_provenance(make_tree(tmp_path, prov={"format": "tokenscale-provenance/1", "config_sha256": "X",
+                                                     "code_version": "v", "lock_sha256": "l",
+                                                     "corpus_manifest_sha256": "m"}))
+    assert provenance_mismatches(ref, prov) == ["provenance: config_sha256 differs: reference 'c', results 'X'"]
+
+
+def test_missing_number_fails_and_new_number_is_listed(tmp_path):
+    tree = make_tree(tmp_path)
+    ref = {"format": REFERENCE_FORMAT, "numbers": {"series/t/analysis/summary.json": {"power_law.alpha": 0.83,
+                                                                                     "tail.beta": 1.8}}}
+    rows = {r.name.split(":")[1]: r for r in compare(ref, tree, [Tolerance("*", 0.01, 0.0)])}
+    assert rows["tail.beta"].status == "missing" and rows["tail.beta"].failed
+    assert rows["power_law.E"].status == "new" and not rows["power_law.E"].failed
+    assert "tail.beta" in table(list(rows.values()), only_failed=True)
+    assert "power_law.E" not in table(list(rows.values()), only_failed=True)
+
+
+def test_bad_input_is_one_line(tmp_path):
+    tree = make_tree(tmp_path / "t")
+    with pytest.raises(TokenscaleError, match=r"provenance.json is missing: the results tree has no provenance"):
+        read_provenance(tmp_path)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"format": "tokenscale-reference/0", "numbers": {}}))
+    with pytest.raises(TokenscaleError, match=r"has format 'tokenscale-reference/0'; this tokenscale reads"):
+        read_reference(old)
+    gone = {"format": REFERENCE_FORMAT, "numbers": {"series/x/analysis/summary.json": {"power_law.alpha": 1.0}}}
+    with pytest.raises(TokenscaleError, match=r"series/x/analysis/summary.json is missing \(the reference has 1"):
+        compare(gone, tree, [])
+    bad = tmp_path / "tol.yaml"
+    bad.write_text("format: tokenscale-tolerances/1\nrules:\n  - {rtol: 0.1}\n")
+    with pytest.raises(TokenscaleError, match=r"rule 0 needs match"):
+        read_tolerances(bad)
+
+
+def test_cli_bad_reference_exits_2_with_one_line(tmp_path, capsys):
+    tree = make_tree(tmp_path / "t")
+    assert main(["verify", "--results", str(tree), "--reference", str(tmp_path / "none.json")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == [f"tokenscale: error: verify: reference file {tmp_path / 'none.json'} does not exist"]

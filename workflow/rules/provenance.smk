@@ -1,0 +1,25 @@
+# What the results tree was made from (tokenscale verify compares it with a reference's): the config hash, the
+# checkout's commit, the lock file's hash with the Python version, the corpus manifest's hash. The code version is
+# a param, so a new commit rewrites this file (and nothing else) on the next run of the workflow.
+
+
+rule provenance:
+    input:
+        manifest=rules.prepare_corpus.output.manifest,
+        lock=LOCK_FILE,
+    output:
+        provenance=f"{RESULTS}/provenance.json",
+    params:
+        config_sha256=CONFIG_SHA256,
+        code_version=CODE_VERSION,
+        repo=lambda w, input: Path(input.lock).parents[1],  # the checkout: requirements/ sits at its root
+    conda:
+        "../../envs/tokenscale.yaml"
+    log:
+        f"{RESULTS}/logs/provenance.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "tokenscale provenance --config-sha256 {params.config_sha256:q} --repo {params.repo:q} --lock {input.lock:q} "
+        "--manifest {input.manifest:q} --out {output.provenance:q} > {log:q} 2>&1"
