@@ -130,3 +130,19 @@ def test_cli_bad_reference_exits_2_with_one_line(tmp_path, capsys):
     assert main(["verify", "--results", str(tree), "--reference", str(tmp_path / "none.json")]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert err == [f"tokenscale: error: verify: reference file {tmp_path / 'none.json'} does not exist"]
+
+
+def test_measured_spread_widens_only_its_own_number(tmp_path):
+    tree = make_tree(tmp_path / "t")
+    report = {"variants": {"threads": {"numbers": {
+        "series/t/analysis/summary.json:power_law.alpha": {"abs": 0.05, "rel": 0.06},
+        "series/t/analysis/summary.json:power_law.E": {"abs": 0.0, "rel": 0.0}}}}}
+    from tokenscale.verify import write_reference
+
+    ref = write_reference(tree, "c.yaml", [report])
+    assert ref["spread"] == {"series/t/analysis/summary.json": {"power_law.alpha": 0.1}}
+    rules = [Tolerance("*", 0.01, 0.0)]
+    moved = make_tree(tmp_path / "m", alpha=0.83 + 0.09)  # 11 %: outside the rule, inside its own spread 0.1
+    rows = {r.name.split(":")[1]: r for r in compare(ref, moved, rules)}
+    assert rows["power_law.alpha"].status == "pass" and "measured" in str(rows["power_law.alpha"].tolerance)
+    assert not Tolerance("*", 0.01, 0.0).allows(0.83, 0.92)

@@ -660,7 +660,8 @@ def cmd_verify(args) -> int:
 
     results = Path(args.results)
     if args.write:
-        ref = verify.write_reference(results, args.config)
+        spreads = [json.loads(Path(f).read_text()) for f in args.spread]
+        ref = verify.write_reference(results, args.config, spreads)
         atomic.write_json(args.reference, ref)
         n = sum(len(v) for v in ref["numbers"].values())
         print(f"verify: wrote {n} numbers from {len(ref['numbers'])} files of {results} to {args.reference}")
@@ -989,6 +990,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance rules (YAML; first matching glob wins; docs/determinism.md says where they come from)")
     p.add_argument("--write", action="store_true", help="write --reference from --results instead of comparing")
     p.add_argument("--config", default="config/config.yaml", help="with --write: the config the results came from")
+    p.add_argument("--spread", nargs="*", default=[],
+                   help="with --write: determinism reports (scripts/determinism.py's JSON) whose measured differences "
+                        "widen each number's tolerance to twice the largest difference seen")
     p.add_argument("--failed-only", action="store_true", help="list only the numbers that failed or are missing")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file (for the report)")
     return ap

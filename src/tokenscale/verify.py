@@ -38,6 +38,7 @@ REFERENCE_FORMAT = "tokenscale-reference/1"
 TOLERANCE_FORMAT = "tokenscale-tolerances/1"
 PROVENANCE_FORMAT = "tokenscale-provenance/1"
 PROVENANCE_KEYS = ("config_sha256", "code_version", "lock_sha256", "corpus_manifest_sha256")
+SPREAD_FACTOR = 2.0  # a number's own tolerance: twice the largest difference measured for it
 
 # Headline numbers per summary kind: file glob (inside results/) -> key globs (dotted, fnmatch).
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -159,10 +160,21 @@ def read_provenance(results: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- references
-def write_reference(results: Path, config: str) -> dict:
-    """A reference from a results tree: its provenance and every headline number."""
+def write_reference(results: Path, config: str, spreads: list[dict] = ()) -> dict:
+    """A reference from a results tree: its provenance, every headline number, and per number the measured spread
+    (``SPREAD_FACTOR`` × the largest absolute difference any ``spreads`` comparison saw: a determinism report's
+    ``variants.*.numbers``, see tokenscale.determinism), which widens that number's tolerance beyond its rule."""
+    numbers = headline_numbers(results)
+    spread: dict[str, dict[str, float]] = {}
+    for report in spreads:
+        for variant in report.get("variants", {}).values():
+            for name, d in variant["numbers"].items():
+                file, key = name.split(":", 1)
+                if key in numbers.get(file, {}) and math.isfinite(d["abs"]) and d["abs"] > 0:
+                    cur = spread.setdefault(file, {}).get(key, 0.0)
+                    spread[file][key] = max(cur, SPREAD_FACTOR * d["abs"])
     return {"format": REFERENCE_FORMAT, "config": config, "provenance": read_provenance(results),
-            "numbers": headline_numbers(results)}
+            "numbers": numbers, "spread": spread}
 
 
 def read_reference(path: Path) -> dict:
@@ -177,20 +189,27 @@ def read_reference(path: Path) -> dict:
 
 @dataclass(frozen=True)
 class Tolerance:
+    """``|x − r| <= max(atol + rtol·|r|, spread)``: a rule's atol/rtol, widened by the number's measured spread."""
+
     match: str
     rtol: float
     atol: float
+    spread: float = 0.0
 
     def allows(self, ref: float | None, got: float | None) -> bool:
         if ref is None or got is None:
             return ref is got
         if math.isnan(ref) or math.isnan(got):
             return math.isnan(ref) and math.isnan(got)
-        return abs(got - ref) <= self.atol + self.rtol * abs(ref)
+        return abs(got - ref) <= max(self.atol + self.rtol * abs(ref), self.spread)
+
+    def widened(self, spread: float) -> "Tolerance":
+        return Tolerance(self.match, self.rtol, self.atol, max(self.spread, spread))
 
     def __str__(self) -> str:
         parts = ([f"±{self.atol:g}"] if self.atol else []) + ([f"±{self.rtol:.3g}×"] if self.rtol else [])
-        return " + ".join(parts) or "exact"
+        rule = " + ".join(parts) or "exact"
+        return f"max({rule}, ±{self.spread:.3g} measured)" if self.spread else rule
 
 
 def read_tolerances(path: Path) -> list[Tolerance]:
@@ -241,8 +260,10 @@ def compare(reference: dict, results: Path, rules: list[Tolerance]) -> list[Row]
             raise TokenscaleError(f"verify: {path} is missing (the reference has {len(ref_nums)} numbers from it)")
         pattern = next((p for p in HEADLINE if fnmatch.fnmatchcase(file, p)), None)
         got = file_numbers(path, HEADLINE[pattern]) if pattern else {}
+        spread = reference.get("spread", {}).get(file, {})
         for key in sorted(set(ref_nums) | set(got)):
-            name, tol = f"{file}:{key}", tolerance_of(f"{file}:{key}", rules)
+            name = f"{file}:{key}"
+            tol = tolerance_of(name, rules).widened(spread.get(key, 0.0))
             if key not in got:
                 rows.append(Row(name, ref_nums[key], None, tol, "missing"))
             elif key not in ref_nums:
