@@ -85,7 +85,7 @@ def test_compare_reports_exactly_the_numbers_that_moved(tmp_path, capsys):
     out = capsys.readouterr().out
     failed = [ln for ln in out.splitlines() if ln.rstrip().endswith("FAIL")]
     assert len(failed) == 1 and "series/t/analysis/summary.json:power_law.alpha" in failed[0], out
-    assert "verify: 8 numbers: 7 pass, 1 FAIL, 0 missing, 0 new" in out
+    assert "verify: 8 numbers: 7 pass, 1 FAIL, 0 missing, 0 new (7 identical to the reference, 0 moved" in out
 
 
 def test_provenance_mismatch_is_one_line_each_and_numbers_still_compared(tmp_path):

@@ -676,7 +676,9 @@ def cmd_verify(args) -> int:
     rows = verify.compare(reference, results, rules)
     print(verify.table(rows, only_failed=args.failed_only))
     counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "missing", "new")}
-    print(f"verify: {len(rows)} numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    same = sum(r.status == "pass" and r.reference == r.reproduced for r in rows)
+    print(f"verify: {len(rows)} numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f" ({same} identical to the reference, {counts['pass'] - same} moved within tolerance)")
     if args.markdown:
         atomic.write_text(args.markdown, verify.markdown(rows, verify.provenance_mismatches(reference, prov)))
     return 1 if counts["FAIL"] or counts["missing"] else 0
