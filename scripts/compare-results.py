@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
+from tokenscale.determinism import arrays_equal as same_array
+from tokenscale.determinism import h5_arrays as datasets
 
 
 def series_dirs(root: Path) -> dict[str, Path]:
@@ -21,22 +21,6 @@ def series_dirs(root: Path) -> dict[str, Path]:
             if (d / "fits.h5").is_file():
                 out[d.name] = d
     return out
-
-
-def datasets(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def same_array(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.kind == "f":
-        return bool(np.array_equal(a, b, equal_nan=True))
-    return bool(np.array_equal(a, b))
 
 
 def flat(obj, prefix=""):
@@ -78,6 +62,8 @@ def main(a: str, b: str) -> int:
             n = len(datasets(sa[name] / rel))
             print(f"{name}/{rel}: {'identical' if not bad else 'DIFFERS: ' + ', '.join(bad[:5])} ({n} datasets)")
             failed += bool(bad)
+        if not (sa[name] / "analysis/summary.json").is_file():  # a series without an analysis (a continuation)
+            continue
         bad = compare_summary(sa[name] / "analysis/summary.json", sb[name] / "analysis/summary.json")
         n = sum(1 for _ in flat(json.loads((sa[name] / "analysis/summary.json").read_text())))
         print(f"{name}/analysis/summary.json: {'identical' if not bad else 'DIFFERS: ' + ', '.join(bad[:5])} ({n} numbers)")

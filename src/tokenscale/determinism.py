@@ -20,7 +20,7 @@ from .verify import headline_numbers
 ARRAY_GLOBS = ("series/*/trajectories/*.h5", "series/*/fits.h5")
 
 
-def _h5_arrays(path: Path) -> dict:
+def h5_arrays(path: Path) -> dict:
     import h5py
 
     out = {}
@@ -29,7 +29,7 @@ def _h5_arrays(path: Path) -> dict:
     return out
 
 
-def _arrays_equal(a, b) -> bool:
+def arrays_equal(a, b) -> bool:
     import numpy as np
 
     a, b = np.asarray(a), np.asarray(b)
@@ -55,9 +55,9 @@ def compare_arrays(a: Path, b: Path) -> dict[str, bool]:
             rel = pa.relative_to(a).as_posix()
             if not (b / rel).is_file():
                 continue
-            da, db = _h5_arrays(pa), _h5_arrays(b / rel)
+            da, db = h5_arrays(pa), h5_arrays(b / rel)
             for name in sorted(set(da) | set(db)):
-                out[f"{rel}/{name}"] = name in da and name in db and _arrays_equal(da[name], db[name])
+                out[f"{rel}/{name}"] = name in da and name in db and arrays_equal(da[name], db[name])
     return out
 
 
