@@ -141,7 +141,7 @@ def test_sweep_branch_from_wires_branches_and_snapshots():
     assert rc["d-tok2.56k"].checkpoint_steps() == [20] and rc[BRANCH].checkpoint_steps() == [25, 26, 27, 28, 29, 30]
     plain = run_configs(validate_config(tiny_config(name="trunk", schedule={"kind": "constant", "warmup_frac": 0.1})))
     assert rc["trunk"].hash == plain["trunk"].hash  # snapshots do not change the run's hash
-    spec = {k: v for k, v in plain["trunk"].spec.items() if k not in ("snapshots", "branch", "single_pass")}
+    spec = {k: v for k, v in plain["trunk"].spec.items() if k not in ("snapshots", "branch", "single_pass", "threads")}
     spec["schedule"] = {k: v for k, v in spec["schedule"].items() if k != "warmup_steps"}
     assert plain["trunk"].hash == config_hash(spec)  # runs written before these keys keep their hash
 

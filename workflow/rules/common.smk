@@ -32,7 +32,7 @@ except TokenscaleError as e:
     raise WorkflowError(str(e)) from None
 SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
 PER_JOB = CFG["eval"]["checkpoints_per_job"]
-REPO_DIR = str(Path(workflow.basedir))
+REPO_DIR = str(Path(workflow.current_basedir).parents[1])  # this file is workflow/rules/common.smk
 LOCK_FILE = f"{REPO_DIR}/requirements/cpu.lock"
 CONFIG_SHA256 = config_hash({k: v for k, v in CFG.items() if k != "results"})
 CODE_VERSION = code_version(Path(REPO_DIR))
