@@ -671,7 +671,8 @@ def cmd_verify(args) -> int:
     prov = verify.read_provenance(results)
     for k in verify.PROVENANCE_KEYS:
         print(f"provenance {k}: reference {reference['provenance'].get(k)}, results {prov.get(k)}")
-    for line in verify.provenance_mismatches(reference, prov):
+    mismatches = verify.provenance_mismatches(reference, prov)
+    for line in mismatches:
         print(line)
     rows = verify.compare(reference, results, rules)
     print(verify.table(rows, only_failed=args.failed_only))
@@ -680,7 +681,7 @@ def cmd_verify(args) -> int:
     print(f"verify: {len(rows)} numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items())
           + f" ({same} identical to the reference, {counts['pass'] - same} moved within tolerance)")
     if args.markdown:
-        atomic.write_text(args.markdown, verify.markdown(rows, verify.provenance_mismatches(reference, prov)))
+        atomic.write_text(args.markdown, verify.markdown(rows, mismatches))
     return 1 if counts["FAIL"] or counts["missing"] else 0
 
 
