@@ -27,8 +27,9 @@ test: $(STAMP)  ## the test suite (includes an end-to-end smoke workflow run)
 verify: $(STAMP)  ## compare results/ (from `make demo`) with reference/default.json: exit 1 if a number moved
 	$(BIN)/tokenscale verify --results results --reference reference/default.json
 
-lint: $(STAMP)
+lint: $(STAMP)  ## snakemake --lint and snakefmt --check on every Snakefile / .smk
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check $$(git ls-files 'Snakefile' '*.smk' '*/Snakefile')
 
 clean-results:
 	rm -rf results .snakemake

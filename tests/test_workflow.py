@@ -315,6 +315,16 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition" in p.stdout + p.stderr
 
 
+def test_snakefmt_is_clean():
+    """Every Snakefile and .smk in the checkout is formatted as snakefmt (line length from pyproject.toml) leaves it."""
+    files = subprocess.run(["git", "ls-files", "Snakefile", "*.smk", "*/Snakefile"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert "Snakefile" in files and any(f.endswith("common.smk") for f in files), files
+    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -8,17 +8,17 @@ rule analyze:
     output:
         analysis=f"{RESULTS}/series/{{series}}/analysis/analysis.h5",
         summary=f"{RESULTS}/series/{{series}}/analysis/summary.json",
-    params:
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/analyze/{{series}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/analyze/{{series}}.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        analysis=json.dumps(CFG["analysis"], sort_keys=True),
     shell:
         "tokenscale analyze --trajectories {input.trajectories:q} --fits {input.fits:q} --run {wildcards.series:q} "
         "--options {params.analysis:q} --analysis {output.analysis:q} --summary {output.summary:q} > {log:q} 2>&1"
@@ -36,15 +36,15 @@ rule figures:
             category="Decomposition",
             subcategory="{series}",
         ),
-    params:
-        axis_label=series_axis_label,
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/figures/{{series}}.log",
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        axis_label=series_axis_label,
     shell:
         "tokenscale figures --analysis {input.analysis:q} --run {wildcards.series:q} "
         "--axis-label {params.axis_label:q} --figures {output.figures:q} > {log:q} 2>&1"
@@ -67,15 +67,15 @@ rule frontier:
             category="Frontiers",
             subcategory="{series}",
         ),
-    params:
-        options=lambda w: SERIES[w.series].options,
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/frontier/{{series}}.log",
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        options=lambda w: SERIES[w.series].options,
     shell:
         "tokenscale frontier --series {wildcards.series:q} --options {params.options:q} "
         "--manifest {input.manifest:q} --curves {input.curves:q} --trajectories {input.trajectories:q} "
@@ -90,6 +90,16 @@ rule dependency:
         tokens=TOKEN_SETS[VALID_TOKENS].path,
     output:
         dependency=f"{RESULTS}/series/{{series}}/alignment/dependency.h5",
+    log:
+        f"{RESULTS}/logs/dependency/{{series}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dependency/{{series}}.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
+    threads: CFG["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
     params:
         checkpoint=dependency_checkpoint,
         max_seqs=lambda w: (
@@ -97,16 +107,6 @@ rule dependency:
         ),
         batch_size=CFG["eval"]["batch_size"],
         device=CFG["eval"]["device"],
-    threads: CFG["threads"]
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/dependency/{{series}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/dependency/{{series}}.tsv"
-    resources:
-        mem_mb=8000,
-        runtime=120,
     shell:
         "tokenscale dependency --checkpoint {params.checkpoint:q} --tokens {input.tokens:q} --out {output.dependency:q} "
         "{params.max_seqs} --batch-size {params.batch_size} --device {params.device:q} > {log:q} 2>&1"
@@ -126,18 +126,18 @@ rule alignment:
             category="Alignment (App. A.2)",
             subcategory="{series}",
         ),
+    log:
+        f"{RESULTS}/logs/alignment/{{series}}.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
         axis_label=series_axis_label,
         dependency=alignment_dependency,
         data=DATA,
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/alignment/{{series}}.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
     shell:
         "tokenscale align --fits {input.fits:q} --tokens {input.tokens:q} --train-data {params.data:q} "
         "{params.dependency} --options {params.analysis:q} --run {wildcards.series:q} "
@@ -157,17 +157,17 @@ rule seed_agreement:
             category="Seeds (Fig. 2)",
             subcategory="{group}",
         ),
+    log:
+        f"{RESULTS}/logs/seeds/{{group}}.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
         runs=seed_group_runs,
         axis_label=AXIS_LABELS.get(CFG["fit"]["axis"], CFG["fit"]["axis"]),
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/seeds/{{group}}.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
     shell:
         "tokenscale seeds --fits {input.fits:q} --runs {params.runs} --tokens {input.tokens:q} "
         "--options {params.analysis:q} --group {wildcards.group:q} --axis-label {params.axis_label:q} "

@@ -86,8 +86,12 @@ def train_data(wildcards):
     """The prepared data a run trains on: its synthetic dataset's folder, else the tokenized corpus."""
     syn = RUNS[wildcards.run].synthetic
     d = synthetic_dir(syn) if syn else DATA
-    return {"tokens": f"{d}/train_tokens.bin", "meta": f"{d}/train_tokens.json", "valid": f"{d}/valid_tokens.h5",
-            "tokenizer": f"{d}/tokenizer/tokenizer.json"}
+    return {
+        "tokens": f"{d}/train_tokens.bin",
+        "meta": f"{d}/train_tokens.json",
+        "valid": f"{d}/valid_tokens.h5",
+        "tokenizer": f"{d}/tokenizer/tokenizer.json",
+    }
 
 
 def synthetic_report_inputs(wildcards):
@@ -156,8 +160,14 @@ def reshape_arms_json(wildcards):
     out = []
     for r in reshape_arms(wildcards.exp):
         rs = RUNS[r].reshape
-        arm = {"run": r, "arm": rs["arm"], "data_seed": rs["data_seed"], "val_loss": f"{RESULTS}/runs/{r}/val_loss.csv",
-               "log": f"{RESULTS}/runs/{r}/log.jsonl", "fits": f"{RESULTS}/series/{r}/fits.h5"}
+        arm = {
+            "run": r,
+            "arm": rs["arm"],
+            "data_seed": rs["data_seed"],
+            "val_loss": f"{RESULTS}/runs/{r}/val_loss.csv",
+            "log": f"{RESULTS}/runs/{r}/log.jsonl",
+            "fits": f"{RESULTS}/series/{r}/fits.h5",
+        }
         if rs["arm"] != "original":
             arm["weights"] = f"{reshape_dir(wildcards.exp)}/weights-{rs['arm']}.npy"
         out.append(arm)

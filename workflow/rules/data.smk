@@ -3,16 +3,16 @@ rule prepare_corpus:
         train=f"{DATA}/corpus/train.jsonl",
         valid=f"{DATA}/corpus/valid.jsonl",
         manifest=f"{DATA}/corpus/manifest.json",
-    params:
-        spec=data_spec(),
-        out=lambda w, output: Path(output.manifest).parents[1],
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/prepare_corpus.log",
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        spec=data_spec(),
+        out=lambda w, output: Path(output.manifest).parents[1],
     shell:
         "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage corpus > {log:q} 2>&1"
 
@@ -22,18 +22,18 @@ rule train_tokenizer:
         train=rules.prepare_corpus.output.train,
     output:
         tokenizer=f"{DATA}/tokenizer/tokenizer.json",
-    params:
-        spec=data_spec(),
-        out=lambda w, output: Path(output.tokenizer).parents[1],
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/train_tokenizer.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_tokenizer.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        spec=data_spec(),
+        out=lambda w, output: Path(output.tokenizer).parents[1],
     shell:
         "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage tokenizer > {log:q} 2>&1"
 
@@ -47,17 +47,17 @@ rule tokenize:
         meta=f"{DATA}/train_tokens.json",
         docs=f"{DATA}/train_docs.npz",
         valid=f"{DATA}/valid_tokens.h5",
-    params:
-        spec=data_spec(),
-        out=lambda w, output: Path(output.meta).parent,
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/tokenize.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenize.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        spec=data_spec(),
+        out=lambda w, output: Path(output.meta).parent,
     shell:
         "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage tokens > {log:q} 2>&1"

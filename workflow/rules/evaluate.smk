@@ -9,18 +9,18 @@ rule external_token_set:
         docs=rules.prepare_corpus.output.valid,
     output:
         tokens=f"{RESULTS}/tokens/{{tokens}}.h5",
+    log:
+        f"{RESULTS}/logs/external_token_set/{{tokens}}.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         series=lambda w: EXTERNAL[w.tokens]["path"],
         tokenizer=lambda w: EXTERNAL[w.tokens]["tokenizer"] or SOURCES[w.tokens].checkpoints[0][1],
         seq_len=lambda w: EXTERNAL[w.tokens]["seq_len"] or CFG["data"]["seq_len"],
         n_seqs=CFG["data"]["valid_sequences"],
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/external_token_set/{{tokens}}.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
     shell:
         "tokenscale external-tokens --series {params.series:q} --tokenizer {params.tokenizer:q} --docs {input.docs:q} "
         "--seq-len {params.seq_len:q} --n-seqs {params.n_seqs:q} --out {output.tokens:q} > {log:q} 2>&1"
@@ -34,20 +34,20 @@ rule evaluate_checkpoint:
         tokens=token_set_file,
     output:
         evals=directory(f"{RESULTS}/evals/{{tokens}}/{{source}}/block-{{block}}"),
-    params:
-        checkpoints=block_checkpoints,
-        batch_size=CFG["eval"]["batch_size"],
-        device=CFG["eval"]["device"],
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/evaluate/{{tokens}}/{{source}}/block-{{block}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{tokens}}/{{source}}/block-{{block}}.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
     threads: source_threads
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        checkpoints=block_checkpoints,
+        batch_size=CFG["eval"]["batch_size"],
+        device=CFG["eval"]["device"],
     shell:
         "tokenscale evaluate --checkpoint {params.checkpoints:q} --tokens {input.tokens:q} --out-dir {output.evals:q} "
         "--batch-size {params.batch_size:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
@@ -60,15 +60,15 @@ checkpoint series_manifest:
         lambda w: list(SERIES[w.series].inputs),
     output:
         manifest=f"{RESULTS}/series/{{series}}/manifest.json",
-    params:
-        spec=lambda w: series_spec(WF, w.series),
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/series_manifest/{{series}}.log",
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        spec=lambda w: series_spec(WF, w.series),
     shell:
         "tokenscale series-manifest --spec {params.spec:q} --inputs {input:q} --out {output.manifest:q} > {log:q} 2>&1"
 
@@ -79,20 +79,20 @@ rule assemble_shard:
         tokens=series_token_set,
     output:
         shard=f"{RESULTS}/series/{{series}}/trajectories/shard-{{shard}}.h5",
+    log:
+        f"{RESULTS}/logs/assemble/{{series}}/shard-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/assemble/{{series}}/shard-{{shard}}.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         evals=series_evals,
         n_shards=CFG["eval"]["shards"],
         config_hash=lambda w: SERIES[w.series].config_hash,
         axis_values=series_axis_values,
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/assemble/{{series}}/shard-{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/assemble/{{series}}/shard-{{shard}}.tsv"
-    resources:
-        mem_mb=8000,
-        runtime=60,
     shell:
         "tokenscale assemble --evals {params.evals:q} --tokens {input.tokens:q} --shard {wildcards.shard:q} "
         "--n-shards {params.n_shards:q} --run {wildcards.series:q} --config-hash={params.config_hash:q} "

@@ -6,21 +6,21 @@ rule fit_shard:
         shard=rules.assemble_shard.output.shard,
     output:
         fits=f"{RESULTS}/series/{{series}}/fits/shard-{{shard}}.h5",
+    log:
+        f"{RESULTS}/logs/fit/{{series}}/shard-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fit/{{series}}/shard-{{shard}}.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
+    threads: CFG["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         axis=series_axis,
         transform=CFG["fit"]["transform"],
         device=CFG["fit"]["device"],
         engine=CFG["fit"]["engine"],
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/fit/{{series}}/shard-{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/fit/{{series}}/shard-{{shard}}.tsv"
-    threads: CFG["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=60,
     shell:
         "tokenscale fit --trajectories {input.shard:q} --out {output.fits:q} --axis {params.axis:q} "
         "--transform {params.transform:q} --device {params.device:q} --engine {params.engine:q} "
@@ -32,10 +32,10 @@ rule fit_table:
         fits=fit_shards,
     output:
         table=f"{RESULTS}/series/{{series}}/fits.h5",
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/fit/{{series}}/table.log",
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=8000,
         runtime=30,

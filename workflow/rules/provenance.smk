@@ -9,17 +9,17 @@ rule provenance:
         lock=LOCK_FILE,
     output:
         provenance=f"{RESULTS}/provenance.json",
+    log:
+        f"{RESULTS}/logs/provenance.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
     params:
         config_sha256=CONFIG_SHA256,
         code_version=CODE_VERSION,
         repo=lambda w, input: Path(input.lock).parents[1],  # the checkout: requirements/ sits at its root
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/provenance.log",
-    resources:
-        mem_mb=500,
-        runtime=5,
     shell:
         "tokenscale provenance --config-sha256 {params.config_sha256:q} --repo {params.repo:q} --lock {input.lock:q} "
         "--manifest {input.manifest:q} --out {output.provenance:q} > {log:q} 2>&1"

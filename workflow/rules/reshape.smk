@@ -11,17 +11,17 @@ rule reshape_candidates:
         meta=rules.tokenize.output.meta,
     output:
         tokens=f"{RESULTS}/reshape/{{exp}}/candidates.h5",
+    log:
+        f"{RESULTS}/logs/reshape/{{exp}}-candidates.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         n=lambda w: RESHAPE[w.exp]["candidates"],
         seed=lambda w: RESHAPE[w.exp]["candidate_seed"],
         data=lambda w, input: Path(input.meta).parent,
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/reshape/{{exp}}-candidates.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
     shell:
         "tokenscale reshape-candidates --data {params.data:q} --n {params.n} --seed {params.seed} "
         "--out {output.tokens:q} > {log:q} 2>&1"
@@ -37,18 +37,18 @@ rule reshape_scores:
         summary=f"{RESULTS}/reshape/{{exp}}/scores.json",
         reshaped=f"{RESULTS}/reshape/{{exp}}/weights-reshaped.npy",
         uniform=f"{RESULTS}/reshape/{{exp}}/weights-uniform.npy",
+    log:
+        f"{RESULTS}/logs/reshape/{{exp}}-scores.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         experiment=lambda w: json.dumps(RESHAPE[w.exp], sort_keys=True),
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.scores).parent,
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/reshape/{{exp}}-scores.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
     shell:
         "tokenscale reshape-scores --experiment {params.experiment:q} --fits {input.fits:q} --tokens {input.tokens:q} "
         "--train-data {params.data:q} --options {params.analysis:q} --out-dir {params.out:q} > {log:q} 2>&1"
@@ -66,19 +66,19 @@ rule reshape_report:
             category="Reshaping (Fig. 6)",
             subcategory="{exp}",
         ),
+    log:
+        f"{RESULTS}/logs/reshape/{{exp}}-report.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         experiment=lambda w: json.dumps(RESHAPE[w.exp], sort_keys=True),
         batch_size=lambda w: RUNS[RESHAPE[w.exp]["reference"]].batch_size,
         arms=reshape_arms_json,
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
         scores=lambda w, input: Path(input.scores).parent,
-    conda:
-        "../../envs/tokenscale.yaml"
-    log:
-        f"{RESULTS}/logs/reshape/{{exp}}-report.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
     shell:
         "tokenscale reshape-report --experiment {params.experiment:q} --batch-size {params.batch_size} "
         "--scores {params.scores:q} --fits {input.fits:q} --tokens {input.tokens:q} "

@@ -12,18 +12,18 @@ rule synthetic_data:
         levels=f"{RESULTS}/synthetic/{{syn}}/levels_tokens.h5",
         overlap=f"{RESULTS}/synthetic/{{syn}}/overlap.json",
         tokenizer=f"{RESULTS}/synthetic/{{syn}}/tokenizer/tokenizer.json",
-    params:
-        entry=lambda w: json.dumps(SYNTHETIC[w.syn], sort_keys=True),
-        out=lambda w, output: Path(output.meta).parent,
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/synthetic/{{syn}}-data.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthetic/{{syn}}-data.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        entry=lambda w: json.dumps(SYNTHETIC[w.syn], sort_keys=True),
+        out=lambda w, output: Path(output.meta).parent,
     shell:
         "tokenscale prepare-synthetic --entry {params.entry:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -34,18 +34,18 @@ rule synthetic_levels:
         tokens=lambda w: f"{synthetic_dir(RUNS[w.run].synthetic)}/levels_tokens.h5",
     output:
         levels=f"{RESULTS}/runs/{{run}}/levels.csv",
-    params:
-        checkpoints=run_checkpoint_dirs,
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/synthetic/{{run}}-levels.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthetic/{{run}}-levels.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
     threads: CFG["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        checkpoints=run_checkpoint_dirs,
     shell:
         "tokenscale synthetic-levels --checkpoints {params.checkpoints} --tokens {input.tokens:q} "
         "--threads {threads} --out {output.levels:q} > {log:q} 2>&1"
@@ -63,16 +63,16 @@ rule synthetic_report:
             category="Synthetic (App. A.3)",
             subcategory="{series}",
         ),
-    params:
-        entry=lambda w: json.dumps(SYNTHETIC[RUNS[w.series].synthetic], sort_keys=True),
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/synthetic/{{series}}-report.log",
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        entry=lambda w: json.dumps(SYNTHETIC[RUNS[w.series].synthetic], sort_keys=True),
+        analysis=json.dumps(CFG["analysis"], sort_keys=True),
     shell:
         "tokenscale synthetic-report --entry {params.entry:q} --run {wildcards.series:q} --levels {input.levels:q} "
         "--val-loss {input.val_loss:q} --fits {input.fits:q} --trajectories {input.trajectories:q} "

@@ -1,6 +1,7 @@
 # One job per run. The trainer resumes from results/runs/{run}/state when the job is rerun or requeued,
 # and saves state on SIGTERM (SLURM's time-limit signal) before exiting.
 
+
 # Ranks per job: one per GPU the job was given (resources.gpu, e.g. from profiles/slurm), at least the
 # run's own `nproc` (CPU ranks). More than one rank needs `engine: deepspeed` (the trainer says so otherwise).
 rule train:
@@ -10,22 +11,22 @@ rule train:
         weights=train_weights,
     output:
         summary=f"{RESULTS}/runs/{{run}}/train.json",
-    params:
-        spec=lambda w: run_spec(w.run),
-        data=lambda w, input: Path(input.meta).parent,
-        out=lambda w, output: Path(output.summary).parent,
-        sampler=train_sampler,
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+    conda:
+        "../../envs/tokenscale.yaml"
     threads: lambda w: run_threads(w.run)
     resources:
         mem_mb=16000,
         runtime=1440,
         gpu=0,
+    params:
+        spec=lambda w: run_spec(w.run),
+        data=lambda w, input: Path(input.meta).parent,
+        out=lambda w, output: Path(output.summary).parent,
+        sampler=train_sampler,
     shell:
         "tokenscale train --spec {params.spec:q} --run {wildcards.run:q} --data {params.data:q} --out {params.out:q} "
         "--threads {threads} --gpus {resources.gpu} {params.sampler} > {log:q} 2>&1"
@@ -39,14 +40,14 @@ rule val_loss:
         unpack(val_loss_inputs),
     output:
         val_loss=f"{RESULTS}/runs/{{run}}/val_loss.csv",
-    params:
-        source=val_loss_source,
-    conda:
-        "../../envs/tokenscale.yaml"
     log:
         f"{RESULTS}/logs/val_loss/{{run}}.log",
+    conda:
+        "../../envs/tokenscale.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        source=val_loss_source,
     shell:
         "tokenscale val-loss {params.source} --out {output.val_loss:q} > {log:q} 2>&1"
