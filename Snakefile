@@ -32,4 +32,4 @@ include: "workflow/rules/provenance.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        final_targets(),

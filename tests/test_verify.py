@@ -146,3 +146,41 @@ def test_measured_spread_widens_only_its_own_number(tmp_path):
     rows = {r.name.split(":")[1]: r for r in compare(ref, moved, rules)}
     assert rows["power_law.alpha"].status == "pass" and "measured" in str(rows["power_law.alpha"].tolerance)
     assert not Tolerance("*", 0.01, 0.0).allows(0.83, 0.92)
+    # an earlier reference's spread is kept and the larger of two measurements wins
+    later = {"variants": {"isa": {"numbers": {"series/t/analysis/summary.json:power_law.alpha": {"abs": 0.02},
+                                              "series/t/analysis/summary.json:power_law.E": {"abs": 0.3}}}}}
+    merged = write_reference(tree, "c.yaml", [ref, later])
+    assert merged["spread"] == {"series/t/analysis/summary.json": {"power_law.alpha": 0.1, "power_law.E": 0.6}}
+
+
+def test_exit_zero_html_lists_failures_first_and_missing_summaries_as_rows(tmp_path, capsys):
+    """The workflow's verify rule: exit 0 whatever moved; the HTML page puts FAIL and missing rows first, marks
+    a provenance mismatch, and a summary the tree lacks becomes missing rows rather than an error."""
+    ref_path = tmp_path / "ref.json"
+    assert main(["verify", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path), "--write"]) == 0
+    ref = json.loads(ref_path.read_text())
+    ref["numbers"]["series/gone/analysis/summary.json"] = {"power_law.alpha": 1.0}
+    ref_path.write_text(json.dumps(ref))
+    tol = tmp_path / "tol.yaml"
+    tol.write_text(TOLERANCES)
+    moved = make_tree(tmp_path / "c", alpha=0.90, prov={"format": "tokenscale-provenance/1", "config_sha256": "X",
+                                                        "code_version": "v", "lock_sha256": "l",
+                                                        "corpus_manifest_sha256": "m"})
+    args = ["verify", "--results", str(moved), "--reference", str(ref_path), "--tolerances", str(tol)]
+    assert main(args) == 2  # without --exit-zero the missing summary is one line
+    assert "series/gone/analysis/summary.json is missing" in capsys.readouterr().err
+    page = tmp_path / "v.html"
+    assert main([*args, "--exit-zero", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "verify: 9 numbers: 7 pass, 1 FAIL, 1 missing, 0 new" in out
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<b>provenance: config_sha256 differs" in text
+    rows = [ln for ln in text.split("<tr class=")[1:]]
+    assert rows[0].startswith('"FAIL"') and "power_law.alpha" in rows[0]
+    assert rows[1].startswith('"missing"') and "series/gone" in rows[1]
+    assert all(r.startswith('"pass"') for r in rows[2:]) and len(rows) == 9
+
+
+def test_compare_rejects_an_unknown_missing_files_mode(tmp_path):
+    with pytest.raises(ValueError, match=r"missing_files must be 'raise' or 'rows', got 'skip'"):
+        compare({"numbers": {}}, tmp_path, [], missing_files="skip")

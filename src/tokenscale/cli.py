@@ -669,20 +669,18 @@ def cmd_verify(args) -> int:
     reference = verify.read_reference(Path(args.reference))
     rules = verify.read_tolerances(Path(args.tolerances))
     prov = verify.read_provenance(results)
-    for k in verify.PROVENANCE_KEYS:
-        print(f"provenance {k}: reference {reference['provenance'].get(k)}, results {prov.get(k)}")
+    prov_lines = [f"provenance {k}: reference {reference['provenance'].get(k)}, results {prov.get(k)}"
+                  for k in verify.PROVENANCE_KEYS]
     mismatches = verify.provenance_mismatches(reference, prov)
-    for line in mismatches:
-        print(line)
-    rows = verify.compare(reference, results, rules)
+    print("\n".join(prov_lines + mismatches))
+    rows = verify.compare(reference, results, rules, missing_files="rows" if args.exit_zero else "raise")
     print(verify.table(rows, only_failed=args.failed_only))
-    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "missing", "new")}
-    same = sum(r.status == "pass" and r.reference == r.reproduced for r in rows)
-    print(f"verify: {len(rows)} numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-          + f" ({same} identical to the reference, {counts['pass'] - same} moved within tolerance)")
+    print(verify.summary(rows))
     if args.markdown:
         atomic.write_text(args.markdown, verify.markdown(rows, mismatches))
-    return 1 if counts["FAIL"] or counts["missing"] else 0
+    if args.html:
+        atomic.write_text(args.html, verify.html(rows, mismatches, prov_lines))
+    return 0 if args.exit_zero or not any(r.failed for r in rows) else 1
 
 
 def _command(sub, name: str, func, summary: str, description: str = "") -> argparse.ArgumentParser:
@@ -995,9 +993,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/config.yaml", help="with --write: the config the results came from")
     p.add_argument("--spread", nargs="*", default=[],
                    help="with --write: determinism reports (scripts/determinism.py's JSON) whose measured differences "
-                        "widen each number's tolerance to twice the largest difference seen")
+                        "widen each number's tolerance to twice the largest difference seen, or earlier references "
+                        "whose measured spread is kept")
     p.add_argument("--failed-only", action="store_true", help="list only the numbers that failed or are missing")
-    p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file (for the report)")
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    p.add_argument("--html", default=None, help="also write the table as a self-contained HTML page to this file "
+                                                "(the workflow's verify rule puts it in the Snakemake report)")
+    p.add_argument("--exit-zero", action="store_true",
+                   help="exit 0 even when numbers fail, and list a reference summary the results tree lacks as "
+                        "missing rows instead of stopping (the workflow's verify rule: its table reports them)")
     return ap
 
 

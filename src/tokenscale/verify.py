@@ -163,10 +163,17 @@ def read_provenance(results: Path) -> dict:
 def write_reference(results: Path, config: str, spreads: list[dict] = ()) -> dict:
     """A reference from a results tree: its provenance, every headline number, and per number the measured spread
     (``SPREAD_FACTOR`` × the largest absolute difference any ``spreads`` comparison saw: a determinism report's
-    ``variants.*.numbers``, see tokenscale.determinism), which widens that number's tolerance beyond its rule."""
+    ``variants.*.numbers``, see tokenscale.determinism), which widens that number's tolerance beyond its rule. A
+    ``spreads`` entry that is itself a reference contributes the spread it holds (measurements accumulate)."""
     numbers = headline_numbers(results)
     spread: dict[str, dict[str, float]] = {}
     for report in spreads:
+        if report.get("format") == REFERENCE_FORMAT:  # an earlier reference: keep the spread it measured
+            for file, keys in report.get("spread", {}).items():
+                for key, v in keys.items():
+                    if key in numbers.get(file, {}):
+                        spread.setdefault(file, {})[key] = max(spread.get(file, {}).get(key, 0.0), float(v))
+            continue
         for variant in report.get("variants", {}).values():
             for name, d in variant["numbers"].items():
                 file, key = name.split(":", 1)
@@ -251,12 +258,20 @@ class Row:
         return self.status in ("FAIL", "missing")
 
 
-def compare(reference: dict, results: Path, rules: list[Tolerance]) -> list[Row]:
-    """One row per reference number (and per headline number the reference lacks, status ``new``)."""
+def compare(reference: dict, results: Path, rules: list[Tolerance], missing_files: str = "raise") -> list[Row]:
+    """One row per reference number (and per headline number the reference lacks, status ``new``). A summary the
+    reference has numbers from but the results tree lacks stops with one line (``missing_files="raise"``) or gives
+    each of its numbers a ``missing`` row (``"rows"``: the workflow's report, whose config may have dropped a run)."""
+    if missing_files not in ("raise", "rows"):
+        raise ValueError(f"missing_files must be 'raise' or 'rows', got {missing_files!r}")
     rows = []
     for file, ref_nums in reference["numbers"].items():
         path = results / file
         if not path.is_file():
+            if missing_files == "rows":
+                rows += [Row(f"{file}:{k}", v, None, tolerance_of(f"{file}:{k}", rules), "missing")
+                         for k, v in sorted(ref_nums.items())]
+                continue
             raise TokenscaleError(f"verify: {path} is missing (the reference has {len(ref_nums)} numbers from it)")
         pattern = next((p for p in HEADLINE if fnmatch.fnmatchcase(file, p)), None)
         got = file_numbers(path, HEADLINE[pattern]) if pattern else {}
@@ -293,6 +308,39 @@ def table(rows: list[Row], only_failed: bool = False) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def summary(rows: list[Row]) -> str:
+    """One line: how many numbers pass, fail, are missing or new, and how many passed unchanged."""
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "missing", "new")}
+    same = sum(r.status == "pass" and r.reference == r.reproduced for r in rows)
+    return (f"verify: {len(rows)} numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+            + f" ({same} identical to the reference, {counts['pass'] - same} moved within tolerance)")
+
+
+_HTML_STYLE = ("body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+               "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}td.num{text-align:right;font-family:monospace}"
+               "tr.FAIL,tr.missing{background:#fdd}tr.new{background:#ffd}tr.moved{background:#eef6ff}")
+
+
+def html(rows: list[Row], mismatches: list[str], provenance_lines: list[str]) -> str:
+    """The comparison as a self-contained HTML page (the workflow report embeds it): the summary line, provenance of
+    both sides with mismatches, then the table with failed, missing and new numbers first."""
+    from html import escape
+
+    order = {"FAIL": 0, "missing": 1, "new": 2, "pass": 3}
+    body = []
+    for r in sorted(rows, key=lambda r: (order[r.status], r.name)):
+        cls = "moved" if r.status == "pass" and r.reference != r.reproduced else r.status
+        body.append(f'<tr class="{cls}"><td><code>{escape(r.name)}</code></td><td class="num">{_fmt(r.reference)}'
+                    f'</td><td class="num">{_fmt(r.reproduced)}</td><td>{escape(str(r.tolerance))}</td>'
+                    f"<td>{r.status}</td></tr>")
+    items = "".join(f"<li>{escape(x)}</li>" for x in provenance_lines)
+    bad = "".join(f"<li><b>{escape(m)}</b></li>" for m in mismatches) or "<li>provenance: every key matches</li>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tokenscale verify</title>"
+            f"<style>{_HTML_STYLE}</style></head><body><h3>{escape(summary(rows))}</h3><ul>{items}</ul><ul>{bad}</ul>"
+            "<table><tr><th>number</th><th>reference</th><th>reproduced</th><th>tolerance</th><th>result</th></tr>"
+            + "\n".join(body) + "</table></body></html>\n")
 
 
 def markdown(rows: list[Row], mismatches: list[str]) -> str:

@@ -34,7 +34,9 @@ SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
 PER_JOB = CFG["eval"]["checkpoints_per_job"]
 REPO_DIR = str(Path(workflow.current_basedir).parents[1])  # this file is workflow/rules/common.smk
 LOCK_FILE = f"{REPO_DIR}/requirements/cpu.lock"
-CONFIG_SHA256 = config_hash({k: v for k, v in CFG.items() if k != "results"})
+CONFIG_SHA256 = config_hash({k: v for k, v in CFG.items() if k not in ("results", "reference")})
+REFERENCE = f"{REPO_DIR}/{CFG['reference']}" if CFG["reference"] else None
+TOLERANCES = f"{REPO_DIR}/reference/tolerances.yaml"
 CODE_VERSION = code_version(Path(REPO_DIR))
 
 
@@ -341,3 +343,8 @@ def all_targets():
     out += [f"{reshape_dir(e)}/report.json" for e in RESHAPE]
     out += [f"{RESULTS}/series/{s}/synthetic/report.json" for s in SYNTHETIC_SERIES]
     return out + [f"{RESULTS}/provenance.json"]
+
+
+def final_targets():
+    """Everything, and the verify table when the config names reference numbers (it reads every summary)."""
+    return all_targets() + ([f"{RESULTS}/verify/verify.html"] if REFERENCE else [])
