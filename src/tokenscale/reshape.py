@@ -203,41 +203,36 @@ def arm_metrics(steps, curves: dict[str, np.ndarray], *, n_boot: int = 2000, see
                               f"{steps.size} window checkpoints")
     span = steps[-1] - steps[0]
 
-    def stats(draw: dict[str, np.ndarray]) -> dict[str, float]:
-        mean = {a: c.mean(0) for a, c in draw.items()}  # (K,) per arm
-        drop = {a: m[0] - m[-1] for a, m in mean.items()}
-        out = {f"drop_{a}": d for a, d in drop.items()} | {f"final_{a}": m[-1] for a, m in mean.items()}
-        for ctrl in (a for a in mean if a != "reshaped"):
-            out[f"acceleration_vs_{ctrl}"] = drop["reshaped"] / drop[ctrl] - 1.0 if drop[ctrl] > 0 else math.nan
-            reach = _interp_steps_to_reach(steps, mean[ctrl], mean["reshaped"][-1])
-            out[f"steps_to_reach_vs_{ctrl}"] = (reach - steps[0]) / span
-        return out
+    def reach(mean: dict[str, np.ndarray]) -> dict[str, float]:
+        """Steps (fraction of the window) each control's mean curve needs to reach the reshaped arm's final loss."""
+        return {f"steps_to_reach_vs_{ctrl}": (_interp_steps_to_reach(steps, mean[ctrl], mean["reshaped"][-1])
+                                              - steps[0]) / span for ctrl in mean if ctrl != "reshaped"}
 
-    point = stats(C)
+    mean = {a: c.mean(0) for a, c in C.items()}  # (K,) per arm
     per_seed = {a: c[:, 0] - c[:, -1] for a, c in C.items()}  # (n_seeds,) each seed's drop
-    exact = {f"drop_{a}": _t_ci(d, confidence) for a, d in per_seed.items()}
-    exact |= {f"final_{a}": _t_ci(c[:, -1], confidence) for a, c in C.items()}
-    exact |= {f"acceleration_vs_{ctrl}": _fieller_ci(per_seed["reshaped"], per_seed[ctrl], confidence, shift=-1.0)
-              for ctrl in per_seed if ctrl != "reshaped"}
+    drop = {a: m[0] - m[-1] for a, m in mean.items()}  # the mean curve's drop = the mean of per-seed drops
+    out = {f"drop_{a}": _t_ci(d, confidence) | {"value": _clean(drop[a]), "ci_method": "student_t"}
+           for a, d in per_seed.items()}
+    out |= {f"final_{a}": _t_ci(c[:, -1], confidence) | {"value": _clean(mean[a][-1]), "ci_method": "student_t"}
+            for a, c in C.items()}
+    for ctrl in (a for a in C if a != "reshaped"):
+        acc = drop["reshaped"] / drop[ctrl] - 1.0 if drop[ctrl] > 0 else math.nan
+        out[f"acceleration_vs_{ctrl}"] = _fieller_ci(per_seed["reshaped"], per_seed[ctrl], confidence, shift=-1.0) | {
+            "value": _clean(acc), "ci_method": "fieller"}
+    # steps-to-reach is censored (a control may never reach the reshaped arm's final loss): seed bootstrap
     rng = np.random.default_rng(seed)
-    boots = [stats({a: c[rng.integers(0, c.shape[0], c.shape[0])] for a, c in C.items()}) for _ in range(n_boot)]
+    boots = [reach({a: c[rng.integers(0, c.shape[0], c.shape[0])].mean(0) for a, c in C.items()})
+             for _ in range(n_boot)]
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
-    out = {}
-    for k, v in point.items():
+    for k, v in reach(mean).items():
         vals = np.array([b[k] for b in boots], dtype=np.float64)
         finite = vals[np.isfinite(vals)]
         lo, hi = np.quantile(finite, q).tolist() if finite.size else [math.nan, math.nan]
-        entry = {"value": _clean(v), "ci_low": _clean(lo), "ci_high": _clean(hi)}
-        if k in exact:  # the closed-form interval; the value stays the point estimate of the mean curves
-            entry |= {"ci_low": exact[k]["ci_low"], "ci_high": exact[k]["ci_high"]}
-            entry["ci_method"] = "fieller" if k.startswith("acceleration") else "student_t"
-        if k.startswith("steps_to_reach"):
-            entry["ci_method"] = "bootstrap"
-            entry["censored"] = not math.isfinite(v)  # the control never reached the reshaped arm's final loss
-            entry["censored_fraction"] = float(np.mean(~np.isfinite(vals)))
-            if finite.size < vals.size:
-                entry["ci_high"] = None  # some draws never reach it: the upper end is "> window"
-        out[k] = entry
+        out[k] = {"value": _clean(v), "ci_low": _clean(lo), "ci_high": _clean(hi), "ci_method": "bootstrap",
+                  "censored": not math.isfinite(v),  # the control never reached the reshaped arm's final loss
+                  "censored_fraction": float(np.mean(~np.isfinite(vals)))}
+        if finite.size < vals.size:
+            out[k]["ci_high"] = None  # some draws never reach it: the upper end is "> window"
     out["n_seeds"] = {a: int(c.shape[0]) for a, c in C.items()}
     out["confidence"] = confidence
     return out
