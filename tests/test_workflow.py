@@ -376,6 +376,24 @@ def test_second_run_is_bit_identical(smoke, tmp_path):
     assert all(arrays.values()), [k for k, v in arrays.items() if not v]
 
 
+def test_report_carries_every_figure_and_the_verify_table(smoke, tmp_path):
+    """`snakemake --report` (what `make demo` writes for the default config) holds every figure of every series,
+    experiment and seed group, and the verify rule's table, with no reStructuredText error in a caption."""
+    import re
+    import zipfile
+    from collections import Counter
+
+    out = tmp_path / "report.zip"
+    p = smk("--report", str(out), results=smoke)
+    assert "ERROR/" not in p.stderr, [ln for ln in p.stderr.splitlines() if "ERROR/" in ln]
+    names = zipfile.ZipFile(out).namelist()
+    figures = Counter(f.name for f in smoke.rglob("figures/*.png"))
+    assert len(figures) >= 10 and Counter(Path(n).name for n in names if n.endswith(".png")) == figures
+    page = next(n for n in names if n.endswith("/verify.html"))
+    text = zipfile.ZipFile(out).read(page).decode()
+    assert re.search(r"verify: \d+ numbers: \d+ pass, 0 FAIL, 0 missing", text), text[:2000]
+
+
 def test_verify_smoke_against_committed_reference(smoke):
     """`tokenscale verify` on the smoke results against reference/smoke.json (what `make verify` does for the demo)."""
     p = subprocess.run([sys.executable, "-m", "tokenscale.cli", "verify", "--results", str(smoke), "--reference",

@@ -82,8 +82,9 @@ rule frontier:
         "--summary {input.summary:q} --table {output.table:q} --figures {output.figures:q} > {log:q} 2>&1"
 
 
-# Paper App. A.2.3: each validation token's dependency length at the series' final checkpoint (exact sliding
-# windows, checked against explicit truncation on a sample); analysis.dependency_sequences bounds its cost.
+# Paper App. A.2.3: each validation token's dependency length at the series' last member (a run's final checkpoint,
+# a frontier's largest budget or model; exact sliding windows, checked against explicit truncation on a sample);
+# analysis.dependency_sequences bounds its cost.
 rule dependency:
     input:
         ready=dependency_ready,
@@ -136,11 +137,10 @@ rule alignment:
     params:
         analysis=json.dumps(CFG["analysis"], sort_keys=True),
         axis_label=series_axis_label,
-        dependency=alignment_dependency,
         data=DATA,
     shell:
         "tokenscale align --fits {input.fits:q} --tokens {input.tokens:q} --train-data {params.data:q} "
-        "{params.dependency} --options {params.analysis:q} --run {wildcards.series:q} "
+        "--dependency {input.dependency:q} --options {params.analysis:q} --run {wildcards.series:q} "
         "--axis-label {params.axis_label:q} --out {output.table:q} --figures {output.figures:q} > {log:q} 2>&1"
 
 

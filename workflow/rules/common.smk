@@ -282,20 +282,25 @@ def series_eval_dirs(wildcards):
     return sorted({str(Path(f).parent) for f in series_evals(wildcards)})
 
 
-# App. A.2 alignment: series on the validation token set (frequencies are counted with its tokenizer); the
-# dependency length at the final member's checkpoint where the members are known when the DAG is built.
-# Continuation series (reshape arms) are compared in their experiment's report instead.
+# App. A.2 alignment: series on the validation token set (frequencies are counted with its tokenizer), with the
+# dependency length at the series' last member: a run's final checkpoint; a frontier's largest budget or model
+# (its members come from its manifest). Continuation series (reshape arms) are compared in their experiment's
+# report instead.
 ANALYZED = [s for s, v in SERIES.items() if v.kind != "continuation"]
 ALIGNED = [s for s in ANALYZED if SERIES[s].token_set == VALID_TOKENS]
-DEPENDENCY = {s: SERIES[s].members[-1] for s in ALIGNED if not SERIES[s].deferred}
+
+
+def dependency_member(wildcards):
+    """(source, step) whose model measures the series' dependency lengths: its last member."""
+    return members(wildcards.series)[-1]
 
 
 def dependency_ready(wildcards):
-    return list(SOURCES[DEPENDENCY[wildcards.series][0]].ready)
+    return list(SOURCES[dependency_member(wildcards)[0]].ready)
 
 
 def dependency_checkpoint(wildcards):
-    src, step = DEPENDENCY[wildcards.series]
+    src, step = dependency_member(wildcards)
     return SOURCES[src].checkpoint(step)
 
 
@@ -306,9 +311,7 @@ def alignment_inputs(wildcards):
         "train": f"{DATA}/train_tokens.bin",
         "train_meta": f"{DATA}/train_tokens.json",
     }
-    if wildcards.series in DEPENDENCY:
-        out["dependency"] = f"{series_dir(wildcards)}/alignment/dependency.h5"
-    return out
+    return out | {"dependency": f"{series_dir(wildcards)}/alignment/dependency.h5"}
 
 
 def seed_group_fits(wildcards):
@@ -318,10 +321,6 @@ def seed_group_fits(wildcards):
 
 def seed_group_runs(wildcards):
     return " ".join(shlex.quote(r) for r in SEED_GROUPS[wildcards.group])
-
-
-def alignment_dependency(wildcards, input):
-    return f"--dependency {shlex.quote(str(input.dependency))}" if "dependency" in input.keys() else ""
 
 
 def trajectory_shards(wildcards):
