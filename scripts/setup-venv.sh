@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Create the project venv and install tokenscale with every dependency at the versions and hashes of
-# requirements/cpu.lock (refresh it with scripts/lock.sh). TOKENSCALE_UNLOCKED=1 installs from pyproject.toml's
-# ranges instead (newest releases; torch pinned to the CPU build: an unpinned torch pulls a multi-GB CUDA build).
+# requirements/cpu.lock (refresh it with scripts/lock.sh). TOKENSCALE_LOCK=requirements/gpu.lock installs the GPU
+# stack instead (torch's CUDA build from PyPI with its nvidia-* wheels; the other packages at the CPU lock's
+# versions). TOKENSCALE_UNLOCKED=1 installs from pyproject.toml's ranges (newest releases; torch pinned to the CPU
+# build: an unpinned torch pulls a multi-GB CUDA build).
 # Usage: scripts/setup-venv.sh [VENV_DIR] [PYTHON]
 set -euo pipefail
 venv=${1:-.venv}
 py=${2:-python3}
-lock=requirements/cpu.lock
+lock=${TOKENSCALE_LOCK:-requirements/cpu.lock}
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 pip="$venv/bin/python -m pip"
 quiet() { "$@" 2>&1 | grep -v "is ignored" || true; }

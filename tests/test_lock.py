@@ -1,4 +1,5 @@
-"""requirements/cpu.lock is in sync with pyproject.toml and envs/tokenscale.yaml (no solver needed)."""
+"""requirements/cpu.lock is in sync with pyproject.toml, envs/tokenscale.yaml and requirements/gpu.lock (no solver
+needed)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ LOCK = REPO / "requirements/cpu.lock"
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
 
 
-def locked() -> dict[str, tuple[Version, list[str]]]:
-    """name -> (version, hashes) of every pinned block of the lock."""
+def locked(path=LOCK) -> dict[str, tuple[Version, list[str]]]:
+    """name -> (version, hashes) of every pinned block of a lock."""
     out = {}
-    for block in re.split(r"\n(?=[A-Za-z0-9_.-]+==)", LOCK.read_text()):
+    for block in re.split(r"\n(?=[A-Za-z0-9_.-]+==)", path.read_text()):
         m = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block)
         if m:
             out[canonicalize_name(m[1])] = (Version(m[2]), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
@@ -59,3 +60,15 @@ def test_conda_environment_pins_the_locked_versions():
         checked += 1
     unpinned = [d for d in pins if not re.search(r"==?\s*[0-9]", d) and not d.startswith(("pip", "c-compiler"))]
     assert checked >= 10 and not unpinned, unpinned
+
+
+def test_gpu_lock_differs_from_the_cpu_lock_only_in_torch_and_its_cuda_wheels():
+    cpu, gpu = locked(), locked(REPO / "requirements/gpu.lock")
+    assert gpu["torch"][0].public == cpu["torch"][0].public and gpu["torch"][0].local is None  # PyPI's CUDA build
+    assert cpu["torch"][0].local == "cpu"
+    assert not [n for n, (_, hashes) in gpu.items() if not hashes]
+    shared = set(cpu) & set(gpu) - {"torch"}
+    assert {n: (cpu[n][0], gpu[n][0]) for n in shared if cpu[n][0] != gpu[n][0]} == {}
+    assert set(cpu) - set(gpu) == set()
+    extra = set(gpu) - set(cpu)
+    assert extra and all(n.startswith(("nvidia-", "cuda-")) or n == "triton" for n in extra), sorted(extra)
