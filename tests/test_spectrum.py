@@ -15,6 +15,7 @@ bootstrap SE of α is ≈ 0.007 and of β ≈ 0.01 (seen in the summary's CIs); 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -263,6 +264,29 @@ def test_transient_rules():
     steepest = r4.axis_x[int(np.argmax(-np.gradient(mean, r4.axis_x)))]
     assert r4.summary()["settings"]["transient"] == "dpeak"
     assert r4.axis_x[r4.post_mask].min() == pytest.approx(steepest)
+
+
+def test_too_few_post_transient_points_give_null_numbers_and_a_note_not_an_error(tmp_path):
+    """A loss that still speeds up at the end (dpeak keeps < 3 points): the analysis completes, the power law and
+    the post-transient metrics are null, the note says why, and it survives the analysis file; the spectrum and
+    pulses are computed as usual."""
+    from tokenscale.analysis import read_analysis, write_analysis
+
+    losses, fit = plant(n=600, seed=3)
+    rising = np.array(losses, dtype=np.float64)
+    rising[:, -2:] -= np.array([2.0, 6.0])  # the steepest fall of the mean is at the last point
+    res = sp.analyze(rising, fit, transient="dpeak", n_boot=0)
+    s = res.summary()
+    assert s["n_post_transient_points"] < 3
+    assert len(s["notes"]) == 1 and re.search(r"transient rule dpeak leaves [012] axis points; need >= 3", s["notes"][0])
+    assert s["power_law"]["alpha"] is None and s["metrics"]["r2_reconstruction"] is None
+    assert s["metrics"]["mean_loss_max_rel_err"] is None and s["tail"]["n_tail"] > 0
+    write_analysis(res, tmp_path / "a.h5")
+    assert read_analysis(tmp_path / "a.h5").notes == s["notes"]
+    assert "notes" not in sp.analyze(losses, fit, transient="none", n_boot=0).summary()
+    from tokenscale.figures import make_figures
+
+    assert make_figures(read_analysis(tmp_path / "a.h5"), tmp_path / "fig")  # the figures draw the null power law
 
 
 def test_dpeak_skips_an_initial_plateau():

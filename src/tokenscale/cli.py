@@ -406,6 +406,8 @@ def cmd_analyze(args) -> int:
     s = res.summary()
     print(f"analyze: {args.run}: alpha {s['alpha_fit']} beta {s['tail']['beta']} (selection {opts.selection}) "
           f"R2 reconstruction {s['metrics']['r2_reconstruction']} -> {args.analysis}", file=sys.stderr)
+    for note in res.notes:
+        print(f"analyze: {args.run}: warning: {note}", file=sys.stderr)
     return 0
 
 

@@ -27,6 +27,7 @@ class Curves:
     post_mask: np.ndarray  # (K,) bool
     transient_start_x: float
     transient_rule: str
+    note: str | None = None  # why the post-transient metrics are undefined (fewer than 3 points), else None
 
 
 def transient_start(rule, x: np.ndarray, loss: np.ndarray, transform: str) -> tuple[float, str]:
@@ -55,17 +56,20 @@ def transient_start(rule, x: np.ndarray, loss: np.ndarray, transform: str) -> tu
 
 
 def aggregate_curves(s: Sums, inp: Inputs, opts: AnalysisOptions) -> Curves:
-    """Mean curves from the sums, and the post-transient points (at least 3)."""
+    """Mean curves from the sums, and the post-transient points. With fewer than 3 of them the curves are still
+    returned, with a ``note`` saying why the power law and the post-transient metrics are undefined (a series
+    whose loss still speeds up at its end must not stop the rest of its analysis, or of the workflow)."""
     loss_emp = s.loss / s.n_valid
     deriv_emp = derivative(loss_emp, inp.x, opts.smoothing, savgol_window=opts.savgol_window,
                            savgol_polyorder=opts.savgol_polyorder)
     ts_x, ts_rule = transient_start(opts.transient, inp.x, loss_emp, inp.transform)
     post_mask = inp.x >= ts_x - 1e-12
+    note = None
     if post_mask.sum() < 3:
         hint = (" (the loss is still speeding up at the end of the run: train longer, or set "
                 "analysis.transient to a fraction or 'none')" if ts_rule == "dpeak" else "")
-        raise TokenscaleError(f"transient rule {ts_rule} leaves {int(post_mask.sum())} axis points; "
-                              f"need >= 3{hint}")
+        note = (f"transient rule {ts_rule} leaves {int(post_mask.sum())} axis points; need >= 3 for the power law "
+                f"and the post-transient metrics, which are null{hint}")
     return Curves(loss_emp=loss_emp, loss_sig=s.sig / s.n_valid, deriv_emp=deriv_emp, deriv_sig=s.pk / s.n_valid,
                   deriv_sig_grid=s.sig_grid / s.n_valid, post_mask=post_mask, transient_start_x=ts_x,
-                  transient_rule=ts_rule)
+                  transient_rule=ts_rule, note=note)

@@ -48,6 +48,6 @@ def analyze(losses, fit, options: AnalysisOptions | None = None, **kw) -> Spectr
         pulse_emp=pu.pulse_emp, pulse_fit_grid=pu.pulse_fit_grid, u_grid=lay.u_grid, aligned_emp=pu.aligned_emp,
         aligned_fit=pu.aligned_fit, template=pu.template, template_emp=pu.template_emp,
         deriv_rec_emp=rec.deriv_rec_emp, svd=svd, metrics=metrics_stage(cv, rec, deriv_pl, pu, svd, lay),
-        settings=settings, sample_idx=smp.sample_idx, sample_losses=smp.sample_losses,
+        settings=settings, notes=[cv.note] if cv.note else [], sample_idx=smp.sample_idx, sample_losses=smp.sample_losses,
         sample_params=smp.sample_params, category_examples=smp.category_examples, scatter=smp.scatter,
     )

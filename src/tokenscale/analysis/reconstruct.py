@@ -37,7 +37,7 @@ def reconstruct_stage(s: Sums, inp: Inputs, lay: Layout, pu: Pulses) -> Reconstr
 def metrics_stage(cv: Curves, rec: Reconstruction, deriv_pl: np.ndarray, pu: Pulses, svd: dict,
                   lay: Layout) -> dict:
     """R² and normalised errors at the post-transient points, mean-loss error, template shape numbers."""
-    pm = cv.post_mask
+    pm = cv.post_mask if cv.note is None else np.zeros_like(cv.post_mask)  # too few points: every metric null
     pairs = {"sigmoid_deriv": (cv.deriv_sig, cv.deriv_emp), "reconstruction": (rec.deriv_rec, cv.deriv_emp),
              "powerlaw_deriv": (deriv_pl, cv.deriv_emp), "reconstruction_vs_sigmoid": (rec.deriv_rec, cv.deriv_sig),
              "reconstruction_emp_template": (rec.deriv_rec_emp, cv.deriv_emp)}
@@ -52,8 +52,8 @@ def metrics_stage(cv: Curves, rec: Reconstruction, deriv_pl: np.ndarray, pu: Pul
         "template_emp_fwhm_x": fwhm(lay.u_grid, np.nan_to_num(ge, nan=-np.inf)),
         "template_emp_peak_ratio": (float(np.nanmax(ge)) / float(np.max(g))
                                     if np.any(np.isfinite(ge)) and np.max(g) > 0 else math.nan),
-        "mean_loss_max_rel_err": float(np.nanmax(rel[pm])),
-        "mean_loss_mean_rel_err": float(np.nanmean(rel[pm])),
+        "mean_loss_max_rel_err": float(np.nanmax(rel[pm])) if pm.any() else math.nan,
+        "mean_loss_mean_rel_err": float(np.nanmean(rel[pm])) if pm.any() else math.nan,
         "svd_energy1": svd["svd_energy1"], "svd_energy2": svd["svd_energy2"],
         "svd_energy1_fit": svd["svd_energy1_fit"], "svd_energy2_fit": svd["svd_energy2_fit"],
         "template_fwhm_x": w,

@@ -28,7 +28,7 @@ from .numerics import jsonable, to_orig
 __all__ = ["SpectrumResult", "ANALYSIS_FORMAT", "write_summary", "write_analysis", "read_analysis"]
 
 ANALYSIS_FORMAT = "tokenscale-analysis-v1"
-_DICTS = ("counts", "category_counts", "powerlaw", "tail", "selections", "metrics", "settings")
+_DICTS = ("counts", "category_counts", "powerlaw", "tail", "selections", "metrics", "settings", "notes")
 _GROUPS = ("sample_params", "scatter", "category_examples")
 
 
@@ -79,6 +79,7 @@ class SpectrumResult:
     settings: dict
     selections: dict = field(default_factory=dict)  # name -> tail numbers of each configured selection
     # token-level views (small samples)
+    notes: list = field(default_factory=list)  # why some numbers are null (e.g. too few post-transient points)
     sample_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     sample_losses: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     sample_params: dict = field(default_factory=dict)  # tau, lam, delta, post, category
@@ -108,6 +109,8 @@ class SpectrumResult:
             "metrics": dict(self.metrics),
             "settings": dict(self.settings),
         }
+        if self.notes:
+            out["notes"] = list(self.notes)
         if self.selections:
             out["selections"] = {n: {k: t.get(k) for k in ("description", "beta", "beta_ci", "xmin", "n_tail",
                                                              "n_selected", "n_selected_in_window", "note",
@@ -180,6 +183,6 @@ def read_analysis(path: str | os.PathLike) -> SpectrumResult:
         for grp in _GROUPS:
             kw[grp] = {k: f[grp][k][()] for k in f[grp]}
         kw["svd"] = {**_nan(json.loads(f.attrs["svd_scalars"])), **{k: f["svd"][k][()] for k in f["svd"]}}
-        kw.update({k: _nan(json.loads(f.attrs[k])) for k in _DICTS})
+        kw.update({k: _nan(json.loads(f.attrs[k])) for k in _DICTS if k in f.attrs})
         kw.update(transform=str(f.attrs["transform"]), transient_start_x=float(f.attrs["transient_start_x"]))
     return SpectrumResult(**kw)
