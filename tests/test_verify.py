@@ -184,3 +184,24 @@ def test_exit_zero_html_lists_failures_first_and_missing_summaries_as_rows(tmp_p
 def test_compare_rejects_an_unknown_missing_files_mode(tmp_path):
     with pytest.raises(ValueError, match=r"missing_files must be 'raise' or 'rows', got 'skip'"):
         compare({"numbers": {}}, tmp_path, [], missing_files="skip")
+
+
+def test_differences_report_widens_a_rewritten_reference(tmp_path):
+    """verify --differences on another machine's tree writes what moved; --write --spread takes it, so the same
+    tree then passes a rule it failed."""
+    ref_path, diff = tmp_path / "ref.json", tmp_path / "diff.json"
+    assert main(["verify", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path), "--write"]) == 0
+    tol = tmp_path / "tol.yaml"
+    tol.write_text(TOLERANCES)
+    moved = make_tree(tmp_path / "isa", alpha=0.90)
+    args = ["verify", "--results", str(moved), "--tolerances", str(tol)]
+    assert main([*args, "--reference", str(ref_path), "--differences", str(diff), "--variant", "isa"]) == 1
+    d = json.loads(diff.read_text())["variants"]["isa"]["numbers"]
+    assert d["series/t/analysis/summary.json:power_law.alpha"]["abs"] == pytest.approx(0.07)
+    assert d["series/t/analysis/summary.json:power_law.E"]["abs"] == 0.0
+    wide = tmp_path / "wide.json"
+    assert main(["verify", "--results", str(tmp_path / "a"), "--reference", str(wide), "--write", "--spread",
+                 str(ref_path), str(diff)]) == 0
+    assert json.loads(wide.read_text())["spread"] == {"series/t/analysis/summary.json": {"power_law.alpha":
+                                                                                          pytest.approx(0.14)}}
+    assert main([*args, "--reference", str(wide)]) == 0

@@ -682,6 +682,11 @@ def cmd_verify(args) -> int:
         atomic.write_text(args.markdown, verify.markdown(rows, mismatches))
     if args.html:
         atomic.write_text(args.html, verify.html(rows, mismatches, prov_lines))
+    if args.differences:  # a determinism-style report: feed it to --write --spread to widen the reference
+        from .determinism import differences
+
+        diffs = differences(reference["numbers"], verify.headline_numbers(results))
+        atomic.write_json(args.differences, {"variants": {args.variant: {"numbers": diffs}}})
     return 0 if args.exit_zero or not any(r.failed for r in rows) else 1
 
 
@@ -1001,6 +1006,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--html", default=None, help="also write the table as a self-contained HTML page to this file "
                                                 "(the workflow's verify rule puts it in the Snakemake report)")
+    p.add_argument("--differences", default=None,
+                   help="also write each number's difference from the reference as a determinism report (JSON), "
+                        "which --write --spread takes to widen a reference by what this machine measured")
+    p.add_argument("--variant", default="verify", help="with --differences: the variant's name in that report")
     p.add_argument("--exit-zero", action="store_true",
                    help="exit 0 even when numbers fail, and list a reference summary the results tree lacks as "
                         "missing rows instead of stopping (the workflow's verify rule: its table reports them)")

@@ -63,7 +63,11 @@ def compare_arrays(a: Path, b: Path) -> dict[str, bool]:
 
 def number_differences(a: Path, b: Path) -> dict[str, dict]:
     """Per headline number in both trees: ``{"a", "b", "abs", "rel"}`` (abs/rel 0 when identical)."""
-    na, nb = headline_numbers(a), headline_numbers(b)
+    return differences(headline_numbers(a), headline_numbers(b))
+
+
+def differences(na: dict, nb: dict) -> dict[str, dict]:
+    """``{file: {key: value}}`` twice (trees' or a reference's numbers) -> per number in both the differences."""
     out = {}
     for file in sorted(set(na) & set(nb)):
         for key in sorted(set(na[file]) & set(nb[file])):
