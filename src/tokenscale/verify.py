@@ -167,21 +167,24 @@ def write_reference(results: Path, config: str, spreads: list[dict] = ()) -> dic
     ``spreads`` entry that is itself a reference contributes the spread it holds (measurements accumulate)."""
     numbers = headline_numbers(results)
     spread: dict[str, dict[str, float]] = {}
-    for report in spreads:
-        if report.get("format") == REFERENCE_FORMAT:  # an earlier reference: keep the spread it measured
-            for file, keys in report.get("spread", {}).items():
-                for key, v in keys.items():
-                    if key in numbers.get(file, {}):
-                        spread.setdefault(file, {})[key] = max(spread.get(file, {}).get(key, 0.0), float(v))
-            continue
-        for variant in report.get("variants", {}).values():
-            for name, d in variant["numbers"].items():
-                file, key = name.split(":", 1)
-                if key in numbers.get(file, {}) and math.isfinite(d["abs"]) and d["abs"] > 0:
-                    cur = spread.setdefault(file, {}).get(key, 0.0)
-                    spread[file][key] = max(cur, SPREAD_FACTOR * d["abs"])
+    for file, key, width in (m for report in spreads for m in _measured_spread(report)):
+        if key in numbers.get(file, {}):
+            spread.setdefault(file, {})[key] = max(spread.get(file, {}).get(key, 0.0), width)
     return {"format": REFERENCE_FORMAT, "config": config, "provenance": read_provenance(results),
             "numbers": numbers, "spread": spread}
+
+
+def _measured_spread(report: dict):
+    """(file, key, width) of every number a spread source measured: an earlier reference's stored spread, or
+    ``SPREAD_FACTOR`` × each finite non-zero difference of a determinism report's variants."""
+    if report.get("format") == REFERENCE_FORMAT:
+        for file, keys in report.get("spread", {}).items():
+            yield from ((file, key, float(v)) for key, v in keys.items())
+        return
+    for variant in report.get("variants", {}).values():
+        for name, d in variant["numbers"].items():
+            if math.isfinite(d["abs"]) and d["abs"] > 0:
+                yield (*name.split(":", 1), SPREAD_FACTOR * d["abs"])
 
 
 def read_reference(path: Path) -> dict:

@@ -183,6 +183,7 @@ def read_analysis(path: str | os.PathLike) -> SpectrumResult:
         for grp in _GROUPS:
             kw[grp] = {k: f[grp][k][()] for k in f[grp]}
         kw["svd"] = {**_nan(json.loads(f.attrs["svd_scalars"])), **{k: f["svd"][k][()] for k in f["svd"]}}
-        kw.update({k: _nan(json.loads(f.attrs[k])) for k in _DICTS if k in f.attrs})
+        optional = {"notes"}  # written since 80155c2; an earlier file has none
+        kw.update({k: _nan(json.loads(f.attrs[k])) for k in _DICTS if k in f.attrs or k not in optional})
         kw.update(transform=str(f.attrs["transform"]), transient_start_x=float(f.attrs["transient_start_x"]))
     return SpectrumResult(**kw)
