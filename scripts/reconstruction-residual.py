@@ -20,22 +20,23 @@ import argparse
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from tokenscale.analysis.numerics import fit_quality, pulse, to_x
+from tokenscale.analysis.result import SpectrumResult, read_analysis
 from tokenscale.fit import fit_sigmoids
+from tokenscale.io import read_run_trajectories
 
 
-def read_series(series: Path, axis_name: str) -> tuple[np.ndarray, np.ndarray, h5py.File]:
-    """(N, K) losses, (K,) axis in original units, the open analysis file."""
+def read_series(series: Path, axis_name: str) -> tuple[np.ndarray, np.ndarray, SpectrumResult]:
+    """(N, K) losses, (K,) axis in original units, the series' analysis."""
     shards = sorted((series / "trajectories").glob("shard-*.h5"))
     if not shards:
         raise SystemExit(f"reconstruction-residual: no trajectory shards under {series / 'trajectories'}")
-    losses = np.concatenate([h5py.File(s, "r")["loss"][:] for s in shards])
-    with h5py.File(shards[0], "r") as f:
-        axis = f[f"axis/{axis_name}"][:].astype(float)
-    return losses, axis, h5py.File(series / "analysis" / "analysis.h5", "r")
+    losses, axes, _ = read_run_trajectories(shards)
+    if axis_name not in axes:
+        raise SystemExit(f"reconstruction-residual: --axis {axis_name!r} is not one of {sorted(axes)}")
+    return losses, axes[axis_name].astype(float), read_analysis(series / "analysis" / "analysis.h5")
 
 
 def implied_derivative(losses: np.ndarray, axis: np.ndarray, start: int, x_eval: np.ndarray) -> np.ndarray:
@@ -61,11 +62,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     losses, axis, an = read_series(args.series, args.axis)
-    post = an["post_mask"][:].astype(bool)
-    emp, rec, x = an["deriv_emp"][:][post], an["deriv_rec"][:][post], to_x(an["axis_orig"][:], "log10")[post]
+    post = np.asarray(an.post_mask, bool)
+    emp, rec, x = an.deriv_emp[post], an.deriv_rec[post], to_x(an.axis_orig, "log10")[post]
     share = residual_share(rec, emp)
     out = {"series": str(args.series), "r2_reconstruction": fit_quality(rec, emp)[0],
-           "residual_share": {f"{a:.6g}": float(s) for a, s in zip(an["axis_orig"][:][post], share)}, "refits": []}
+           "residual_share": {f"{a:.6g}": float(s) for a, s in zip(an.axis_orig[post], share)}, "refits": []}
     print(f"reconstruction R² {out['r2_reconstruction']:.3f}; share of its squared residual per post-transient point:")
     for a, s in out["residual_share"].items():
         print(f"  {a:>10}  {s:6.1%}")
