@@ -9,7 +9,8 @@ Two measurements on a finished series (``results/series/<name>``: trajectories, 
    k = 0 value; p∗g approximates the sigmoid-implied derivative (``r2_reconstruction_vs_sigmoid``), so this R²
    is what the reconstruction can reach with the per-token model fitted on that window.
 
-A diagnosis, not a stage of the workflow: the refits use the fit engine's defaults, not the config's fit slice.
+A diagnosis, not a stage of the workflow: the refits use the analysis's axis transform and otherwise the fit engine's
+defaults, not the config's fit slice.
 
     python scripts/reconstruction-residual.py results/series/t_moe --starts 0 10 15 18 20 23
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenscale.analysis.numerics import fit_quality, pulse, to_x
+from tokenscale.analysis.numerics import fit_quality, pulse
 from tokenscale.analysis.result import SpectrumResult, read_analysis
 from tokenscale.fit import fit_sigmoids
 from tokenscale.io import read_run_trajectories
@@ -39,9 +40,11 @@ def read_series(series: Path, axis_name: str) -> tuple[np.ndarray, np.ndarray, S
     return losses, axes[axis_name].astype(float), read_analysis(series / "analysis" / "analysis.h5")
 
 
-def implied_derivative(losses: np.ndarray, axis: np.ndarray, start: int, x_eval: np.ndarray) -> np.ndarray:
-    """Mean over all tokens of the fitted pulse Δλ σ(1−σ) at ``x_eval``, fits on checkpoints ``start:``."""
-    fit = fit_sigmoids(losses[:, start:], axis[start:])
+def implied_derivative(losses: np.ndarray, axis: np.ndarray, start: int, x_eval: np.ndarray,
+                       transform: str = "log10") -> np.ndarray:
+    """Mean over all tokens of the fitted pulse Δλ σ(1−σ) at ``x_eval`` (transformed axis), fits on checkpoints
+    ``start:``."""
+    fit = fit_sigmoids(losses[:, start:], axis[start:], transform=transform)
     ok = np.isfinite(fit.tau) & np.isfinite(fit.lam) & np.isfinite(fit.delta)  # (N,)
     p = pulse(x_eval[None, :], fit.tau[ok, None], fit.lam[ok, None], fit.delta[ok, None])  # (n_ok, P)
     return p.sum(axis=0) / losses.shape[0]
@@ -63,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     losses, axis, an = read_series(args.series, args.axis)
     post = np.asarray(an.post_mask, bool)
-    emp, rec, x = an.deriv_emp[post], an.deriv_rec[post], to_x(an.axis_orig, "log10")[post]
+    emp, rec, x = an.deriv_emp[post], an.deriv_rec[post], an.axis_x[post]
     share = residual_share(rec, emp)
     out = {"series": str(args.series), "r2_reconstruction": fit_quality(rec, emp)[0],
            "residual_share": {f"{a:.6g}": float(s) for a, s in zip(an.axis_orig[post], share)}, "refits": []}
@@ -71,7 +74,7 @@ def main() -> None:
     for a, s in out["residual_share"].items():
         print(f"  {a:>10}  {s:6.1%}")
     for k in args.starts:
-        r2 = fit_quality(implied_derivative(losses, axis, k, x), emp)[0]
+        r2 = fit_quality(implied_derivative(losses, axis, k, x, an.transform), emp)[0]
         out["refits"].append({"start_index": k, "start": float(axis[k]), "r2_sigmoid_deriv": r2})
         print(f"fits from checkpoint {k} ({args.axis} {axis[k]:.6g}): sigmoid-implied −dL/dx R² {r2:.3f}")
     if args.json:
