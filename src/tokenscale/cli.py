@@ -369,14 +369,50 @@ def cmd_fit(args) -> int:
     t0 = time.time()
     if args.axis not in axis:
         raise TokenscaleError(f"{args.trajectories}: no axis {args.axis!r} in the shard (it has {', '.join(sorted(axis))})")
-    res = fit_sigmoids(losses, np.asarray(axis[args.axis], dtype=np.float64), transform=args.transform, device=_device(args.device),
+    a = np.asarray(axis[args.axis], dtype=np.float64)
+    k0 = _window_start(args.window, a) if args.window else 0
+    res = fit_sigmoids(losses[:, k0:], a[k0:], transform=args.transform, device=_device(args.device),
                        engine=args.engine)
     dt = time.time() - t0
-    attrs = {"trajectories": str(args.trajectories), "axis_name": args.axis, "token_index_first": int(meta["token_index"][0]) if len(meta["token_index"]) else 0}
+    attrs = {"trajectories": str(args.trajectories), "axis_name": args.axis, "fit_start_index": k0,
+             "token_index_first": int(meta["token_index"][0]) if len(meta["token_index"]) else 0}
     save_fits(args.out, res, attrs=attrs, token_index=meta["token_index"])
     conv = float(np.mean(res.status == 0)) if len(res) else float("nan")
-    print(f"fit: {len(res):,} trajectories x {losses.shape[1]} points in {dt:.2f}s ({len(res) / max(dt, 1e-9):,.0f}/s, "
+    print(f"fit: {len(res):,} trajectories x {losses.shape[1] - k0} points (from checkpoint {k0}) in {dt:.2f}s ({len(res) / max(dt, 1e-9):,.0f}/s, "
           f"{res.attrs['engine']} engine), converged {conv:.3f}", file=sys.stderr)
+    return 0
+
+
+def _window_start(path, axis) -> int:
+    """First checkpoint index of the fits from a ``tokenscale fit-window`` file, checked against the shard's axis."""
+    import numpy as np
+
+    w = json.loads(Path(path).read_text())
+    k0 = int(w["start_index"])
+    if not np.array_equal(np.asarray(w["axis"], dtype=np.float64), axis):
+        raise TokenscaleError(f"{path}: fit window of another axis ({len(w['axis'])} points, the shard has {axis.size}); "
+                              f"rerun its fit_window job")
+    return k0
+
+
+def cmd_fit_window(args) -> int:
+    from . import atomic
+    from .fit.window import fit_window, target_counts
+    from .io import read_run_trajectories
+
+    losses, axis, meta = read_run_trajectories(args.trajectories)
+    if args.axis not in axis:
+        raise TokenscaleError(f"{args.trajectories[0]}: no axis {args.axis!r} in the shards (they have {', '.join(sorted(axis))})")
+    counts = None
+    if args.rule == "unigram" and args.train_data:
+        from .data import TrainTokens
+
+        counts = target_counts(TrainTokens(args.train_data))
+    w = fit_window(args.rule, losses, axis[args.axis], counts=counts, target_ids=meta["token_id"] if counts is not None else None)
+    atomic.write_json(args.out, w)
+    h = "" if w["h_unigram"] is None else f" (unigram cross-entropy {w['h_unigram']:.4f} nats)"
+    print(f"fit-window: rule {w['rule']}: the fits start at checkpoint {w['start_index']} ({args.axis} {w['start']:g}) of "
+          f"{len(w['axis'])}{h}" + (f"; {w['note']}" if w["note"] else ""), file=sys.stderr)
     return 0
 
 
@@ -386,6 +422,19 @@ def cmd_fit_table(args) -> int:
     parts = [load_fits(p) for p in args.fits]
     save_fits(args.out, concat_fits(parts), attrs={"shards": [str(p) for p in args.fits]})
     return 0
+
+
+def _fit_columns(losses, axis: dict, fit, fits_path):
+    """The trajectory columns the fits were made on: the checkpoints from the fit window's start on (the fit's axis is
+    the end of one of the shards' axes)."""
+    import numpy as np
+
+    fa = np.asarray(fit.axis_orig, dtype=np.float64)
+    k0 = losses.shape[1] - fa.size
+    if k0 < 0 or not any(np.array_equal(np.asarray(a, dtype=np.float64)[k0:], fa) for a in axis.values()):
+        raise TokenscaleError(f"{fits_path}: the fits' axis ({fa.size} points) is not the end of the trajectories' axis "
+                              f"({losses.shape[1]} points); rerun the fit rules")
+    return losses[:, k0:]
 
 
 def cmd_analyze(args) -> int:
@@ -399,6 +448,7 @@ def cmd_analyze(args) -> int:
     fit = load_fits(args.fits)
     if len(fit) != losses.shape[0]:
         raise TokenscaleError(f"{args.fits}: {len(fit)} fits but {losses.shape[0]} trajectories; rerun the fit rules")
+    losses = _fit_columns(losses, axis, fit, args.fits)
     res = analyze(losses, fit, opts)
     extra = {"run": args.run, "config_sha256": meta["attrs"].get("config_sha256", "")}
     write_analysis(res, args.analysis, extra=extra)
@@ -839,7 +889,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--engine", default=schema_default("fit.engine"), choices=list(ENGINES),
                    help="fit implementation: " + "; ".join(f"{name} = {what}" for name, what in ENGINES.items()))
+    p.add_argument("--window", default="",
+                   help="fit window JSON from `tokenscale fit-window`: fit the checkpoints from its start_index on "
+                        "(default: every checkpoint)")
     _add_threads(p)
+
+    p = _command(sub, "fit-window", cmd_fit_window, "where a series' token fits start -> fit window JSON",
+                 "Rule unigram: the first checkpoint at which the series' mean loss is at or below the unigram "
+                 "cross-entropy of its targets under the training target counts (the model beats every "
+                 "context-free predictor); rule first: every checkpoint (docs/fit.md).")
+    p.add_argument("--trajectories", nargs="+", required=True, help="every trajectory shard of the series")
+    p.add_argument("--axis", default=schema_default("fit.axis"), help="the series' fit axis (axis/<name> in the shards)")
+    p.add_argument("--rule", choices=["unigram", "first"], default=schema_default("fit.start"), help="fit window rule")
+    p.add_argument("--train-data", default="",
+                   help="training data folder (train_tokens.bin/.json) whose targets give the unigram distribution; "
+                        "empty: none (an external model), the rule falls back to every checkpoint")
+    p.add_argument("--out", required=True, help="output fit window JSON")
 
     p = _command(sub, "fit-table", cmd_fit_table, "concatenate per-shard fits into one table per series",
                  "Rows keep the shards' token order.")

@@ -115,6 +115,7 @@ class TokenSet:
 
     name: str
     path: str
+    train_data: str = ""  # folder of the training data its targets' unigram counts come from ("" = none known)
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,9 @@ def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each T-axis training run's own checkpoints on the shared validation token set (every run is a source)."""
     from .config import run_configs
 
-    wf.add(token_sets=[TokenSet(VALID_TOKENS, f"{cfg['results']}/data/valid_tokens.h5")])
-    wf.add(token_sets=[TokenSet(e["name"], f"{cfg['results']}/synthetic/{e['name']}/valid_tokens.h5")
+    wf.add(token_sets=[TokenSet(VALID_TOKENS, f"{cfg['results']}/data/valid_tokens.h5", f"{cfg['results']}/data")])
+    wf.add(token_sets=[TokenSet(e["name"], f"{cfg['results']}/synthetic/{e['name']}/valid_tokens.h5",
+                                f"{cfg['results']}/synthetic/{e['name']}")
                        for e in cfg.get("synthetic", [])])
     for name, run in run_configs(cfg).items():
         root = f"{cfg['results']}/runs/{name}"
@@ -228,7 +230,8 @@ def _reshape_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     for ex in cfg["reshape"]:
         ref, steps = wf.sources[ex["reference"]], candidate_steps(runs[ex["reference"]], ex)
         src = Source(f"{ex['reference']}.from{steps[0]}", tuple((s, ref.checkpoint(s)) for s in steps), ref.ready)
-        wf.add(sources=[src], token_sets=[TokenSet(ex["name"], f"{cfg['results']}/reshape/{ex['name']}/candidates.h5")])
+        wf.add(sources=[src], token_sets=[TokenSet(ex["name"], f"{cfg['results']}/reshape/{ex['name']}/candidates.h5",
+                                                    f"{cfg['results']}/data")])
         yield Series(f"{ex['name']}-candidates", "candidates", ex["name"], tuple((src.name, s) for s in steps),
                      (src.name,), "reshape")
 

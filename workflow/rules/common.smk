@@ -323,6 +323,18 @@ def seed_group_runs(wildcards):
     return " ".join(shlex.quote(r) for r in SEED_GROUPS[wildcards.group])
 
 
+def series_train_data(wildcards):
+    """The training data folder whose targets' unigram counts set the series' fit window ('' = none known)."""
+    return TOKEN_SETS[SERIES[wildcards.series].token_set].train_data
+
+
+def fit_window_inputs(wildcards):
+    out = {"trajectories": trajectory_shards(wildcards)}
+    if CFG["fit"]["start"] == "unigram" and series_train_data(wildcards):
+        out["train"] = f"{series_train_data(wildcards)}/train_tokens.json"
+    return out
+
+
 def trajectory_shards(wildcards):
     return [f"{series_dir(wildcards)}/trajectories/shard-{i:03d}.h5" for i in range(CFG["eval"]["shards"])]
 

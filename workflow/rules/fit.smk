@@ -1,9 +1,32 @@
 # Sigmoid fit of every token trajectory, one job per shard, then one table per series.
 
 
+# Where the series' fits start (fit.start): the first checkpoint whose mean loss beats the unigram cross-entropy.
+rule fit_window:
+    input:
+        unpack(fit_window_inputs),
+    output:
+        window=f"{RESULTS}/series/{{series}}/fit-window.json",
+    log:
+        f"{RESULTS}/logs/fit/{{series}}/window.log",
+    conda:
+        "../../envs/tokenscale.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        axis=series_axis,
+        rule=CFG["fit"]["start"],
+        train_data=series_train_data,
+    shell:
+        "tokenscale fit-window --trajectories {input.trajectories:q} --axis {params.axis:q} --rule {params.rule:q} "
+        "--train-data {params.train_data:q} --out {output.window:q} > {log:q} 2>&1"
+
+
 rule fit_shard:
     input:
         shard=rules.assemble_shard.output.shard,
+        window=rules.fit_window.output.window,
     output:
         fits=f"{RESULTS}/series/{{series}}/fits/shard-{{shard}}.h5",
     log:
@@ -24,7 +47,7 @@ rule fit_shard:
     shell:
         "tokenscale fit --trajectories {input.shard:q} --out {output.fits:q} --axis {params.axis:q} "
         "--transform {params.transform:q} --device {params.device:q} --engine {params.engine:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "--window {input.window:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule fit_table:
