@@ -5,9 +5,10 @@ Two measurements on a finished series (``results/series/<name>``: trajectories, 
 
 1. the share of the reconstruction's squared residual (p∗g − empirical −dL/dx) at each post-transient point;
 2. the sigmoid-implied −dL/dx at those points after refitting every token on the checkpoints from index k on,
-   for each k in ``--starts``: R² against the empirical derivative. The analysis's ``r2_sigmoid_deriv`` is the
-   k = 0 value; p∗g approximates the sigmoid-implied derivative (``r2_reconstruction_vs_sigmoid``), so this R²
-   is what the reconstruction can reach with the per-token model fitted on that window.
+   for each k in ``--starts`` (indices on the trajectories' full axis): R² against the empirical derivative. The
+   analysis's ``r2_sigmoid_deriv`` is the value at k = the series' fit-window start (``fit-window.json``); p∗g
+   approximates the sigmoid-implied derivative (``r2_reconstruction_vs_sigmoid``), so this R² is what the
+   reconstruction can reach with the per-token model fitted on that window.
 
 A diagnosis, not a stage of the workflow: the refits use the analysis's axis transform and otherwise the fit engine's
 defaults, not the config's fit slice.
