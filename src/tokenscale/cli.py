@@ -900,7 +900,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "context-free predictor); rule first: every checkpoint (docs/fit.md).")
     p.add_argument("--trajectories", nargs="+", required=True, help="every trajectory shard of the series")
     p.add_argument("--axis", default=schema_default("fit.axis"), help="the series' fit axis (axis/<name> in the shards)")
-    p.add_argument("--rule", choices=["unigram", "first"], default=schema_default("fit.start"), help="fit window rule")
+    from .fit.window import RULES  # the one list of fit window rules (schema enum tested against it)
+
+    p.add_argument("--rule", choices=list(RULES), default=schema_default("fit.start"), help="fit window rule")
     p.add_argument("--train-data", default="",
                    help="training data folder (train_tokens.bin/.json) whose targets give the unigram distribution; "
                         "empty: none (an external model), the rule falls back to every checkpoint")

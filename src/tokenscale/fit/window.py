@@ -85,6 +85,21 @@ def fit_start(mean_loss, h1: float, min_points: int = MIN_POINTS) -> tuple[int, 
     return k, ""
 
 
+def _finite_row_mean(losses, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) rows finite at every checkpoint, and their (K,) mean in float64, ``chunk`` rows at a time (no float64
+    copy of the whole matrix)."""
+    n, k = int(losses.shape[0]), int(losses.shape[1])
+    rows, total = np.zeros(n, dtype=bool), np.zeros(k)
+    for i0 in range(0, n, chunk):
+        block = np.asarray(losses[i0:i0 + chunk], dtype=np.float64)  # (chunk, K)
+        ok = np.all(np.isfinite(block), axis=1)
+        rows[i0:i0 + chunk] = ok
+        total += block[ok].sum(axis=0)
+    if not rows.any():
+        raise TokenscaleError("no trajectory row is finite at every checkpoint")
+    return rows, total / rows.sum()
+
+
 def fit_window(rule: str, losses, axis, *, counts=None, target_ids=None) -> dict:
     """The fit window of a series as a JSON-ready dict: ``start_index``, ``start`` (axis value), ``rule``,
     ``h_unigram`` (nats, null for ``first`` or without counts), ``mean_loss`` (K,), ``axis`` (K,), ``note``.
@@ -93,14 +108,10 @@ def fit_window(rule: str, losses, axis, *, counts=None, target_ids=None) -> dict
     each row's target token (both None when the series has no training data: the rule falls back)."""
     if rule not in RULES:
         raise TokenscaleError(f"fit.start must be one of {', '.join(RULES)}, got {rule!r}")
-    L = np.asarray(losses, dtype=np.float64)
     a = np.asarray(axis, dtype=np.float64).ravel()
-    if L.ndim != 2 or L.shape[1] != a.size:
-        raise TokenscaleError(f"losses {L.shape} do not match an axis of {a.size} points")
-    rows = np.all(np.isfinite(L), axis=1)
-    if not rows.any():
-        raise TokenscaleError("no trajectory row is finite at every checkpoint")
-    mean = L[rows].mean(axis=0)  # (K,)
+    if len(getattr(losses, "shape", ())) != 2 or losses.shape[1] != a.size:
+        raise TokenscaleError(f"losses {getattr(losses, 'shape', None)} do not match an axis of {a.size} points")
+    rows, mean = _finite_row_mean(losses)
     h1, k, note = None, 0, ""
     if rule == "unigram":
         if counts is None or target_ids is None:
