@@ -328,6 +328,12 @@ def series_train_data(wildcards):
     return TOKEN_SETS[SERIES[wildcards.series].token_set].train_data
 
 
+def fit_window_train_data(wildcards):
+    """--train-data of `tokenscale fit-window` ('' for a token set without training data: the rule falls back)."""
+    td = series_train_data(wildcards)
+    return f"--train-data {shlex.quote(td)}" if td else ""
+
+
 def fit_window_inputs(wildcards):
     out = {"trajectories": trajectory_shards(wildcards)}
     if CFG["fit"]["start"] == "unigram" and series_train_data(wildcards):

@@ -17,10 +17,10 @@ rule fit_window:
     params:
         axis=series_axis,
         rule=CFG["fit"]["start"],
-        train_data=series_train_data,
+        train_data=fit_window_train_data,
     shell:
         "tokenscale fit-window --trajectories {input.trajectories:q} --axis {params.axis:q} --rule {params.rule:q} "
-        "--train-data {params.train_data:q} --out {output.window:q} > {log:q} 2>&1"
+        "{params.train_data} --out {output.window:q} > {log:q} 2>&1"
 
 
 rule fit_shard:
