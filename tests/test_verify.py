@@ -167,7 +167,9 @@ def test_exit_zero_html_lists_failures_first_and_missing_summaries_as_rows(tmp_p
                                                         "code_version": "v", "lock_sha256": "l",
                                                         "corpus_manifest_sha256": "m"})
     args = ["verify", "--results", str(moved), "--reference", str(ref_path), "--tolerances", str(tol)]
-    assert main(args) == 2  # without --exit-zero the missing summary is one line
+    assert main(args) == 2  # without --exit-zero a reference from another config is refused as stale
+    assert "is stale: written from config c, the results from config X" in capsys.readouterr().err
+    assert main([*args, "--allow-config-change"]) == 2  # ... and the missing summary is one line
     assert "series/gone/analysis/summary.json is missing" in capsys.readouterr().err
     page = tmp_path / "v.html"
     assert main([*args, "--exit-zero", "--html", str(page)]) == 0
@@ -205,3 +207,105 @@ def test_differences_report_widens_a_rewritten_reference(tmp_path):
     assert json.loads(wide.read_text())["spread"] == {"series/t/analysis/summary.json": {"power_law.alpha":
                                                                                           pytest.approx(0.14)}}
     assert main([*args, "--reference", str(wide)]) == 0
+
+
+# ------------------------------------------------------------------------------------ boundaries and seeds
+def test_tolerance_boundary_is_inclusive():
+    """|x − r| <= tol: an exact rule passes identical values, and a difference of exactly atol (or rtol·|r|, or the
+    measured spread) passes; the next representable float beyond it fails. (Kills a `<=` -> `<` mutant.)"""
+    exact = Tolerance("*", 0.0, 0.0)
+    assert exact.allows(0.83, 0.83) and exact.allows(0.0, 0.0) and exact.allows(-2.5, -2.5)
+    assert not exact.allows(0.83, math.nextafter(0.83, 1.0))
+    assert Tolerance("*", 0.0, 0.25).allows(1.0, 1.25) and Tolerance("*", 0.0, 0.25).allows(1.0, 0.75)
+    assert not Tolerance("*", 0.0, 0.25).allows(1.0, math.nextafter(1.25, 2.0))
+    assert Tolerance("*", 0.5, 0.0).allows(2.0, 3.0) and not Tolerance("*", 0.5, 0.0).allows(2.0, 3.0000001)
+    assert Tolerance("*", 0.0, 0.0, spread=0.5).allows(1.0, 1.5)
+    assert not Tolerance("*", 0.0, 0.0, spread=0.5).allows(1.0, math.nextafter(1.5, 2.0))
+
+
+def test_seed_interval_known_answer():
+    """Five seeds 1..5: mean 3, s = √2.5; the 99 % prediction interval of a sixth is 3 ± t_4(0.995)·s·√(6/5)
+    = 3 ± 4.604095·1.581139·1.095445 (hand-computed t from tables: 4.6041)."""
+    from tokenscale.verify import SeedInterval
+
+    iv = SeedInterval((1.0, 2.0, 3.0, 4.0, 5.0), 0.99)
+    lo, hi = iv.bounds()
+    half = 4.604095 * math.sqrt(2.5) * math.sqrt(1.2)
+    assert lo == pytest.approx(3 - half, abs=1e-5) and hi == pytest.approx(3 + half, abs=1e-5)
+    assert iv.admits(lo) and iv.admits(hi)  # inclusive at both ends
+    assert not iv.admits(math.nextafter(hi, math.inf)) and not iv.admits(math.nextafter(lo, -math.inf))
+    assert SeedInterval((1.0, 2.0, 3.0, 4.0, 5.0), 0.5).bounds()[1] < hi  # a lower level is narrower
+    same = SeedInterval((0.7, 0.7, 0.7))  # every seed the same: the interval is that point
+    assert same.admits(0.7) and not same.admits(0.7000001)
+    one = SeedInterval((0.7, None, None))  # < 2 finite values: only a value a seed gave
+    assert one.bounds() is None and one.admits(0.7) and one.admits(None) and not one.admits(0.71)
+    assert not one.admits(math.nan) and SeedInterval((math.nan, 1.0, 2.0)).admits(math.nan)
+    assert "seeds(5) [" in str(iv) and str(one) == "seeds(3) {0.7, —, —}"
+
+
+def test_seed_values_in_the_reference_admit_a_chaotic_number(tmp_path):
+    """A number the seeds spread widely (alpha 0.70..0.96) passes far outside its rule but inside its seed
+    interval; a number every seed gave identically (E) still fails a 1 % move; the seeds are written by
+    --write --seeds and read back by verify."""
+    trees = [make_tree(tmp_path / f"s{k}", alpha=a) for k, a in enumerate((0.83, 0.70, 0.96, 0.78, 0.88))]
+    ref_path = tmp_path / "ref.json"
+    assert main(["verify", "--write", "--results", str(trees[0]), "--reference", str(ref_path),
+                 "--seeds", *map(str, trees[1:])]) == 0
+    ref = json.loads(ref_path.read_text())
+    assert ref["seeds"]["n"] == 5
+    assert ref["seeds"]["values"]["series/t/analysis/summary.json"]["power_law.alpha"] == [0.83, 0.70, 0.96, 0.78, 0.88]
+    assert ref["seeds"]["values"]["runs/t/val_loss.csv"]["final_val_loss"] == [7.5] * 5
+    rules = [Tolerance("*", 0.01, 0.0)]
+    far = make_tree(tmp_path / "far", alpha=1.0)  # 20 % from the reference, inside the seeds' interval
+    rows = {r.name.split(":")[1]: r for r in compare(ref, far, rules)}
+    assert rows["power_law.alpha"].status == "pass" and "seeds(5) [" in rows["power_law.alpha"].allowed
+    assert {r.name.split(":")[1]: r.status for r in compare(ref, far, rules, seed_level=0.5)}["power_law.alpha"] == "FAIL"
+    beyond = make_tree(tmp_path / "beyond", alpha=2.0)
+    assert {r.name.split(":")[1]: r.status for r in compare(ref, beyond, rules)}["power_law.alpha"] == "FAIL"
+    with pytest.raises(TokenscaleError, match=r"seed level 1.5 is not in \(0, 1\)"):
+        compare(ref, far, rules, seed_level=1.5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "provenance.json").write_text((trees[0] / "provenance.json").read_text())
+    assert main(["verify", "--write", "--results", str(trees[0]), "--reference", str(ref_path),
+                 "--seeds", str(empty)]) == 2
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"format": "tokenscale-reference/1", "numb', "is not valid JSON"),
+    ("[1, 2]", "is not a reference object with 'numbers'"),
+    ('{"format": "tokenscale-reference/1"}', "is not a reference object with 'numbers'"),
+])
+def test_cli_truncated_or_non_object_reference_is_one_line(tmp_path, capsys, text, match):
+    tree = make_tree(tmp_path / "t")
+    bad = tmp_path / "ref.json"
+    bad.write_text(text)
+    assert main(["verify", "--results", str(tree), "--reference", str(bad)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and match in err[0], err
+
+
+@pytest.mark.parametrize("text, match", [
+    ("format: [tokenscale-tolerances/1\n", "is not valid YAML"),
+    ("- a\n- b\n", "is not a mapping with format and rules"),
+])
+def test_malformed_tolerances_are_one_line(tmp_path, text, match):
+    bad = tmp_path / "tol.yaml"
+    bad.write_text(text)
+    with pytest.raises(TokenscaleError, match=match):
+        read_tolerances(bad)
+
+
+@pytest.mark.parametrize("config, reference", [("config/smoke.yaml", "reference/smoke.json"),
+                                               (None, "reference/default.json")])
+def test_committed_references_match_their_configs(config, reference):
+    """A committed reference was written from the config it is named for: its config hash is the hash the workflow
+    records for that config today (a config or schema change must come with a rewritten reference)."""
+    from pathlib import Path
+
+    from tokenscale.workflow import workflow_config, workflow_config_hash
+
+    repo = Path(__file__).resolve().parents[1]
+    ref = read_reference(repo / reference)
+    got = workflow_config_hash(workflow_config(*([config] if config else [])))
+    assert ref["provenance"]["config_sha256"] == got, f"{reference} is stale: rewrite it (README: Reproduce)"

@@ -713,7 +713,7 @@ def cmd_verify(args) -> int:
     results = Path(args.results)
     if args.write:
         spreads = [json.loads(Path(f).read_text()) for f in args.spread]
-        ref = verify.write_reference(results, args.config, spreads)
+        ref = verify.write_reference(results, args.config, spreads, [Path(t) for t in args.seeds])
         atomic.write_json(args.reference, ref)
         n = sum(len(v) for v in ref["numbers"].values())
         print(f"verify: wrote {n} numbers from {len(ref['numbers'])} files of {results} to {args.reference}")
@@ -724,8 +724,11 @@ def cmd_verify(args) -> int:
     prov_lines = [f"provenance {k}: reference {reference['provenance'].get(k)}, results {prov.get(k)}"
                   for k in verify.PROVENANCE_KEYS]
     mismatches = verify.provenance_mismatches(reference, prov)
+    if not (args.allow_config_change or args.exit_zero):
+        verify.refuse_stale(reference, prov, args.reference)
     print("\n".join(prov_lines + mismatches))
-    rows = verify.compare(reference, results, rules, missing_files="rows" if args.exit_zero else "raise")
+    rows = verify.compare(reference, results, rules, missing_files="rows" if args.exit_zero else "raise",
+                          seed_level=verify.SEED_LEVEL if args.seed_level is None else args.seed_level)
     print(verify.table(rows, only_failed=args.failed_only))
     print(verify.summary(rows))
     if args.markdown:
@@ -1069,6 +1072,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --write: determinism reports (scripts/determinism.py's JSON) whose measured differences "
                         "widen each number's tolerance to twice the largest difference seen, or earlier references "
                         "whose measured spread is kept")
+    p.add_argument("--seeds", nargs="*", default=[],
+                   help="with --write: results trees of the same config under other training seeds (seed_offset "
+                        "1..K-1, scripts/seed-spread.py); each number's values over the seeds go into the reference")
+    p.add_argument("--seed-level", type=float, default=None,
+                   help="prediction level of a number's seed interval, in (0, 1) (a number inside it passes; "
+                        "default tokenscale.verify.SEED_LEVEL, 0.99)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="compare even when the reference was written from another config (its config hash differs "
+                        "from the results tree's); without it such a reference is refused as stale")
     p.add_argument("--failed-only", action="store_true", help="list only the numbers that failed or are missing")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--html", default=None, help="also write the table as a self-contained HTML page to this file "

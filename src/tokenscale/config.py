@@ -117,6 +117,8 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
         raise TokenscaleError(f"config: analysis.selection {an['selection']!r} is not one of analysis.selections "
                               f"({', '.join(sorted(an['selections']))})")
     cfg["runs"] += expand_sweeps(cfg["sweeps"], schema["properties"]["runs"]["items"])
+    for r in cfg["runs"]:
+        r["seed"] += cfg["seed_offset"]
     dup = _duplicate_names(cfg["runs"])
     if dup:
         raise TokenscaleError(f"config: runs has duplicate name(s): {', '.join(dup)}")
@@ -361,7 +363,8 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
                    "tokens": s_b * ref["batch_size"] * run_seq_len(cfg, ref), "schedule": schedule, "single_pass": False,
                    "checkpoints": {"count": ex["checkpoints"], "first_step": s_a + 1}, "in_loop_validation": False,
                    "branch": {"from": ref["name"], "step": s_a}, "threads": ex["threads"] or ref["threads"],
-                   "reshape": {"experiment": ex["name"], "arm": arm, "data_seed": seed}}
+                   "reshape": {"experiment": ex["name"], "arm": arm,
+                               "data_seed": seed + (cfg["seed_offset"] if arm != "original" else 0)}}
             _fill_defaults(run, run_schema)
             out.append(run)
         ref["snapshots"] = sorted(set(ref["snapshots"]) | {s_a})

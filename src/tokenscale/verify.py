@@ -12,9 +12,23 @@ number gives its tolerance. A reproduced value ``x`` passes against reference ``
 come from the determinism report (``docs/determinism.md``), which measured how far each kind of number moves
 across reruns, thread counts and CPU instruction-set caps.
 
+**Seeds.** Small runs trained on another machine diverge from the reference's weights after a few steps (other
+kernels round differently) and land where another training seed would. So a reference also carries, per number,
+the values K training seeds gave it (``seeds``: the config run with ``seed_offset`` 0..K−1, scripts/seed-spread.py),
+and a reproduced number also passes inside its **seed interval**, the two-sided Student-t prediction interval of
+one more seed at level ``q`` (default :data:`SEED_LEVEL`)::
+
+    m ± t_{K−1}((1 + q)/2) · s · √(1 + 1/K)        m, s: mean and sample standard deviation over the K seeds
+
+A number that is chaotic by nature (one arm's final loss, a tiny task's accuracy) has a wide interval and is judged
+by it, not by the reference's point; a number every seed gives identically keeps its rule. None (NaN) passes when
+a seed gave None (NaN).
+
 **Provenance** (``results/provenance.json``, written by the workflow's ``provenance`` rule) records the config
 hash, the code version, the lock file's hash with the Python version, and the corpus manifest's hash. ``verify``
-prints both sides and reports each mismatch on its own line; the numbers are compared regardless.
+prints both sides and reports each mismatch on its own line. A reference written from another config (its config
+hash differs) is refused as stale in one line (:func:`refuse_stale`) unless the caller allows it; the other keys'
+mismatches are reported and the numbers compared regardless.
 
 Nothing here imports torch or h5py.
 """
@@ -39,6 +53,7 @@ TOLERANCE_FORMAT = "tokenscale-tolerances/1"
 PROVENANCE_FORMAT = "tokenscale-provenance/1"
 PROVENANCE_KEYS = ("config_sha256", "code_version", "lock_sha256", "corpus_manifest_sha256")
 SPREAD_FACTOR = 2.0  # a number's own tolerance: twice the largest difference measured for it
+SEED_LEVEL = 0.99  # prediction level of the seed interval (about 2 of 200 independent honest numbers fall outside)
 
 # Headline numbers per summary kind: file glob (inside results/) -> key globs (dotted, fnmatch).
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -160,18 +175,35 @@ def read_provenance(results: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- references
-def write_reference(results: Path, config: str, spreads: list[dict] = ()) -> dict:
+def write_reference(results: Path, config: str, spreads: list[dict] = (), seed_trees: list[Path] = ()) -> dict:
     """A reference from a results tree: its provenance, every headline number, and per number the measured spread
     (``SPREAD_FACTOR`` × the largest absolute difference any ``spreads`` comparison saw: a determinism report's
     ``variants.*.numbers``, see tokenscale.determinism), which widens that number's tolerance beyond its rule. A
-    ``spreads`` entry that is itself a reference contributes the spread it holds (measurements accumulate)."""
+    ``spreads`` entry that is itself a reference contributes the spread it holds (measurements accumulate).
+
+    ``seed_trees``: results trees of the same config under other training seeds (``seed_offset`` 1..K−1); each
+    number's values over ``results`` and them go into ``seeds`` (see :class:`SeedInterval`)."""
     numbers = headline_numbers(results)
     spread: dict[str, dict[str, float]] = {}
     for file, key, width in (m for report in spreads for m in _measured_spread(report)):
         if key in numbers.get(file, {}):
             spread.setdefault(file, {})[key] = max(spread.get(file, {}).get(key, 0.0), width)
-    return {"format": REFERENCE_FORMAT, "config": config, "provenance": read_provenance(results),
-            "numbers": numbers, "spread": spread}
+    ref = {"format": REFERENCE_FORMAT, "config": config, "provenance": read_provenance(results),
+           "numbers": numbers, "spread": spread}
+    if seed_trees:
+        ref["seeds"] = seed_values(numbers, [headline_numbers(Path(t)) for t in seed_trees])
+    return ref
+
+
+def seed_values(numbers: dict, others: list[dict]) -> dict:
+    """``{"n": K, "values": {file: {key: [value per seed]}}}``: the reference's numbers (seed 0) and each other
+    seed tree's value of them, where that tree has the number."""
+    for i, other in enumerate(others):
+        if not other:
+            raise TokenscaleError(f"verify: seed tree {i + 1} has no headline numbers (is it a results tree?)")
+    values = {file: {key: [v] + [o[file][key] for o in others if key in o.get(file, {})] for key, v in nums.items()}
+              for file, nums in numbers.items()}
+    return {"n": 1 + len(others), "values": values}
 
 
 def _measured_spread(report: dict):
@@ -190,7 +222,13 @@ def _measured_spread(report: dict):
 def read_reference(path: Path) -> dict:
     if not path.is_file():
         raise TokenscaleError(f"verify: reference file {path} does not exist")
-    ref = json.loads(path.read_text())
+    try:
+        ref = json.loads(path.read_text())
+    except ValueError as e:
+        raise TokenscaleError(f"verify: reference {path} is not valid JSON ({e})") from None
+    if not isinstance(ref, dict) or not isinstance(ref.get("numbers"), dict):
+        raise TokenscaleError(f"verify: reference {path} is not a reference object with 'numbers' "
+                              "(rewrite it with `tokenscale verify --write`)")
     if ref.get("format") != REFERENCE_FORMAT:
         raise TokenscaleError(f"verify: reference {path} has format {ref.get('format')!r}; this tokenscale reads "
                               f"{REFERENCE_FORMAT!r} (rewrite it with `tokenscale verify --write`)")
@@ -222,12 +260,55 @@ class Tolerance:
         return f"max({rule}, ±{self.spread:.3g} measured)" if self.spread else rule
 
 
+@dataclass(frozen=True)
+class SeedInterval:
+    """The values K training seeds gave one number; :meth:`admits` a reproduced value inside the Student-t
+    prediction interval of one more seed at ``level`` (module docstring)."""
+
+    values: tuple
+    level: float = SEED_LEVEL
+
+    def _finite(self) -> list[float]:
+        return [float(v) for v in self.values if v is not None and not math.isnan(v)]
+
+    def bounds(self) -> tuple[float, float] | None:
+        """(low, high), or None with fewer than 2 finite seed values."""
+        from statistics import fmean, stdev
+
+        from scipy.stats import t
+
+        f = self._finite()
+        if len(f) < 2:
+            return None
+        m, k = fmean(f), len(f)
+        half = float(t.ppf((1 + self.level) / 2, k - 1)) * stdev(f) * math.sqrt(1 + 1 / k)
+        return m - half, m + half
+
+    def admits(self, got: float | None) -> bool:
+        if got is None:
+            return any(v is None for v in self.values)
+        if math.isnan(got):
+            return any(v is not None and math.isnan(v) for v in self.values)
+        b = self.bounds()  # a value some seed gave is admitted whatever the interval's rounding
+        return got in self._finite() or (b is not None and b[0] <= got <= b[1])
+
+    def __str__(self) -> str:
+        b = self.bounds()
+        where = f"[{b[0]:.4g}, {b[1]:.4g}]" if b else "{" + ", ".join(_fmt(v) for v in self.values) + "}"
+        return f"seeds({len(self.values)}) {where}"
+
+
 def read_tolerances(path: Path) -> list[Tolerance]:
     import yaml
 
     if not path.is_file():
         raise TokenscaleError(f"verify: tolerance file {path} does not exist")
-    doc = yaml.safe_load(path.read_text()) or {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TokenscaleError(f"verify: tolerance file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise TokenscaleError(f"verify: tolerance file {path} is not a mapping with format and rules")
     if doc.get("format") != TOLERANCE_FORMAT:
         raise TokenscaleError(f"verify: tolerance file {path} has format {doc.get('format')!r}, "
                               f"expected {TOLERANCE_FORMAT!r}")
@@ -255,16 +336,27 @@ class Row:
     reproduced: float | None
     tolerance: Tolerance
     status: str  # pass | FAIL | missing | new
+    seeds: SeedInterval | None = None
+
+    @property
+    def allowed(self) -> str:
+        """What the number may be: its rule (widened by the measured spread), or its seed interval."""
+        return f"{self.tolerance} or {self.seeds}" if self.seeds else str(self.tolerance)
 
     @property
     def failed(self) -> bool:
         return self.status in ("FAIL", "missing")
 
 
-def compare(reference: dict, results: Path, rules: list[Tolerance], missing_files: str = "raise") -> list[Row]:
+def compare(reference: dict, results: Path, rules: list[Tolerance], missing_files: str = "raise",
+            seed_level: float = SEED_LEVEL) -> list[Row]:
     """One row per reference number (and per headline number the reference lacks, status ``new``). A summary the
     reference has numbers from but the results tree lacks stops with one line (``missing_files="raise"``) or gives
-    each of its numbers a ``missing`` row (``"rows"``: the workflow's report, whose config may have dropped a run)."""
+    each of its numbers a ``missing`` row (``"rows"``: the workflow's report, whose config may have dropped a run).
+    A number passes within its rule around the reference value or, where the reference carries seeds, inside its
+    seed interval at ``seed_level``."""
+    if not 0 < seed_level < 1:
+        raise TokenscaleError(f"verify: seed level {seed_level!r} is not in (0, 1)")
     if missing_files not in ("raise", "rows"):
         raise ValueError(f"missing_files must be 'raise' or 'rows', got {missing_files!r}")
     rows = []
@@ -279,16 +371,18 @@ def compare(reference: dict, results: Path, rules: list[Tolerance], missing_file
         pattern = next((p for p in HEADLINE if fnmatch.fnmatchcase(file, p)), None)
         got = file_numbers(path, HEADLINE[pattern]) if pattern else {}
         spread = reference.get("spread", {}).get(file, {})
+        seeds = reference.get("seeds", {}).get("values", {}).get(file, {})
         for key in sorted(set(ref_nums) | set(got)):
             name = f"{file}:{key}"
             tol = tolerance_of(name, rules).widened(spread.get(key, 0.0))
+            interval = SeedInterval(tuple(seeds[key]), seed_level) if key in seeds else None
             if key not in got:
-                rows.append(Row(name, ref_nums[key], None, tol, "missing"))
+                rows.append(Row(name, ref_nums[key], None, tol, "missing", interval))
             elif key not in ref_nums:
-                rows.append(Row(name, None, got[key], tol, "new"))
+                rows.append(Row(name, None, got[key], tol, "new", interval))
             else:
-                rows.append(Row(name, ref_nums[key], got[key], tol, "pass" if tol.allows(ref_nums[key], got[key])
-                                else "FAIL"))
+                ok = tol.allows(ref_nums[key], got[key]) or (interval is not None and interval.admits(got[key]))
+                rows.append(Row(name, ref_nums[key], got[key], tol, "pass" if ok else "FAIL", interval))
     return rows
 
 
@@ -299,6 +393,16 @@ def provenance_mismatches(reference: dict, prov: dict) -> list[str]:
             for k in PROVENANCE_KEYS if ref.get(k) != prov.get(k)]
 
 
+def refuse_stale(reference: dict, prov: dict, where: str) -> None:
+    """Stop with one line when the reference was written from another config than the results tree: its numbers
+    would be compared with a different experiment's."""
+    ref_hash, got = reference.get("provenance", {}).get("config_sha256"), prov.get("config_sha256")
+    if ref_hash != got:
+        raise TokenscaleError(f"verify: reference {where} is stale: written from config {str(ref_hash)[:12]}, the "
+                              f"results from config {str(got)[:12]} (rewrite it with `tokenscale verify --write`, or "
+                              "compare anyway with --allow-config-change)")
+
+
 def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.6g}"
 
@@ -307,7 +411,7 @@ def table(rows: list[Row], only_failed: bool = False) -> str:
     """The comparison as a fixed-width table: number, reference, reproduced, tolerance, result."""
     shown = [r for r in rows if r.failed or not only_failed]
     head = ("number", "reference", "reproduced", "tolerance", "result")
-    body = [(r.name, _fmt(r.reference), _fmt(r.reproduced), str(r.tolerance), r.status) for r in shown]
+    body = [(r.name, _fmt(r.reference), _fmt(r.reproduced), r.allowed, r.status) for r in shown]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
@@ -336,7 +440,7 @@ def html(rows: list[Row], mismatches: list[str], provenance_lines: list[str]) ->
     for r in sorted(rows, key=lambda r: (order[r.status], r.name)):
         cls = "moved" if r.status == "pass" and r.reference != r.reproduced else r.status
         body.append(f'<tr class="{cls}"><td><code>{escape(r.name)}</code></td><td class="num">{_fmt(r.reference)}'
-                    f'</td><td class="num">{_fmt(r.reproduced)}</td><td>{escape(str(r.tolerance))}</td>'
+                    f'</td><td class="num">{_fmt(r.reproduced)}</td><td>{escape(r.allowed)}</td>'
                     f"<td>{r.status}</td></tr>")
     items = "".join(f"<li>{escape(x)}</li>" for x in provenance_lines)
     bad = "".join(f"<li><b>{escape(m)}</b></li>" for m in mismatches) or "<li>provenance: every key matches</li>"
@@ -350,5 +454,5 @@ def markdown(rows: list[Row], mismatches: list[str]) -> str:
     """The table in Markdown (Snakemake's report shows it next to the figures)."""
     out = [f"- {m}" for m in mismatches] + ([""] if mismatches else [])
     out += ["| number | reference | reproduced | tolerance | result |", "| --- | --- | --- | --- | --- |"]
-    out += [f"| `{r.name}` | {_fmt(r.reference)} | {_fmt(r.reproduced)} | {r.tolerance} | {r.status} |" for r in rows]
+    out += [f"| `{r.name}` | {_fmt(r.reference)} | {_fmt(r.reproduced)} | {r.allowed} | {r.status} |" for r in rows]
     return "\n".join(out) + "\n"

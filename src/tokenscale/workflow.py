@@ -15,3 +15,26 @@ def check_config(config: dict) -> dict:
         from snakemake.exceptions import WorkflowError
 
         raise WorkflowError(str(e)) from None
+
+
+def workflow_config_hash(cfg: dict) -> str:
+    """The config hash a results tree records (provenance.json): the validated config without where it writes
+    (``results``) and what it is compared with (``reference``)."""
+    from .config import config_hash
+
+    return config_hash({k: v for k, v in cfg.items() if k not in ("results", "reference")})
+
+
+def workflow_config(*configfiles: str) -> dict:
+    """The validated config the Snakefile sees for ``snakemake --configfile A B ...``: its own
+    ``config/config.yaml`` first, each file merged on top the way Snakemake merges (nested mappings key by key)."""
+    from pathlib import Path
+
+    import yaml
+    from snakemake.utils import update_config
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg: dict = {}
+    for f in ("config/config.yaml", *configfiles):
+        update_config(cfg, yaml.safe_load((repo / f).read_text()) or {})
+    return validate_config(cfg)
