@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -560,3 +561,107 @@ def test_eval_files_picked_from_a_block_folder_are_checked(setup):
     (other / "step00000001.h5").write_bytes(paths[0].read_bytes())
     with pytest.raises(TokenscaleError, match="did not finish"):
         tio.expand_eval_paths([other / "step00000001.h5"])
+
+
+# ----------------------------------------------------------------------------- sigmoid-fits files
+def _fit(n: int = 40, k: int = 8):
+    """A hand-made SigmoidFit as the fit engine leaves it: tau within axis ± tau_margin, row 3 invalid (NaN)."""
+    from tokenscale.io.fits import SigmoidFit
+
+    rng = np.random.default_rng(5)
+    axis = np.linspace(1.0, 5.0, k)
+    cols = {name: rng.uniform(0.1, 2.0, n) for name in ("lam", "delta", "post", "sse", "r2")}
+    cols["tau"] = rng.uniform(0.0, 6.0, n)  # bounds [1 - 1, 5 + 1]
+    cols["tau_orig"] = 10.0 ** cols["tau"]
+    cols["pre"] = cols["post"] + cols["delta"]
+    cols["status"] = np.zeros(n, dtype=np.int8)
+    cols["category"] = np.ones(n, dtype=np.int8)
+    cols["n_iter"] = np.full(n, 7, dtype=np.int32)
+    for name in ("tau", "tau_orig", "lam", "delta", "post", "pre", "sse", "r2"):
+        cols[name][3] = np.nan
+    cols["status"][3], cols["n_iter"][3] = 2, 0
+    return SigmoidFit(axis=axis, axis_orig=10.0 ** axis, transform="log10", attrs={"tau_margin": 1.0},
+                      token_index=np.arange(100, 100 + n), **cols)
+
+
+def test_fits_file_round_trip_stores_a_checksum(tmp_path):
+    from tokenscale.io.fits import ARRAY_FIELDS, load_fits, save_fits
+
+    fit, path = _fit(), tmp_path / "fits.h5"
+    save_fits(path, fit)
+    with h5py.File(path, "r") as f:
+        digest = f.attrs["fits_sha256"]
+    assert len(digest) == 64
+    got = load_fits(path)
+    for name in ARRAY_FIELDS + ("axis", "axis_orig", "token_index"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(fit, name))
+    save_fits(tmp_path / "again.h5", got)  # the checksum depends on the values only
+    with h5py.File(tmp_path / "again.h5", "r") as f:
+        assert f.attrs["fits_sha256"] == digest
+
+
+@pytest.mark.parametrize("name, index, value", [("tau", 5, 99.0), ("lam", 0, 1.5), ("status", 7, 1),
+                                                ("token_index", 2, 7), ("axis", 0, 0.5)])
+def test_fits_file_altered_value_fails_the_checksum(tmp_path, name, index, value):
+    from tokenscale.io.fits import load_fits, save_fits
+
+    path = tmp_path / "fits.h5"
+    save_fits(path, _fit())
+    with h5py.File(path, "r+") as f:
+        f[name][index] = value
+    msg = (f"{path}: fit arrays do not match the stored fits_sha256 (file altered or corrupt); "
+           "delete it and rerun its fit job (fit_shard or fit_table)")
+    with pytest.raises(TokenscaleError, match=f"^{re.escape(msg)}$"):
+        load_fits(path)
+
+
+def test_fits_file_tau_outside_the_bounds_on_valid_rows_fails(tmp_path):
+    from tokenscale.io.fits import load_fits, save_fits
+
+    fit = _fit()
+    fit.tau[:] = 99.0  # every tau; row 3 is flagged invalid_input and does not count
+    save_fits(tmp_path / "fits.h5", fit)  # a writer that got it wrong: the checksum holds, the bounds do not
+    msg = (f"{tmp_path / 'fits.h5'}: 39 fitted rows have tau outside the fit's bounds [0, 6], the first row 0 "
+           "(token 100) tau = 99.0 (converged); the file is altered or corrupt: delete it and rerun its fit job")
+    with pytest.raises(TokenscaleError, match=f"^{re.escape(msg)}"):
+        load_fits(tmp_path / "fits.h5")
+    fit = _fit()
+    fit.tau[3], fit.tau[8], fit.status[8] = 99.0, -1e-3, 1  # invalid row: any tau; max_iter row: checked
+    fit.token_index = None
+    save_fits(tmp_path / "one.h5", fit)
+    with pytest.raises(TokenscaleError, match=re.escape("1 fitted rows have tau outside the fit's bounds [0, 6], the "
+                                                        "first row 8 tau = -0.001 (max_iter)")):
+        load_fits(tmp_path / "one.h5")
+    fit.tau[8] = -1e-9  # on the bound up to float round-off
+    save_fits(tmp_path / "edge.h5", fit)
+    assert load_fits(tmp_path / "edge.h5").tau[8] == fit.tau[8]
+
+
+def test_fits_file_without_checksum_still_loads(tmp_path):
+    """Files written before fits_sha256 existed load; the tau bounds (axis and fit_options) still apply."""
+    from tokenscale.io.fits import load_fits, save_fits
+
+    path = tmp_path / "old.h5"
+    fit = _fit()
+    save_fits(path, fit)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["fits_sha256"]
+        f["lam"][0] = 1.25  # not detectable without the checksum
+    assert load_fits(path).lam[0] == 1.25
+    with h5py.File(path, "r+") as f:
+        f["tau"][0] = 99.0
+    with pytest.raises(TokenscaleError, match=re.escape(f"{path}: 1 fitted rows have tau outside")):
+        load_fits(path)
+
+
+def test_concat_fits_refuses_different_tau_margins():
+    """A concatenated file keeps the first part's fit options, whose tau_margin bounds every row on load."""
+    import dataclasses
+
+    from tokenscale.io.fits import concat_fits
+
+    a = _fit()
+    b = dataclasses.replace(a, attrs={"tau_margin": 2.0})
+    assert len(concat_fits([a, a])) == 2 * len(a)
+    with pytest.raises(TokenscaleError, match=r"^concat_fits: fit 1 has tau_margin 2.0 but fit 0 has 1.0$"):
+        concat_fits([a, b])

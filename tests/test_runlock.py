@@ -1,5 +1,5 @@
 """One trainer per run folder (tokenscale.runlock.RunLock) and the job guard that stops a job whose local
-Snakemake died."""
+Snakemake or whose shell died."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ _CHILD = """
 import os, sys, time
 from tokenscale.runlock import install_job_guard
 t = install_job_guard(interval=0.2)
-open(sys.argv[1], "w").write(f"{os.getpid()} {'guarded' if t else 'unguarded'}")
+open(sys.argv[1], "w").write(f"{os.getpid()} {'guarded' if t else 'unguarded'} {os.getppid()}")
 time.sleep(60)
 """
 
@@ -259,7 +259,7 @@ def test_guard_stops_the_job_when_snakemake_is_killed(tmp_path, slurm):
         deadline = time.time() + 60
         while not (ready.is_file() and ready.read_text()) and time.time() < deadline:
             time.sleep(0.05)
-        pid, state = ready.read_text().split()
+        pid, state, _ = ready.read_text().split()
         pid = int(pid)
         assert state == ("unguarded" if slurm else "guarded")
         os.kill(fake.pid, signal.SIGKILL)  # not reaped yet: a zombie counts as gone
@@ -277,3 +277,47 @@ def test_guard_stops_the_job_when_snakemake_is_killed(tmp_path, slurm):
     finally:
         fake.kill()
         fake.wait()
+
+
+def _wait_ready(ready: Path) -> tuple[int, str, int]:
+    deadline = time.time() + 60
+    while not (ready.is_file() and ready.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    pid, state, parent = ready.read_text().split()
+    return int(pid), state, int(parent)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard reads /proc")
+@pytest.mark.parametrize("under_snakemake", [True, False])
+def test_guard_stops_the_job_when_its_shell_is_killed(tmp_path, under_snakemake):
+    """The job's bash dies while Snakemake lives (Snakemake then removes the outputs): the job stops too.
+    Without a Snakemake ancestor (``nohup tokenscale ... &``) the guard is off and the job outlives its shell."""
+    child, ready, err = tmp_path / "child.py", tmp_path / "ready", tmp_path / "err"
+    child.write_text(_CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
+    job = ["bash", "-c", f"{sys.executable} {child} {ready} 2> {err}; echo"]
+    if under_snakemake:  # a process named `snakemake` that waits on the job's bash and lives on, as Snakemake does
+        top = subprocess.Popen(["bash", "-c", 'exec -a snakemake "$0" -c "import subprocess, sys, time; '
+                                'subprocess.Popen(sys.argv[1:]).wait(); time.sleep(60)" "$@"', sys.executable, *job],
+                               env=env)
+    else:
+        top = subprocess.Popen(job, env=env)
+    pid = None
+    try:
+        pid, state, bash = _wait_ready(ready)
+        assert state == ("guarded" if under_snakemake else "unguarded")
+        os.kill(bash, signal.SIGKILL)
+        t0 = time.time()
+        while _alive(pid) and time.time() - t0 < (5 if under_snakemake else 1.5):  # polled every 0.2 s
+            time.sleep(0.05)
+        if under_snakemake:
+            assert not _alive(pid), "the job outlived its shell"
+            assert _alive(top.pid), "the stand-in Snakemake should still run"
+            assert f"the parent process of this job (pid {bash}, bash) is gone; stopping (SIGTERM)" in err.read_text()
+        else:
+            assert _alive(pid)
+    finally:
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        top.kill()
+        top.wait()

@@ -23,13 +23,17 @@ trainer on the same host takes it over.
 
 **Job guard.** Snakemake's local executor runs a shell rule from a worker thread with
 ``subprocess.Popen("bash -c '... tokenscale ...'")``: if Snakemake is SIGKILLed, bash and the tokenscale
-process keep running (orphans) and a rerun would start a second job on the same outputs.
-:func:`install_job_guard` (called for every subcommand) finds the Snakemake processes among our ancestors
-and polls them from a daemon thread; once one is gone (exited, a zombie, or its PID reused) it sends
-SIGTERM to our own main thread: the trainer saves state at the end of the step and exits 143, other
-commands stop at once. ``prctl(PR_SET_PDEATHSIG)`` is no substitute: it must be set in the child by the
-parent (Snakemake does not), fires when the *thread* that forked the child exits (Snakemake forks from
-a thread pool), and our direct parent is the bash that Snakemake started, which survives Snakemake.
+process keep running (orphans) and a rerun would start a second job on the same outputs; if the job's bash
+is killed instead, Snakemake sees the job fail and removes its outputs while the tokenscale process keeps
+running and writes them again. :func:`install_job_guard` (called for every subcommand) finds the Snakemake
+processes among our ancestors and, from a daemon thread, polls them and our direct parent; once a Snakemake
+ancestor is gone (exited, a zombie, or its PID reused) or we have been re-parented (``os.getppid()``
+changed: the bash, or torchrun for a rank, died) it sends SIGTERM to our own main thread: the trainer saves
+state at the end of the step and exits 143, other commands stop at once. ``prctl(PR_SET_PDEATHSIG)`` is no
+substitute: it fires when the *thread* that forked us exits, not the process (Snakemake forks from a thread
+pool, and our parent is Snakemake itself where bash ``exec``-s the command), it misses a parent that died
+before it was set, and it cannot see Snakemake behind the bash, which survives Snakemake.
+The guard is on only under a Snakemake ancestor, so ``nohup tokenscale ... &`` outlives its shell as usual.
 Inside a SLURM job (``SLURM_JOB_ID`` set) the guard is off: there jobs outliving Snakemake is by design,
 and the lock keeps a resubmitted job from running next to the old one. Linux only; a no-op elsewhere.
 """
@@ -399,7 +403,8 @@ def _gone(pid: int, start: int) -> bool:
 
 
 def install_job_guard(interval: float = 1.0) -> threading.Thread | None:
-    """Stop this process (SIGTERM to the main thread) once a Snakemake ancestor is gone; see the module docstring.
+    """Stop this process (SIGTERM to the main thread) once a Snakemake ancestor or our direct parent is gone; see
+    the module docstring.
 
     Returns the polling thread, or None where there is nothing to guard (not Linux, inside a SLURM job, no
     Snakemake among the ancestors).
@@ -414,17 +419,26 @@ def install_job_guard(interval: float = 1.0) -> threading.Thread | None:
     watched = snakemake_ancestors()
     if not watched:
         return None
+    parent = os.getppid()
+    parent_name = os.path.basename((_cmdline(parent) or ["?"])[0])
     main_ident = threading.main_thread().ident
+
+    def why_stop() -> str | None:
+        if os.getppid() != parent:  # re-parented: the kernel's own word that the parent has exited
+            return f"the parent process of this job (pid {parent}, {parent_name}) is gone"
+        for pid, start in watched:
+            if _gone(pid, start):
+                return f"the Snakemake process that started this job (pid {pid}) is gone"
+        return None
 
     def watch():
         while True:
             time.sleep(interval)
-            for pid, start in watched:
-                if _gone(pid, start):
-                    print(f"tokenscale: the Snakemake process that started this job (pid {pid}) is gone; stopping "
-                          "(SIGTERM)", file=sys.stderr, flush=True)
-                    signal.pthread_kill(main_ident, signal.SIGTERM)
-                    return
+            why = why_stop()
+            if why:
+                print(f"tokenscale: {why}; stopping (SIGTERM)", file=sys.stderr, flush=True)
+                signal.pthread_kill(main_ident, signal.SIGTERM)
+                return
 
     _guard = threading.Thread(target=watch, name="tokenscale-job-guard", daemon=True)
     _guard.start()

@@ -164,14 +164,18 @@ class LossCheck:
     ``update(block)`` checks that every value is finite and >= 0 (else a one-line error naming ``path``
     and the first bad element) and feeds the block's little-endian float32 bytes to the checksum
     (``digest``: ``"sha256"`` or ``"crc32"``); with ``total=True`` it also sums the values in float64.
-    ``hexdigest()`` is the checksum as stored (``loss_sha256`` / ``loss_crc32``, lowercase hex): it depends
-    only on the values, not on how they were split into blocks.  ``hint`` ends the error messages.
+    ``feed(block)`` checksums other arrays (e.g. the sigmoid fits) as they are: their little-endian bytes
+    in their own dtype, without the value check.  ``hexdigest()`` is the checksum as stored (``attr``,
+    default ``loss_sha256`` / ``loss_crc32``, lowercase hex): it depends only on the values, not on how
+    they were split into blocks.  ``hint`` ends the error messages; ``what`` names the data in them.
     """
 
-    def __init__(self, path: os.PathLike | str, *, digest: str = "sha256", hint: str = "", total: bool = False):
+    def __init__(self, path: os.PathLike | str, *, digest: str = "sha256", hint: str = "", total: bool = False,
+                 attr: str | None = None, what: str = "loss data"):
         if digest not in ("sha256", "crc32"):
             raise ValueError(f"unknown digest {digest!r}")
         self.path, self.digest, self.hint, self.rows = Path(path), digest, hint, 0
+        self.attr, self.what = attr or f"loss_{digest}", what
         self.total: float | None = 0.0 if total else None
         self._sha = hashlib.sha256() if digest == "sha256" else None
         self._crc = 0
@@ -187,6 +191,14 @@ class LossCheck:
                                       + (f" (corrupt file; {self.hint})" if self.hint else ""))
             if self.total is not None:
                 self.total += float(np.sum(b, dtype=np.float64))
+        self._digest(b)
+
+    def feed(self, block: np.ndarray) -> None:
+        """Checksum ``block`` as it is (little-endian, its own dtype), without the loss-value check."""
+        b = np.asarray(block)
+        self._digest(np.ascontiguousarray(b, dtype=b.dtype.newbyteorder("<")))
+
+    def _digest(self, b: np.ndarray) -> None:
         if self._sha is not None:
             self._sha.update(b)
         else:
@@ -201,7 +213,7 @@ class LossCheck:
         if stored is None:
             return
         if str(stored) != self.hexdigest():
-            raise _err(self.path, f"loss data do not match the stored loss_{self.digest} (file altered or corrupt)"
+            raise _err(self.path, f"{self.what} do not match the stored {self.attr} (file altered or corrupt)"
                                   + (f"; {self.hint}" if self.hint else ""))
 
 

@@ -13,7 +13,11 @@ HDF5 layout (``format = "tokenscale-sigmoid-fits-v1"``), written atomically (:fu
     token_index                              (N,) int64       optional: global validation-token index
     axis axis_orig                           (K,) float64     transformed / original fit axis
     attrs: format, transform, status_names, category_names (JSON), category_rule (JSON thresholds),
-           fit_options (JSON), tokenscale_version, user.<key> (user attributes; non-scalars as JSON)
+           fit_options (JSON), tokenscale_version, user.<key> (user attributes; non-scalars as JSON),
+           fits_sha256 (checksum of the datasets; see docs/formats.md#sigmoid-fits)
+
+:func:`load_fits` verifies ``fits_sha256`` (when stored) and that every ``tau`` of a row not flagged
+``invalid_input`` lies in the fit's bounds ``[axis[0] - tau_margin, axis[-1] + tau_margin]``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ __all__ = [
 STATUS_NAMES = ("converged", "max_iter", "invalid_input")  # codes 0, 1, 2
 CATEGORY_NAMES = ("learned", "early", "late", "unlearned")  # codes 0..3, the paper's Fig. 2 groups
 FITS_FORMAT = "tokenscale-sigmoid-fits-v1"
+FITS_SHA256 = "fits_sha256"  # sha256 of the datasets in _checksum_names order, each little-endian in its file dtype
+_FITS_REMEDY = "delete it and rerun its fit job (fit_shard or fit_table)"
 
 # the per-row (N,) fields of SigmoidFit, in file order, and their dtypes in the file (float64 unless listed)
 ARRAY_FIELDS = (
@@ -219,6 +225,9 @@ def concat_fits(fits: Sequence[SigmoidFit]) -> SigmoidFit:
             raise TokenscaleError(f"concat_fits: fit {i} has a different axis or transform than fit 0")
         if f.rule != f0.rule:
             raise TokenscaleError(f"concat_fits: fit {i} has a different category rule than fit 0")
+        if f.attrs.get("tau_margin") != f0.attrs.get("tau_margin"):
+            raise TokenscaleError(f"concat_fits: fit {i} has tau_margin {f.attrs.get('tau_margin')} but fit 0 has "
+                                  f"{f0.attrs.get('tau_margin')}")
     has_ti = [f.token_index is not None for f in fits]
     if any(has_ti) and not all(has_ti):
         raise TokenscaleError(f"concat_fits: fit {has_ti.index(not has_ti[0])} "
@@ -227,6 +236,67 @@ def concat_fits(fits: Sequence[SigmoidFit]) -> SigmoidFit:
     ti = np.concatenate([np.asarray(f.token_index, dtype=np.int64) for f in fits]) if all(has_ti) else None
     return SigmoidFit(axis=f0.axis, axis_orig=f0.axis_orig, transform=f0.transform, rule=f0.rule,
                       attrs=dict(f0.attrs), token_index=ti, **cols)
+
+
+# ----------------------------------------------------------------------------- integrity
+def _fits_check(path):
+    """The checksum of a fits file's datasets (:class:`tokenscale.io.LossCheck` over raw arrays)."""
+    from tokenscale.io import LossCheck
+
+    return LossCheck(path, attr=FITS_SHA256, what="fit arrays", hint=_FITS_REMEDY)
+
+
+def _checksum_names(with_token_index: bool) -> tuple[str, ...]:
+    return ARRAY_FIELDS + (("token_index",) if with_token_index else ()) + ("axis", "axis_orig")
+
+
+def _store_checksum(f, path, block: int = 1 << 20) -> None:
+    """Checksum the datasets as written (read back in row blocks: memory stays bounded) into ``fits_sha256``."""
+    check = _fits_check(path)
+    for name in _checksum_names("token_index" in f):
+        ds = f[name]
+        for r0 in range(0, ds.shape[0], block):
+            check.feed(ds[r0:r0 + block])
+    f.attrs[FITS_SHA256] = check.hexdigest()
+
+
+def _verify_checksum(p: Path, data: dict, stored) -> None:
+    check = _fits_check(p)
+    for name in _checksum_names(data.get("token_index") is not None):
+        check.feed(data[name])
+    check.verify(stored)  # files written before the checksum have none: not checked
+
+
+def _tau_bounds(p: Path, axis: np.ndarray, fit_options: dict) -> tuple[float, float] | None:
+    """The fit's bounds of ``tau``, ``[axis[0] - tau_margin, axis[-1] + tau_margin]``; None if it records no margin."""
+    margin = fit_options.get("tau_margin")
+    if margin is None or axis.size == 0:
+        return None
+    try:
+        m = float(margin)
+    except (TypeError, ValueError):
+        raise TokenscaleError(f"{p}: fit_options tau_margin {margin!r} is not a number; {_FITS_REMEDY}") from None
+    return float(axis[0]) - m, float(axis[-1]) + m
+
+
+def _check_tau(p: Path, data: dict, token_index, bounds: tuple[float, float] | None) -> None:
+    """Every ``tau`` of a row not flagged ``invalid_input`` lies within ``bounds`` (plus float round-off)."""
+    if bounds is None:
+        return
+    lo, hi = bounds
+    slack = 1e-6 * (hi - lo)  # the engines clamp tau in float32 on the standardised axis
+    tau, status = data["tau"], data["status"]
+    with np.errstate(invalid="ignore"):
+        inside = (tau >= lo - slack) & (tau <= hi + slack)
+    bad = np.flatnonzero((status != STATUS_NAMES.index("invalid_input")) & ~inside)
+    if bad.size:
+        i = int(bad[0])
+        code = int(status[i])
+        name = STATUS_NAMES[code] if 0 <= code < len(STATUS_NAMES) else f"code {code}"
+        token = f" (token {int(token_index[i])})" if token_index is not None else ""
+        raise TokenscaleError(f"{p}: {bad.size} fitted rows have tau outside the fit's bounds [{lo:g}, {hi:g}], the "
+                              f"first row {i}{token} tau = {float(tau[i])!r} ({name}); the file is altered or "
+                              f"corrupt: {_FITS_REMEDY}")
 
 
 # ----------------------------------------------------------------------------- HDF5 I/O
@@ -261,6 +331,7 @@ def write_fits_file(path, n: int, meta: SigmoidFit, user_attrs: dict | None, *, 
         for key, v in (user_attrs or {}).items():
             f.attrs[f"user.{key}"] = _attr_json(v)
         fill(f)
+        _store_checksum(f, path)
         f.flush()
 
 
@@ -300,8 +371,10 @@ def load_fits(path) -> SigmoidFit:
     """Read a file written by :func:`save_fits` or :func:`tokenscale.fit.fit_file`.
 
     User attributes come back in ``fit.attrs["user"]``; the ``token_index`` dataset, when present, as
-    ``fit.token_index`` (else ``None``).  A missing, truncated or otherwise corrupt file raises
-    :class:`tokenscale.TokenscaleError` with a one-line message naming the file.
+    ``fit.token_index`` (else ``None``).  A missing, truncated or otherwise corrupt file, arrays that do not
+    match the stored ``fits_sha256`` (files without one, from before it, are not checked) and a ``tau`` outside
+    the fit's bounds on a row not flagged ``invalid_input`` raise :class:`tokenscale.TokenscaleError` with a
+    one-line message naming the file.
     """
     import h5py
 
@@ -317,6 +390,7 @@ def load_fits(path) -> SigmoidFit:
             transform = str(f.attrs["transform"])
             rule = CategoryRule(**json.loads(f.attrs["category_rule"]))
             opts = json.loads(f.attrs.get("fit_options", "{}"))
+            stored = f.attrs.get(FITS_SHA256)
             user = {}
             for key, v in f.attrs.items():
                 if key.startswith("user."):
@@ -334,6 +408,8 @@ def load_fits(path) -> SigmoidFit:
         raise TokenscaleError(f"{p}: dataset 'axis_orig' has shape {data['axis_orig'].shape}, expected ({k},)")
     if token_index is not None and token_index.shape != (n,):
         raise TokenscaleError(f"{p}: dataset 'token_index' has shape {token_index.shape}, expected ({n},)")
+    _verify_checksum(p, {**data, "token_index": token_index}, stored)
+    _check_tau(p, data, token_index, _tau_bounds(p, data["axis"], opts))
     if user:
         opts["user"] = user
     return SigmoidFit(transform=transform, rule=rule, attrs=opts, token_index=token_index, **data)
