@@ -124,6 +124,26 @@ def test_branch_run_resumes_from_its_own_state(runs, data_dir, monkeypatch):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_deleted_trunk_snapshot_is_rebuilt_by_following_the_error(runs, data_dir, tmp_path):
+    """The branch's one line says to train the trunk first; the trunk, finished, used to resume at its end and leave
+    the snapshot missing. Now it finds the hole, trains again from its snapshot at step 16 and writes it back."""
+    root, snap = runs["root"], tmp_path / "trunk" / "snapshots" / "step00000024"
+    shutil.copytree(root / "trunk", tmp_path / "trunk")
+    shutil.rmtree(snap)
+    with pytest.raises(TokenscaleError, match=r"^run d-tok3\.84k: branch snapshot not found: .*/trunk/snapshots/"
+                                              r"step00000024 \(train run trunk with snapshots: \[24\] first\)$"):
+        train(runs["cfg"][BRANCH], data_dir, tmp_path / BRANCH)
+    s = train(runs["cfg"]["trunk"], data_dir, tmp_path / "trunk")  # the advice
+    assert s["resumed_from"] == 16
+    for f in ("trainer.json", "trainer.pt"):
+        assert (snap / f).read_bytes() == (root / "trunk" / "snapshots" / snap.name / f).read_bytes(), f
+    assert read_losses(tmp_path / "trunk") == read_losses(root / "trunk")
+    train(runs["cfg"][BRANCH], data_dir, tmp_path / BRANCH)
+    for d in (root / BRANCH / "checkpoints").iterdir():
+        a, b = _weights(d), _weights(tmp_path / BRANCH / "checkpoints" / d.name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), d.name
+
+
 def test_steps_trained_and_epochs(runs, data_dir):
     n = json.loads((data_dir / "train_tokens.json").read_text())["n_samples"]
     trunk, br = runs["trunk"], runs[BRANCH]

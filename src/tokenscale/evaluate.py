@@ -237,7 +237,10 @@ def load_checkpoint_model(ckpt_dir: os.PathLike | str, *, device: Any = None, dt
 
     ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
-        raise TokenscaleError(f"checkpoint directory not found: {ckpt}")
+        run = ckpt.parent.parent  # a training run's checkpoints/step*/: its trainer rebuilds a lost one on resume
+        hint = (f" (lost after training: delete {run / 'train.json'} and rerun; the trainer rebuilds it)"
+                if ckpt.parent.name == "checkpoints" and (run / "train.json").is_file() else "")
+        raise TokenscaleError(f"checkpoint directory not found: {ckpt}{hint}")
     # own checkpoints (tokenscale.json) carry a COMPLETE marker written last; external series (Pythia,
     # HF Trainer) have none and are taken as they are
     if (ckpt / "tokenscale.json").exists() and not (ckpt / "COMPLETE").exists():

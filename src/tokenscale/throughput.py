@@ -93,7 +93,8 @@ def _cpu_peak(precision: str, threads: int) -> tuple[float, str]:
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     n = _CPU_GEMM_SIZE
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    g = torch.Generator().manual_seed(0)  # not the global RNG: the trainer saves that in its state, and a resumed
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)  # run measures again
     start = time.perf_counter()
     torch.mm(a, b)  # warm-up
     best, reps = math.inf, 0

@@ -3,7 +3,9 @@
 Run folder layout (``results/runs/{run}/``)::
 
     checkpoints/step{step:08d}/   HF model + tokenizer + tokenscale.json, COMPLETE written last (atomic rename)
-    state/                        resumable trainer state (model, optimizer, scheduler, RNG, data position)
+    state/                        resumable trainer state (model, optimizer, scheduler, RNG, data position;
+                                  trainer.json written last), and summary.json: the train.json of the training that
+                                  brought it to the final step (Snakemake removes train.json before a rerun)
     snapshots/step{step:08d}/     the same state kept at the run's ``snapshots`` steps (written once, never replaced
                                   by a resume), for decay branches to start from
     log.jsonl                     one line per optimizer step: step, loss, lr, tokens_seen, tokens_per_s, flops_per_s,
@@ -21,6 +23,11 @@ Data order: sample indices come from a position-indexed sampler (:mod:`tokenscal
 at step ``s`` is positions ``[s*B, (s+1)*B)``, split contiguously over ranks, so the order is independent of
 the number of ranks and resuming needs only the step. A run killed at any point (SIGKILL included) and
 restarted continues from the last saved state and reproduces the uninterrupted loss curve bit for bit on CPU.
+Without state/ it continues from its latest complete snapshot. A resume first checks that every checkpoint and
+snapshot the run has passed is there and complete; when one is not, it trains again from the latest full state below
+it (an own snapshot, the branch point, or step 0), which writes it back (bit-identical on CPU; later checkpoints are
+rewritten by the same steps). A state folder that cannot be read (truncated trainer.json or trainer.pt) is one line
+naming the file and what to delete. A resume that trains nothing keeps train.json's record of the training that did.
 SIGTERM (what SLURM sends at the time limit) saves state at the end of the current step and exits 143.
 With ``single_pass`` (the default) a run that would need more sequences than the training split holds is
 refused before it starts.
@@ -48,6 +55,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -338,9 +346,8 @@ class Trainer:
     def _save_snapshot(self, step: int):
         """Keep the state at ``step`` in snapshots/ once: a complete snapshot of this run config is not rewritten."""
         d = self.snapshot_dir(step)
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads((d / "trainer.json").read_text())["run_hash"] == self.run.hash:
-                return
+        if self._snapshot_ok(d):
+            return
         t = time.time()
         self._save_state(step, d)
         self.seconds["state"] += time.time() - t
@@ -361,33 +368,128 @@ class Trainer:
         self.dist.barrier()  # every rank's part is written
 
     def _load_state(self) -> int:
-        """The step to continue from: this run's own state/ (sets ``self.resumed``), else the trunk's snapshot for a
-        branched run, else 0."""
-        d = self.state_dir
-        if not (d / "trainer.json").is_file():
-            old = self.run_dir / "state.old"  # killed between the two renames of _save_state
-            if (old / "trainer.json").is_file():
-                d = old
-            else:
-                return self._load_branch() if self.run.branch else 0
-        meta = json.loads((d / "trainer.json").read_text())
-        if meta["run_hash"] != self.run.hash:
-            raise TokenscaleError(
-                f"run {self.run.name}: saved state in {d} was written by a different run config; "
-                "delete that folder to start over or restore the config"
-            )
-        if meta["engine"] != self.run.engine:
-            raise TokenscaleError(f"run {self.run.name}: state in {d} is from engine {meta['engine']!r}, not {self.run.engine!r}")
+        """The step to continue from (sets ``self.resumed``): this run's own state (:meth:`_own_state`), else the
+        trunk's snapshot for a branched run, else 0. When a checkpoint or snapshot the run has already passed is
+        missing or incomplete, the run restarts from the latest full state below it instead (:meth:`_rewind`), so
+        that training on rebuilds it."""
+        d, step = self._own_state()
+        missing = self._missing(step) if d is not None else []
+        if missing:
+            d, step = self._rewind(missing)
+        self.dist.barrier()  # every rank has decided before rank 0 cleans the folder
+        if d is None:
+            return self._load_branch() if self.run.branch else 0
         self._restore(d)
         self.resumed = True
-        return int(meta["step"])
+        return step
+
+    def _own_state(self) -> tuple[Path | None, int]:
+        """This run's state/ (state.old/ after a kill between the two renames of :meth:`_save_state`), else its
+        latest complete snapshot; (None, 0) when it has neither. A state/ of another config or engine is one line."""
+        for d in (self.state_dir, self.run_dir / "state.old"):
+            if (d / "trainer.json").is_file():
+                meta = self._read_meta(d)
+                if meta["run_hash"] != self.run.hash:
+                    raise TokenscaleError(
+                        f"run {self.run.name}: saved state in {d} was written by a different run config; "
+                        "delete that folder to start over or restore the config")
+                if meta["engine"] != self.run.engine:
+                    raise TokenscaleError(f"run {self.run.name}: state in {d} is from engine {meta['engine']!r}, "
+                                          f"not {self.run.engine!r}")
+                return d, int(meta["step"])
+        snaps = self._own_snapshots()
+        return (self.snapshot_dir(snaps[-1]), snaps[-1]) if snaps else (None, 0)
+
+    def _read_meta(self, d: Path) -> dict:
+        """A state folder's trainer.json; an unreadable or truncated one is one line naming it and the remedy."""
+        f = d / "trainer.json"
+        try:
+            meta = json.loads(f.read_text())
+            if not isinstance(meta, dict) or not {"step", "run_hash", "engine"} <= meta.keys():
+                raise ValueError("not an object with step, run_hash and engine")
+            meta["step"] = int(meta["step"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise self._corrupt(f, d, e) from None
+        return meta
+
+    def _corrupt(self, f: Path, d: Path, e: BaseException) -> TokenscaleError:
+        why = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]  # its first sentence
+        return TokenscaleError(f"{f}: unreadable trainer state ({type(e).__name__}: {why}); {self._remedy(d)}")
+
+    def _remedy(self, d: Path) -> str:
+        """What to delete and rerun when the state folder ``d`` cannot be read."""
+        name = self.run.name
+        if self.run.branch and d == self.branch_dir:
+            return f"delete {d} and train run {self.run.branch['from']} again (it rebuilds the snapshot), then rerun"
+        if d.parent == self.run_dir / "snapshots":
+            return f"delete {d} and rerun (run {name} rebuilds it from an earlier state)"
+        snaps = self._own_snapshots()
+        since = (f"its snapshot at step {snaps[-1]}" if snaps else
+                 f"its branch point (run {self.run.branch['from']}'s snapshot at step {self.run.branch['step']})"
+                 if self.run.branch else "step 0, rewriting its checkpoints")
+        return f"delete {d} and rerun (run {name} then resumes from {since})"
+
+    def _snapshot_ok(self, d: Path) -> bool:
+        """Whether ``d`` holds a complete state of this run config (trainer.json, written last, and the weights)."""
+        try:
+            meta = json.loads((d / "trainer.json").read_text())
+            ok = meta["run_hash"] == self.run.hash and meta["engine"] == self.run.engine
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return False
+        return ok and ((d / "trainer.pt").is_file() if self.run.engine == "plain" else (d / "ds").is_dir())
+
+    def _own_snapshots(self) -> list[int]:
+        """Steps of this run's complete snapshots on disk (of this run config), ascending."""
+        root = self.run_dir / "snapshots"
+        steps = [int(p.name[4:]) for p in root.glob("step*") if p.name[4:].isdigit()] if root.is_dir() else []
+        return sorted(s for s in steps if self._snapshot_ok(self.snapshot_dir(s)))
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.run_dir / "checkpoints" / f"step{step:08d}"
+
+    def _missing(self, step: int) -> list[tuple[int, Path]]:
+        """The checkpoints at or below ``step`` and the snapshots below it (one at ``step`` is written from the state
+        itself) that this run writes, absent or incomplete: [(step, folder)], ascending."""
+        low = self.run.branch["step"] if self.run.branch else 0  # a branch's earlier steps are its trunk's
+        ck = [(s, self.checkpoint_dir(s)) for s in self.ckpt_steps if low < s <= step]
+        out = [(s, d) for s, d in ck if not ((d / "COMPLETE").is_file() and (d / "model.safetensors").is_file())]
+        snaps = [(s, self.snapshot_dir(s)) for s in self.snap_steps if low <= s < step]
+        out += [(s, d) for s, d in snaps if not self._snapshot_ok(d)]
+        return sorted(out)
+
+    def _rewind(self, missing: list[tuple[int, Path]]) -> tuple[Path | None, int]:
+        """The latest full state below the first missing output: an own snapshot, else (None) the branch point or 0.
+
+        Training on from there is the same training (on CPU bit for bit), so it writes the missing outputs again;
+        later checkpoints are rewritten by the same steps."""
+        first = missing[0][0]
+        snaps = [s for s in self._own_snapshots() if s < first]
+        start = self.run.branch["step"] if self.run.branch else 0
+        d, step = (self.snapshot_dir(snaps[-1]), snaps[-1]) if snaps else (None, start)
+        if self.dist.main:
+            names = ", ".join(str(p.relative_to(self.run_dir)) for _, p in missing)
+            since = (f"its snapshot at step {step}" if d is not None else
+                     f"its branch point (step {step})" if self.run.branch else "step 0")
+            print(f"[{self.run.name}] missing or incomplete: {names}; rebuilding by training again from {since}",
+                  file=sys.stderr, flush=True)
+        return d, step
 
     def _restore(self, d: Path, schedule: bool = True):
-        """Load model, optimizer, RNG and (with ``schedule``) the lr scheduler from a state folder."""
+        """Load model, optimizer, RNG and (with ``schedule``) the lr scheduler from a state folder; a folder that
+        cannot be loaded (truncated, missing a file) is one line naming it and the remedy."""
+        try:
+            self._restore_from(d, schedule)
+        except TokenscaleError:
+            raise
+        except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, ImportError,
+                pickle.UnpicklingError) as e:
+            raise self._corrupt(d / ("trainer.pt" if self.engine is None else "ds"), d, e) from None
+
+    def _restore_from(self, d: Path, schedule: bool):
         if self.engine is not None:
             _, client = self.engine.load_checkpoint(str(d), tag="ds", load_lr_scheduler_states=schedule)
             if client is None:
-                raise TokenscaleError(f"run {self.run.name}: DeepSpeed state in {d} could not be loaded")
+                raise TokenscaleError(f"{d}: DeepSpeed state could not be loaded; {self._remedy(d)}")
         else:
             st = torch.load(d / "trainer.pt", map_location=self.device, weights_only=False)
             self.model.load_state_dict(st["model"])
@@ -402,7 +504,7 @@ class Trainer:
         if not (d / "trainer.json").is_file():
             raise TokenscaleError(f"run {self.run.name}: branch snapshot not found: {d} "
                                   f"(train run {self.run.branch['from']} with snapshots: [{step}] first)")
-        self._check_trunk(json.loads((d / "trainer.json").read_text()), d)
+        self._check_trunk(self._read_meta(d), d)
         self._restore(d, schedule=False)
         self._position_schedule(step)
         return step
@@ -441,7 +543,7 @@ class Trainer:
         return mean_loss(self.model, self.valid_ids, device=self.device)
 
     def _save_checkpoint(self, step: int, val_loss: float | None):
-        final = self.run_dir / "checkpoints" / f"step{step:08d}"
+        final = self.checkpoint_dir(step)
         with atomic_output(final, is_dir=True) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
@@ -549,10 +651,6 @@ class Trainer:
         t_begin = time.time()
         if start in self.snap_steps:  # a snapshot step added to a run that has passed it only now
             self._save_snapshot(start)
-        missed = [s for s in sorted(self.snap_steps) if s < start and not (self.snapshot_dir(s) / "trainer.json").is_file()]
-        if missed and self.dist.main:
-            print(f"[{run.name}] warning: snapshots {missed} cannot be written: the run resumes at step {start}",
-                  file=sys.stderr, flush=True)
         if self.progress:
             how = (f"resuming at step {start}" if self.resumed else
                    f"branching from {run.branch['from']} at step {start}" if run.branch else "from scratch")
@@ -671,7 +769,37 @@ class Trainer:
         self._save_state(done)
         self.seconds["state"] += time.time() - t
 
+    @property
+    def _record_path(self) -> Path:
+        """The copy of train.json kept with the state it describes (Snakemake removes train.json before a rerun)."""
+        return self.state_dir / "summary.json"
+
+    def _kept_record(self) -> dict | None:
+        """train.json of the training that brought the state to its final step (itself, else the copy in state/)."""
+        for f in (self.run_dir / "train.json", self._record_path):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                rec = json.loads(f.read_text())
+                if rec.get("config_sha256") == self.run.hash and rec.get("steps") == self.total:
+                    return rec
+        return None
+
     def _summary(self, start: int, wall: float) -> dict:
+        """train.json: what this call trained. A call that trained nothing (the state was at the final step and
+        nothing was missing) keeps the record of the training that did, instead of one of zero tokens."""
+        rec = self._kept_record() if start == self.total else None
+        if start == self.total and self.dist.main:
+            kept = "train.json keeps its record" if rec else "no earlier train.json record was kept"
+            print(f"[{self.run.name}] nothing to train: its state is at the final step {self.total} and every "
+                  f"checkpoint and snapshot is complete; {kept}", file=sys.stderr, flush=True)
+        summary = rec or self._new_summary(start, wall)
+        if self.dist.main:
+            write_json(self.run_dir / "train.json", summary)
+            if (rec or start < self.total) and (self.state_dir / "trainer.json").is_file():
+                write_json(self._record_path, summary)
+        self.dist.barrier()
+        return summary
+
+    def _new_summary(self, start: int, wall: float) -> dict:
         run = self.run
         tokens = (self.total - start) * run.batch_size * run.seq_len
         summary = {
@@ -690,7 +818,4 @@ class Trainer:
             "checkpoints": sorted(self.ckpt_steps), "config_sha256": run.hash, "model_stats": self.stats.as_dict(),
             "arch": run.model, "tokenscale_version": __version__,
         }
-        if self.dist.main:
-            write_json(self.run_dir / "train.json", summary)
-        self.dist.barrier()
         return summary
