@@ -102,6 +102,17 @@ def test_cli_bad_model_shape_is_one_line_before_training(tmp_path):
         "tokenscale: error: config: runs[0].model.hidden_size=10 must be a multiple of 8"), lines
 
 
+@pytest.mark.parametrize("command", ["check-config", "models"])
+def test_cli_dense_width_not_divisible_by_heads_is_one_line(tmp_path, command):
+    """dense-nano with hidden 10 and 3 heads passed check-config and models, then training died in LlamaConfig."""
+    cfg = tiny_config(model={"preset": "dense-nano", "hidden_size": 10, "num_heads": 3})
+    p = run_cli(command, "--config", write_config(tmp_path / "c.yaml", cfg), check=False)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines == ["tokenscale: error: config: runs[0].model.hidden_size=10 is not a multiple of num_heads=3 "
+                     "(dense models: LlamaConfig requires it, even with head_dim set)"], lines
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -271,3 +282,36 @@ def test_run_threads_are_outside_the_hash_and_reach_reshape_arms():
     cfg["reshape"][0]["threads"] = 1
     arms = [r for r in run_configs(validate_config(cfg)).values() if r.reshape]
     assert {r.threads for r in arms} == {1}
+
+
+# ------------------------------------------------------------------------ analysis slices the workflow passes
+ANALYSIS = {"n_bins": 7, "n_boot": 11, "seed": 3, "transient": 0.2, "selection": "strict", "dependency_sequences": 5,
+            "selections": {"all": {}, "strict": {"min_delta": 0.5, "min_r2": 0.4, "weight": "delta"}}}
+
+
+@pytest.mark.parametrize("command", ["analyze", "align", "seeds", "synthetic-report", "reshape-scores",
+                                     "reshape-report"])
+def test_analysis_slice_keeps_what_the_command_reads(command):
+    """Each rule's --options slice, validated as the command validates it, gives the command the same values and
+    the same main selection as the whole section, and carries nothing else."""
+    import json
+
+    from tokenscale.analysis.options import ANALYSIS_USES, AnalysisOptions, analysis_slice
+
+    full = validate_config({"analysis": ANALYSIS})["analysis"]
+    given = json.loads(analysis_slice(full, command))
+    got = validate_config({"analysis": given})["analysis"]
+    assert {k: got[k] for k in ANALYSIS_USES[command]} == {k: full[k] for k in ANALYSIS_USES[command]}
+    assert AnalysisOptions.from_config(got).main == AnalysisOptions.from_config(full).main
+    assert set(given) <= set(ANALYSIS_USES[command]) | {"selections"}
+    if "selections" not in ANALYSIS_USES[command]:
+        assert given["selections"] == {"strict": ANALYSIS["selections"]["strict"]}
+
+
+def test_every_analysis_option_reaches_a_rule():
+    """A new analysis option must be given to the rules that read it (ANALYSIS_USES), else it changes nothing."""
+    from tokenscale.analysis.options import ANALYSIS_USES
+    from tokenscale.config import load_schema
+
+    used = {k for keys in ANALYSIS_USES.values() for k in keys} | {"dependency_sequences"}  # rule dependency's
+    assert used == set(load_schema()["properties"]["analysis"]["properties"])

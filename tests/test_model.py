@@ -72,6 +72,53 @@ def test_bad_shapes_fail_before_building(override, message):
         resolve_arch({"preset": "moe-nano", **override})
 
 
+@pytest.mark.parametrize(
+    "spec, message",
+    [  # each a shape transformers refuses at construction or in the first forward (issue 34)
+        ({"preset": "dense-nano", "hidden_size": 10, "num_heads": 3},
+         r"^model\.hidden_size=10 is not a multiple of num_heads=3 \(dense models: LlamaConfig"),
+        ({"preset": "dense-nano", "hidden_size": 32, "num_heads": 3, "num_kv_heads": 1, "head_dim": 16},
+         r"^model\.hidden_size=32 is not a multiple of num_heads=3 "),
+        ({"preset": "dense-nano", "hidden_size": 32.0}, r"^model\.hidden_size=32\.0 must be a positive integer$"),
+        ({"preset": "dense-nano", "num_layers": 0}, r"^model\.num_layers=0 must be a positive integer$"),
+        ({"preset": "dense-nano", "num_layers": True}, r"^model\.num_layers=True must be a positive integer$"),
+        ({"preset": "dense-nano", "num_heads": 0}, r"^model\.num_heads=0 must be a positive integer$"),
+        ({"preset": "dense-nano", "num_kv_heads": 0}, r"^model\.num_kv_heads=0 must be a positive integer$"),
+        ({"preset": "dense-nano", "head_dim": -16}, r"^model\.head_dim=-16 must be a positive integer$"),
+        ({"preset": "dense-nano", "intermediate_size": 0}, r"^model\.intermediate_size=0 must be a positive integer$"),
+        ({"preset": "moe-nano", "moe_intermediate_size": 0},
+         r"^model\.moe_intermediate_size=0 must be a positive integer$"),
+        ({"preset": "moe-nano", "num_experts": 0}, r"^model\.num_experts=0 must be a positive integer$"),
+        ({"preset": "moe-nano", "experts_per_token": 0}, r"^model\.experts_per_token=0 must be a positive integer$"),
+        ({"preset": "moe-nano", "num_experts": 4.0}, r"^model\.num_experts=4\.0 must be a positive integer$"),
+        ({"preset": "moe-nano", "router_aux_loss_coef": -0.1},
+         r"^model\.router_aux_loss_coef=-0\.1 must be a finite number >= 0$"),
+        ({"preset": "moe-nano", "router_aux_loss_coef": float("nan")}, r"^model\.router_aux_loss_coef=nan must be"),
+        ({"preset": "moe-nano", "tie_embeddings": 1}, r"^model\.tie_embeddings=1 must be true or false$"),
+        ({"preset": "moe-nano", "family": "sparse"}, r"^model\.family='sparse' must be moe or dense$"),
+        ({"preset": "dense-nano", "num_heads": 2, "num_kv_heads": 4}, r"^model\.num_heads=2 is not a multiple of num_"),
+        ({"preset": "dense-nano", "flops": 2e6, "hidden_size": 64.0},
+         r"^model\.hidden_size=64\.0 must be a positive integer$"),
+    ],
+)
+def test_every_transformers_shape_constraint_is_one_line(spec, message):
+    with pytest.raises(TokenscaleError, match=message):
+        resolve_arch(spec, 128)
+
+
+def test_dense_flops_rule_keeps_width_a_multiple_of_fixed_heads():
+    """With num_heads and head_dim fixed, the M-axis rule only generates dense widths LlamaConfig accepts."""
+    arch = resolve_arch({"preset": "dense-nano", "flops": 2e6, "num_heads": 3, "head_dim": 16}, 128)
+    assert arch["hidden_size"] % 3 == 0 and arch["num_heads"] == 3
+    build_model({"preset": "dense-nano", "flops": 2e6, "num_heads": 3, "head_dim": 16}, 50, 128, seed=0)
+
+
+def test_integer_router_loss_weight_builds():
+    """router_aux_loss_coef: 0 (an int in YAML) reaches Qwen3MoeConfig's strict float field as 0.0."""
+    model = build_model({"preset": "moe-nano", "router_aux_loss_coef": 0}, 50, 16, seed=0)
+    assert model.config.router_aux_loss_coef == 0.0
+
+
 def test_derived_head_dim_needs_divisible_width():
     with pytest.raises(TokenscaleError, match=r"model\.hidden_size=36 is not a multiple of num_heads=5"):
         resolve_arch({"preset": "dense-nano", "hidden_size": 36, "num_heads": 5, "num_kv_heads": 5,
@@ -79,15 +126,16 @@ def test_derived_head_dim_needs_divisible_width():
 
 
 @pytest.mark.parametrize("family", ["moe-nano", "dense-nano"])
-@pytest.mark.parametrize("hidden, heads, head_dim", [(24, 3, 8), (40, 5, 8), (32, 2, 6), (30, 3, 10), (36, 6, 4)])
+@pytest.mark.parametrize("hidden, heads, head_dim",
+                         [(24, 3, 8), (40, 5, 8), (32, 2, 6), (30, 3, 10), (36, 6, 4), (32, 3, 8), (24, 5, 6)])
 def test_accepted_shapes_train(family, hidden, heads, head_dim):
     """The check is not looser than the kernels: every shape it accepts runs forward and backward."""
     spec = {"preset": family, "hidden_size": hidden, "num_heads": heads, "num_kv_heads": 1, "head_dim": head_dim,
             "moe_intermediate_size": 8 * (hidden // 8 + 1), "intermediate_size": hidden + 2}
     try:
         resolve_arch(spec)
-    except TokenscaleError:
-        assert family == "moe-nano" and hidden % 8, spec  # only the experts alignment may reject these
+    except TokenscaleError:  # only the experts alignment (MoE) or hidden % heads (dense) may reject these
+        assert (hidden % 8 if family == "moe-nano" else hidden % heads), spec
         return
     model = build_model(spec, 50, 16, seed=0)
     out = model(input_ids=torch.randint(0, 50, (2, 16)))

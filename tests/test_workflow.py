@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from tokenscale.config import schema_default
 
 pytestmark = pytest.mark.slow
 
@@ -206,6 +208,43 @@ def _group(smoke, run, axis):
 def test_rerun_is_incremental(smoke):
     p = smk("-n", results=smoke)
     assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-3000:]
+
+
+# A changed value for every analysis option that leaves training alone: all but analysis.selection (the main
+# selection scores the reshape candidates, whose weights the reshape arms train on). `selections` gains one.
+ANALYSIS_CHANGES = {"n_bins": 6, "n_boot": 10, "seed": 1, "transient": "none", "dependency_sequences": 2,
+                    "selections": {**schema_default("analysis.selections"), "strict": {"min_delta": 1.0}}}
+
+
+def planned_rules(dry_run_stdout: str) -> list[str]:
+    """The rule of every job a `snakemake -n` plans."""
+    return [m.group(2) for m in re.finditer(r"^(rule|checkpoint) (\w+):$", dry_run_stdout, re.M)]
+
+
+def test_analysis_changes_cover_every_option():
+    from tokenscale.config import load_schema
+
+    assert set(ANALYSIS_CHANGES) | {"selection"} == set(load_schema()["properties"]["analysis"]["properties"])
+
+
+@pytest.mark.parametrize("key", sorted(ANALYSIS_CHANGES))
+def test_analysis_option_change_retrains_and_reevaluates_nothing(smoke, tmp_path, key):
+    """Changing an analysis option reruns analysis jobs only: each rule gets only the config slice it reads."""
+    extra = tmp_path / "analysis.yaml"
+    extra.write_text(yaml.safe_dump({"analysis": {key: ANALYSIS_CHANGES[key]}}))
+    jobs = planned_rules(smk("-n", results=smoke, extra_config=extra).stdout)
+    assert jobs and "reshape_scores" not in jobs, jobs  # the change is seen, and the arms' scores stay
+    assert not [j for j in jobs if j.startswith(("train", "evaluate"))], (key, jobs)
+
+
+def test_main_selection_change_retrains_only_the_reshape_arms(smoke, tmp_path):
+    """The main selection scores the reshape candidates: the arms (only they) train again on the new weights."""
+    extra = tmp_path / "analysis.yaml"
+    extra.write_text(yaml.safe_dump({"analysis": {"selection": "all"}}))
+    p = smk("-n", "-p", results=smoke, extra_config=extra)
+    trained = re.findall(r"tokenscale train .*? --run (\S+) ", p.stdout)
+    assert "reshape_scores" in planned_rules(p.stdout)
+    assert trained and all(r.startswith("rs_smoke-") for r in trained), trained
 
 
 def test_killed_eval_job_is_redone(smoke, tmp_path):

@@ -122,6 +122,7 @@ def resolve_arch(spec: dict, seq_len: int | None = None) -> dict:
     preset = spec.pop("preset", "moe-tiny")
     if preset not in PRESETS:
         raise TokenscaleError(f"model.preset: unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
+    _check_whole(spec, _SHAPE_KEYS, required=False)  # before any key divides another
     if spec.get("flops") is not None:
         return _resolve_flops(spec, PRESETS[preset]["family"], seq_len)
     arch = {**_DEFAULTS, **PRESETS[preset], **spec}
@@ -161,25 +162,59 @@ _EXPERT_ALIGN = 8
 
 
 def check_arch(arch: dict) -> None:
-    """Shapes the model classes and kernels need, checked before anything is built (one line naming the key)."""
+    """Shapes the model classes and kernels need, checked before anything is built (one line naming the key).
+
+    What transformers enforces for the two families (LlamaConfig / Qwen3MoeConfig and their modules): whole,
+    positive sizes (the configs are strict dataclasses: 32.0 is refused); for dense models hidden_size a multiple
+    of num_heads (LlamaConfig.validate_architecture, even with head_dim set); num_heads a multiple of
+    num_kv_heads (repeat_kv); an even head_dim (rotary embeddings); for MoE top-k within the experts and widths
+    the grouped experts kernel can stride; a boolean tie_embeddings."""
+    family = arch.get("family")
+    if family not in ("moe", "dense"):
+        raise TokenscaleError(f"model.family={family!r} must be moe or dense")
+    _check_whole(arch, _FAMILY_KEYS[family], required=True)
+    if not isinstance(arch.get("tie_embeddings"), bool):
+        raise TokenscaleError(f"model.tie_embeddings={arch.get('tie_embeddings')!r} must be true or false")
     if arch["num_heads"] % arch["num_kv_heads"]:
         raise TokenscaleError(
             f"model.num_heads={arch['num_heads']} is not a multiple of num_kv_heads={arch['num_kv_heads']}"
         )
+    if family == "dense" and arch["hidden_size"] % arch["num_heads"]:
+        raise TokenscaleError(
+            f"model.hidden_size={arch['hidden_size']} is not a multiple of num_heads={arch['num_heads']} "
+            "(dense models: LlamaConfig requires it, even with head_dim set)"
+        )
     if arch["head_dim"] % 2:
         raise TokenscaleError(f"model.head_dim={arch['head_dim']} must be even (rotary embeddings rotate pairs)")
-    if arch["family"] != "moe":
-        return
+    if family == "moe":
+        _check_moe(arch)
+
+
+def _check_moe(arch: dict) -> None:
+    """The MoE family's own constraints (top-k, router loss weight, experts kernel alignment)."""
     if arch["experts_per_token"] > arch["num_experts"]:
         raise TokenscaleError(
             f"model.experts_per_token={arch['experts_per_token']} exceeds num_experts={arch['num_experts']}"
         )
+    coef = arch.get("router_aux_loss_coef")
+    if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not 0 <= coef < math.inf:
+        raise TokenscaleError(f"model.router_aux_loss_coef={coef!r} must be a finite number >= 0")
     for key in ("hidden_size", "moe_intermediate_size"):
         if arch[key] % _EXPERT_ALIGN:
             raise TokenscaleError(
                 f"model.{key}={arch[key]} must be a multiple of {_EXPERT_ALIGN} for MoE models "
                 "(the grouped experts kernel needs 16-byte aligned rows)"
             )
+
+
+def _check_whole(arch: dict, keys, *, required: bool) -> None:
+    """Each of ``keys`` a positive int (transformers' strict configs refuse 32.0); None passes unless required."""
+    for key in keys:
+        v = arch.get(key)
+        if v is None and not required:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TokenscaleError(f"model.{key}={v!r} must be a positive integer")
 
 
 # --------------------------------------------------------------------------------------------- M-axis family
@@ -191,12 +226,17 @@ FLOPS_MOE = dict(num_experts=32, experts_per_token=2)  # experts of the generate
 _FLOPS_MAX_WIDTH = 16384
 _SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
                "moe_intermediate_size", "num_experts", "experts_per_token")
+_ATTN_KEYS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+_FAMILY_KEYS = {"dense": _ATTN_KEYS + ("intermediate_size",),
+                "moe": _ATTN_KEYS + ("moe_intermediate_size", "num_experts", "experts_per_token")}
 _RULE_WIDTHS = tuple(range(16, 256, 8)) + tuple(range(256, _FLOPS_MAX_WIDTH + 1, 64))
 
 
-def _rule_heads(d: int, num_heads: int | None, head_dim: int | None, num_kv_heads: int | None):
-    """(H, K, hd) of width ``d`` by the rule (explicit values win); None when they do not fit ``d``."""
+def _rule_heads(family: str, d: int, num_heads: int | None, head_dim: int | None, num_kv_heads: int | None):
+    """(H, K, hd) of width ``d`` by the rule (explicit values win); None when they do not fit ``d`` (check_arch)."""
     if num_heads and head_dim:
+        if family == "dense" and d % num_heads:
+            return None
         h, hd = num_heads, head_dim
     elif num_heads or head_dim:
         given = num_heads or head_dim
@@ -277,7 +317,7 @@ def _flops_options(family: str, seq_len: int, experts: tuple, fixed: dict, ffn_k
     band = "hidden_size" not in fixed and "num_layers" not in fixed
     options = []
     for d in widths:
-        heads = _rule_heads(d, fixed.get("num_heads"), fixed.get("head_dim"), fixed.get("num_kv_heads"))
+        heads = _rule_heads(family, d, fixed.get("num_heads"), fixed.get("head_dim"), fixed.get("num_kv_heads"))
         if heads is None:
             continue
         f0 = fixed.get(ffn_key) or _tied_ffn(family, d)
@@ -353,7 +393,7 @@ def hf_config(spec: dict, vocab_size: int, max_positions: int):
             decoder_sparse_step=1,
             mlp_only_layers=[],
             norm_topk_prob=True,
-            router_aux_loss_coef=arch["router_aux_loss_coef"],
+            router_aux_loss_coef=float(arch["router_aux_loss_coef"]),  # a strict float field: 0 is refused
             output_router_logits=False,
         )
     from transformers import LlamaConfig

@@ -18,7 +18,7 @@ rule analyze:
         mem_mb=8000,
         runtime=60,
     params:
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        analysis=analysis_slice(CFG["analysis"], "analyze"),
     shell:
         "tokenscale analyze --trajectories {input.trajectories:q} --fits {input.fits:q} --run {wildcards.series:q} "
         "--options {params.analysis:q} --analysis {output.analysis:q} --summary {output.summary:q} > {log:q} 2>&1"
@@ -135,7 +135,7 @@ rule alignment:
         mem_mb=4000,
         runtime=30,
     params:
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        analysis=analysis_slice(CFG["analysis"], "align"),
         axis_label=series_axis_label,
         data=DATA,
     shell:
@@ -165,7 +165,7 @@ rule seed_agreement:
         mem_mb=4000,
         runtime=30,
     params:
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        analysis=analysis_slice(CFG["analysis"], "seeds"),
         runs=seed_group_runs,
         axis_label=AXIS_LABELS.get(CFG["fit"]["axis"], CFG["fit"]["axis"]),
     shell:

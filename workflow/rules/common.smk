@@ -8,7 +8,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tokenscale import TokenscaleError
-from tokenscale.config import config_hash, run_configs
+from tokenscale.analysis.options import analysis_slice
+from tokenscale.config import run_configs
 from tokenscale.series import (
     VALID_TOKENS,
     block_of,
@@ -20,6 +21,7 @@ from tokenscale.series import (
     series_spec,
 )
 from tokenscale.verify import code_version
+from tokenscale.workflow import workflow_config_hash
 
 RESULTS = CFG["results"]
 DATA = f"{RESULTS}/data"
@@ -34,7 +36,7 @@ SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
 PER_JOB = CFG["eval"]["checkpoints_per_job"]
 REPO_DIR = str(Path(workflow.current_basedir).parents[1])  # this file is workflow/rules/common.smk
 LOCK_FILE = f"{REPO_DIR}/requirements/cpu.lock"
-CONFIG_SHA256 = config_hash({k: v for k, v in CFG.items() if k not in ("results", "reference")})
+CONFIG_SHA256 = workflow_config_hash(CFG)
 REFERENCE = f"{REPO_DIR}/{CFG['reference']}" if CFG["reference"] else None
 TOLERANCES = f"{REPO_DIR}/reference/tolerances.yaml"
 CODE_VERSION = code_version(Path(REPO_DIR))

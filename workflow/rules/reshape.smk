@@ -46,7 +46,7 @@ rule reshape_scores:
         runtime=10,
     params:
         experiment=lambda w: json.dumps(RESHAPE[w.exp], sort_keys=True),
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        analysis=analysis_slice(CFG["analysis"], "reshape-scores"),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.scores).parent,
     shell:
@@ -77,7 +77,7 @@ rule reshape_report:
         experiment=lambda w: json.dumps(RESHAPE[w.exp], sort_keys=True),
         batch_size=lambda w: RUNS[RESHAPE[w.exp]["reference"]].batch_size,
         arms=reshape_arms_json,
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        analysis=analysis_slice(CFG["analysis"], "reshape-report"),
         scores=lambda w, input: Path(input.scores).parent,
     shell:
         "tokenscale reshape-report --experiment {params.experiment:q} --batch-size {params.batch_size} "

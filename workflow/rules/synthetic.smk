@@ -72,7 +72,7 @@ rule synthetic_report:
         runtime=30,
     params:
         entry=lambda w: json.dumps(SYNTHETIC[RUNS[w.series].synthetic], sort_keys=True),
-        analysis=json.dumps(CFG["analysis"], sort_keys=True),
+        analysis=analysis_slice(CFG["analysis"], "synthetic-report"),
     shell:
         "tokenscale synthetic-report --entry {params.entry:q} --run {wildcards.series:q} --levels {input.levels:q} "
         "--val-loss {input.val_loss:q} --fits {input.fits:q} --trajectories {input.trajectories:q} "

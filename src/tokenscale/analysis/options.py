@@ -21,6 +21,7 @@ sets, ``delta_weighted`` within 5.2 %, ``all`` was 6-65 % low (tests/test_analys
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from tokenscale import TokenscaleError
 
-__all__ = ["AnalysisOptions", "Selection", "DEFAULT_SELECTIONS", "selection_weights"]
+__all__ = ["AnalysisOptions", "Selection", "DEFAULT_SELECTIONS", "selection_weights", "ANALYSIS_USES", "analysis_slice"]
 
 WEIGHTS = ("count", "delta")
 
@@ -132,3 +133,25 @@ def selection_weights(sel: Selection, delta: np.ndarray, r2: np.ndarray, valid: 
     if sel.weight == "delta" and keep.any():
         w[keep] = delta[keep] / np.mean(delta[keep])
     return w
+
+
+# What each command reads of the config's ``analysis`` section (its --options): the workflow passes a rule only
+# these, so a change to any other option reruns none of its jobs (rule dependency reads dependency_sequences).
+# "selection" brings the main selection's definition along; "selections" is every selection.
+ANALYSIS_USES = {
+    "analyze": ("n_bins", "n_boot", "seed", "transient", "selection", "selections"),
+    "align": ("n_boot", "seed", "selection"),
+    "seeds": ("n_boot", "seed", "selection"),
+    "synthetic-report": ("transient", "selection"),
+    "reshape-scores": ("selection",),  # scores the candidates the reshape arms train on
+    "reshape-report": ("n_boot", "seed", "selection"),
+}
+
+
+def analysis_slice(section: dict, command: str) -> str:
+    """JSON of what ``tokenscale <command>`` reads of a validated ``analysis`` section (ANALYSIS_USES)."""
+    keys = ANALYSIS_USES[command]
+    out = {k: section[k] for k in keys}
+    if "selection" in keys and "selections" not in keys:
+        out["selections"] = {section["selection"]: section["selections"][section["selection"]]}
+    return json.dumps(out, sort_keys=True)
