@@ -153,7 +153,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(run, data, out, threads=args.threads or run.threads or cfg["threads"], sampler_weights=args.sampler_weights,
                       init_from=args.init_from, progress=not args.quiet)
     s = trainer.train()
-    if trainer.dist.main:
+    if trainer.dist.main and not trainer.trained_nothing:  # else the trainer said "nothing to train"
         print(f"[{run.name}] done: {s['steps']} steps, {s['tokens_per_s']:,.0f} tokens/s, {s['wall_s']:.1f}s", file=sys.stderr)
     return 0
 

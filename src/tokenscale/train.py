@@ -223,6 +223,7 @@ class Trainer:
         self.ckpt_steps = set(run.checkpoint_steps())
         self.snap_steps = set(run.snapshots)
         self.resumed = False
+        self.trained_nothing = False  # set by _summary: the state was already at the final step
         self.micro = run.micro_batch_size or run.batch_size // self.dist.world
         self.local_batch = rank_slice(run.batch_size, self.dist.rank, self.dist.world)
         per_rank = run.batch_size // self.dist.world
@@ -786,7 +787,8 @@ class Trainer:
     def _summary(self, start: int, wall: float) -> dict:
         """train.json: what this call trained. A call that trained nothing (the state was at the final step and
         nothing was missing) keeps the record of the training that did, instead of one of zero tokens."""
-        rec = self._kept_record() if start == self.total else None
+        self.trained_nothing = start == self.total
+        rec = self._kept_record() if self.trained_nothing else None
         if start == self.total and self.dist.main:
             kept = "train.json keeps its record" if rec else "no earlier train.json record was kept"
             print(f"[{self.run.name}] nothing to train: its state is at the final step {self.total} and every "
