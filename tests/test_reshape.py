@@ -12,6 +12,7 @@ from scipy.stats import chisquare
 from tokenscale import TokenscaleError
 from tokenscale import reshape as rs
 from tokenscale.config import run_configs, validate_config
+from tokenscale import sampler
 from tokenscale.sampler import WeightedSampler
 from tokenscale.train import Trainer
 
@@ -239,6 +240,28 @@ def arms(tmp_path_factory, data_dir):
     return root, rc
 
 
+def test_fieller_known_answer_with_unequal_variances():
+    """Drops 0.30/0.36/0.42 (reshaped, s = 0.06) against 0.28/0.30/0.32 (uniform, s = 0.02: a third): the interval
+    is the root pair of the hand-written quadratic (b² − q²·v_c)ρ² − 2ab·ρ + (a² − q²·v_r) = 0 with v = s²/n per arm
+    (v_r = 0.0036/3, v_c = 0.0004/3) and q = t_0.975 at the Welch–Satterthwaite df, minus 1. Dropping a /n or
+    swapping the arms' variances moves both ends by more than the tolerance."""
+    from scipy.stats import t
+
+    steps = np.array([401, 475, 550])
+    curves = {a: np.stack([5 - d * np.array([0.0, 0.5, 1.0]) for d in ds])
+              for a, ds in (("reshaped", (0.30, 0.36, 0.42)), ("uniform", (0.28, 0.30, 0.32)))}
+    m = rs.arm_metrics(steps, curves, n_boot=20)["acceleration_vs_uniform"]
+    a, b, v_r, v_c = 0.36, 0.30, 0.0036 / 3, 0.0004 / 3
+    rho = a / b  # 1.2
+    df = (v_r + rho**2 * v_c) ** 2 / (v_r**2 / 2 + (rho**2 * v_c) ** 2 / 2)  # 2.624
+    q = t.ppf(0.975, df)
+    lo, hi = sorted(np.roots([b * b - q * q * v_c, -2 * a * b, a * a - q * q * v_r]).real)
+    assert df == pytest.approx(2.62403, abs=1e-4)
+    assert m["value"] == pytest.approx(0.2) and m["ci_method"] == "fieller"
+    assert m["ci_low"] == pytest.approx(lo - 1, abs=1e-9) and m["ci_high"] == pytest.approx(hi - 1, abs=1e-9)
+    assert lo - 1 < 0.2 < hi - 1 and hi - lo > 0.3  # the reshaped arm's spread dominates: a wide interval
+
+
 def test_original_arm_equals_the_reference_bit_for_bit(arms, data_dir):
     root, rc = arms
     out = _train(rc["rs-original"], data_dir, root / "rs-original")
@@ -256,13 +279,23 @@ def test_original_arm_equals_the_reference_bit_for_bit(arms, data_dir):
     assert all(r["loss"] == ref[r["step"]]["loss"] and r["lr"] == ref[r["step"]]["lr"] for r in rows)  # no re-warmup
 
 
-def test_pool_arm_continues_the_full_state_with_its_own_data(arms, data_dir, tmp_path):
+def test_pool_arm_continues_the_full_state_with_its_own_data(arms, data_dir, tmp_path, monkeypatch):
     root, rc = arms
     np.save(tmp_path / "w.npy", _pool(data_dir))
     run = rc["rs-uniform-s0"]
     with pytest.raises(TokenscaleError, match=r"reshape arm 'uniform' needs --sampler-weights"):
         _train(run, data_dir, root / "no-weights")
+    drawn = []  # every index any sampler hands the trainer: an arm that ignored its weights would draw outside
+    for cls in (sampler.PermutationSampler, sampler.WeightedSampler):
+        def record(self, start, count, _orig=cls.indices):
+            out = _orig(self, start, count)
+            drawn.append(np.asarray(out).copy())
+            return out
+        monkeypatch.setattr(cls, "indices", record)
     _train(run, data_dir, root / run.name, weights=tmp_path / "w.npy")
+    monkeypatch.undo()
+    drawn = np.concatenate(drawn)
+    assert drawn.size >= 10 * run.batch_size and set(drawn.tolist()) <= set(range(12))  # every draw in the pool
     rows = [json.loads(x) for x in (root / run.name / "log.jsonl").read_text().splitlines()]
     ref = {r["step"]: r for r in map(json.loads, (root / "ref" / "log.jsonl").read_text().splitlines())}
     assert rows[0]["step"] == 21 and rows[0]["lr"] == ref[21]["lr"]  # the schedule continues
