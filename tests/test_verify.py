@@ -309,3 +309,39 @@ def test_committed_references_match_their_configs(config, reference):
     ref = read_reference(repo / reference)
     got = workflow_config_hash(workflow_config(*([config] if config else [])))
     assert ref["provenance"]["config_sha256"] == got, f"{reference} is stale: rewrite it (README: Reproduce)"
+
+
+def test_a_number_most_seeds_did_not_give_is_judged_by_the_rule_around_the_seed_that_did(tmp_path):
+    """The reference (seed 0) has None, one of five seeds a value: a reproduced value within the rule of that seed's
+    value passes (each seed is as much a reference as seed 0), one beyond it fails, and None still passes."""
+    tree = make_tree(tmp_path / "t")
+    f = "series/t/analysis/summary.json"
+    ref = {"format": REFERENCE_FORMAT, "numbers": {f: {"metrics.svd_energy1": None}},
+           "seeds": {"n": 5, "values": {f: {"metrics.svd_energy1": [None, None, None, None, 0.9]}}}}
+    rules = [Tolerance("*", 0.0, 0.04)]
+    status = lambda v: compare(ref, make_summary(tree, v), rules)[0].status  # noqa: E731
+    assert status(0.92) == "pass" and status(0.94) == "pass" and status(0.95) == "FAIL" and status(None) == "pass"
+
+
+def make_summary(tree, svd_energy1):
+    """``tree`` with its summary's svd_energy1 set (None: null) and nothing else headline in it."""
+    s = tree / "series/t/analysis/summary.json"
+    s.write_text(json.dumps({"metrics": {"svd_energy1": svd_energy1}}))
+    (tree / "runs/t/val_loss.csv").unlink(missing_ok=True)
+    return tree
+
+
+def test_a_reference_from_another_machine_is_checked_as_results(tmp_path, capsys):
+    """--results may be a reference JSON (a reproduction written elsewhere): its numbers are compared, its provenance
+    shown; one that moved beyond every allowance fails like a tree would."""
+    ref_path, other = tmp_path / "ref.json", tmp_path / "other.json"
+    assert main(["verify", "--write", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path)]) == 0
+    tol = tmp_path / "tol.yaml"
+    tol.write_text(TOLERANCES)
+    assert main(["verify", "--write", "--results", str(make_tree(tmp_path / "b", alpha=0.8301)), "--reference",
+                 str(other)]) == 0
+    args = ["verify", "--reference", str(ref_path), "--tolerances", str(tol), "--results", str(other)]
+    assert main(args) == 0 and "verify: 8 numbers: 8 pass" in capsys.readouterr().out
+    assert main(["verify", "--write", "--results", str(make_tree(tmp_path / "c", alpha=0.9)), "--reference",
+                 str(other)]) == 0
+    assert main(args) == 1 and "7 pass, 1 FAIL" in capsys.readouterr().out

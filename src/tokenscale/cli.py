@@ -720,7 +720,11 @@ def cmd_verify(args) -> int:
         return 0
     reference = verify.read_reference(Path(args.reference))
     rules = verify.read_tolerances(Path(args.tolerances))
-    prov = verify.read_provenance(results)
+    if results.is_file():  # another reference (a reproduction written on another machine): its numbers
+        other = verify.read_reference(results)
+        prov, results = other.get("provenance", {}), other["numbers"]
+    else:
+        prov = verify.read_provenance(results)
     prov_lines = [f"provenance {k}: reference {reference['provenance'].get(k)}, results {prov.get(k)}"
                   for k in verify.PROVENANCE_KEYS]
     mismatches = verify.provenance_mismatches(reference, prov)
@@ -738,7 +742,7 @@ def cmd_verify(args) -> int:
     if args.differences:  # a determinism-style report: feed it to --write --spread to widen the reference
         from .determinism import differences
 
-        diffs = differences(reference["numbers"], verify.headline_numbers(results))
+        diffs = differences(reference["numbers"], results if isinstance(results, dict) else verify.headline_numbers(results))
         atomic.write_json(args.differences, {"variants": {args.variant: {"numbers": diffs}}})
     return 0 if args.exit_zero or not any(r.failed for r in rows) else 1
 
@@ -1062,7 +1066,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "Prints provenance (mismatches on their own lines) and a table: number, reference, reproduced, "
                  "tolerance, result. Exit status 1 when a number is out of tolerance or missing. --write makes a "
                  "reference from a results tree instead.")
-    p.add_argument("--results", default="results", help="results tree to check")
+    p.add_argument("--results", default="results",
+                   help="results tree to check, or a reference JSON written from a reproduction elsewhere (its "
+                        "numbers and provenance are checked)")
     p.add_argument("--reference", default="reference/default.json", help="reference numbers (JSON)")
     p.add_argument("--tolerances", default="reference/tolerances.yaml",
                    help="tolerance rules (YAML; first matching glob wins; docs/determinism.md says where they come from)")
@@ -1077,7 +1083,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "1..K-1, scripts/seed-spread.py); each number's values over the seeds go into the reference")
     p.add_argument("--seed-level", type=float, default=None,
                    help="prediction level of a number's seed interval, in (0, 1) (a number inside it passes; "
-                        "default tokenscale.verify.SEED_LEVEL, 0.99)")
+                        "default tokenscale.verify.SEED_LEVEL, 0.999)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="compare even when the reference was written from another config (its config hash differs "
                         "from the results tree's); without it such a reference is refused as stale")
