@@ -237,7 +237,8 @@ def test_seed_interval_known_answer():
     assert SeedInterval((1.0, 2.0, 3.0, 4.0, 5.0), 0.5).bounds()[1] < hi  # a lower level is narrower
     same = SeedInterval((0.7, 0.7, 0.7))  # every seed the same: the interval is that point
     assert same.admits(0.7) and not same.admits(0.7000001)
-    one = SeedInterval((0.7, None, None))  # < 2 finite values: only a value a seed gave
+    assert SeedInterval((0.7, 0.8, None)).bounds() is None  # 2 values: t_1 would say nothing, no interval
+    one = SeedInterval((0.7, None, None))  # < 3 finite values: only a value a seed gave
     assert one.bounds() is None and one.admits(0.7) and one.admits(None) and not one.admits(0.71)
     assert not one.admits(math.nan) and SeedInterval((math.nan, 1.0, 2.0)).admits(math.nan)
     assert "seeds(5) [" in str(iv) and str(one) == "seeds(3) {0.7, —, —}"

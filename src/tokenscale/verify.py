@@ -17,7 +17,8 @@ kernels round differently) and land where another training seed would. So a refe
 the values K training seeds gave it (``seeds``: the config run with ``seed_offset`` 0..K−1, scripts/seed-spread.py),
 and a reproduced number also passes inside its **seed interval**, the two-sided Student-t prediction interval of
 one more seed at level ``q`` (default :data:`SEED_LEVEL`), or within its rule around any seed's value (each seed's
-value is as much a reference as seed 0's; this is what bounds a number fewer than 2 seeds gave a finite value)::
+value is as much a reference as seed 0's; this is what bounds a number fewer than 3 seeds gave a finite value: with
+2 values, t_1 would make the interval hundreds of times their difference)::
 
     m ± t_{K−1}((1 + q)/2) · s · √(1 + 1/K)        m, s: mean and sample standard deviation over the K seeds
 
@@ -54,6 +55,7 @@ TOLERANCE_FORMAT = "tokenscale-tolerances/1"
 PROVENANCE_FORMAT = "tokenscale-provenance/1"
 PROVENANCE_KEYS = ("config_sha256", "code_version", "lock_sha256", "corpus_manifest_sha256")
 SPREAD_FACTOR = 2.0  # a number's own tolerance: twice the largest difference measured for it
+MIN_INTERVAL_SEEDS = 3  # with 2 values t_1 makes the interval hundreds of times their difference: no information
 SEED_LEVEL = 0.999  # prediction level of the seed interval: with ~150 numbers that move between seeds, an honest
 # reproduction expects ~0.15 false FAILs (0.99 would give ~1.5: a family-wise level, docs/determinism.md)
 
@@ -274,13 +276,13 @@ class SeedInterval:
         return [float(v) for v in self.values if v is not None and not math.isnan(v)]
 
     def bounds(self) -> tuple[float, float] | None:
-        """(low, high), or None with fewer than 2 finite seed values."""
+        """(low, high), or None with fewer than :data:`MIN_INTERVAL_SEEDS` finite seed values."""
         from statistics import fmean, stdev
 
         from scipy.stats import t
 
         f = self._finite()
-        if len(f) < 2:
+        if len(f) < MIN_INTERVAL_SEEDS:
             return None
         m, k = fmean(f), len(f)
         half = float(t.ppf((1 + self.level) / 2, k - 1)) * stdev(f) * math.sqrt(1 + 1 / k)
