@@ -366,15 +366,14 @@ def compare(reference: dict, results: Path | dict, rules: list[Tolerance], missi
         raise ValueError(f"missing_files must be 'raise' or 'rows', got {missing_files!r}")
     rows = []
     for file, ref_nums in reference["numbers"].items():
-        path = results.get(file) if isinstance(results, dict) else results / file
-        if path is None or (isinstance(path, Path) and not path.is_file()):
+        got = _numbers_of(results, file)
+        if got is None:
             if missing_files == "rows":
                 rows += [Row(f"{file}:{k}", v, None, tolerance_of(f"{file}:{k}", rules), "missing")
                          for k, v in sorted(ref_nums.items())]
                 continue
-            raise TokenscaleError(f"verify: {path or file} is missing (the reference has {len(ref_nums)} numbers from it)")
-        pattern = next((p for p in HEADLINE if fnmatch.fnmatchcase(file, p)), None)
-        got = path if isinstance(path, dict) else file_numbers(path, HEADLINE[pattern]) if pattern else {}
+            where = file if isinstance(results, dict) else results / file
+            raise TokenscaleError(f"verify: {where} is missing (the reference has {len(ref_nums)} numbers from it)")
         spread = reference.get("spread", {}).get(file, {})
         seeds = reference.get("seeds", {}).get("values", {}).get(file, {})
         for key in sorted(set(ref_nums) | set(got)):
@@ -390,6 +389,17 @@ def compare(reference: dict, results: Path | dict, rules: list[Tolerance], missi
                     interval.admits(got[key]) or any(tol.allows(v, got[key]) for v in interval.values)))
                 rows.append(Row(name, ref_nums[key], got[key], tol, "pass" if ok else "FAIL", interval))
     return rows
+
+
+def _numbers_of(results: Path | dict, file: str) -> dict | None:
+    """The headline numbers of ``file`` in a results tree or a ``{file: numbers}`` dict; None when it has no such file."""
+    if isinstance(results, dict):
+        return results.get(file)
+    path = results / file
+    if not path.is_file():
+        return None
+    pattern = next((p for p in HEADLINE if fnmatch.fnmatchcase(file, p)), None)
+    return file_numbers(path, HEADLINE[pattern]) if pattern else {}
 
 
 def provenance_mismatches(reference: dict, prov: dict) -> list[str]:
