@@ -5,7 +5,7 @@ On the same random-init Llama model and the same random tokens, in one process:
 
 * ``bare``      : ``model(input_ids).logits`` under ``torch.inference_mode`` (nothing else),
                   batch by batch (bf16 autocast on CUDA, like the evaluator);
-* ``evaluator`` : ``tokenscale.evaluate.token_losses`` (forward + CE extraction + copy to numpy)
+* ``evaluator`` : ``tokenscale.evaluation.evaluate.token_losses`` (forward + CE extraction + copy to numpy)
                   followed by writing the per-checkpoint eval HDF5 (atomic tmp + fsync + rename)
                   exactly as ``evaluate_checkpoint`` does.
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tokenscale import __version__
     from tokenscale import io as tio
-    from tokenscale.evaluate import token_losses
+    from tokenscale.evaluation.evaluate import token_losses
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 """Benchmark: the batched sigmoid fit engine vs. a per-row ``scipy.optimize.curve_fit`` loop.
 
 Both fit eq. (1), ``loss(x) = post + delta * [1 - sigmoid(lam * (x - tau))]`` on ``x = log10(step)``, to
-the same planted trajectories (``tokenscale.planted``: K=64 log-spaced checkpoints, per-row noise
+the same planted trajectories (``tokenscale.fit.planted``: K=64 log-spaced checkpoints, per-row noise
 0.05-0.3 nats, heavy-tailed learning times, 10% learned-before-start, 10% flat, 5% ascending rows).
 
 * ``engine``: ``tokenscale.fit.fit_sigmoids`` on all ``--n`` rows (one warm-up on a small block first);
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     import torch
 
     from tokenscale.fit import fit_sigmoids, grid_init
-    from tokenscale.planted import default_step_axis, planted_trajectories
+    from tokenscale.fit.planted import default_step_axis, planted_trajectories
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: peak memory of a streamed fit pass (``tokenscale.fit.fit_file``) over a large trajectory file.
 
-Writes an (N, K) float32 trajectory file of planted rows (``tokenscale.planted``, generated block by block,
+Writes an (N, K) float32 trajectory file of planted rows (``tokenscale.fit.planted``, generated block by block,
 so writing it needs little memory either), then fits it in a child process with ``fit_file`` and prints
 the child's peak resident memory (``ru_maxrss``), the file size and fits/s.  Target: N=10M, K=64 (2.6 GB
 of float32 losses) with peak RSS under 3 GB.
@@ -32,7 +32,7 @@ def write_planted(path: str, n: int, k: int, block: int, seed: int) -> None:
     import h5py
     import numpy as np
 
-    from tokenscale.planted import default_step_axis, planted_trajectories
+    from tokenscale.fit.planted import default_step_axis, planted_trajectories
 
     axis = default_step_axis(k)
     tmp = path + ".tmp"

@@ -3,7 +3,7 @@
 Each arm is a real ``tokenscale train`` process (model build, data order, checkpoints with in-loop validation,
 state saves, logging) on the same data, model, batch and steps; the arms alternate for ``--rounds`` rounds so
 that machine noise hits both alike. Printed per arm (median over rounds): end-to-end tokens/s (the trainer's
-wall time after set-up), model-step tokens/s, MFU (:mod:`tokenscale.throughput`), where the time went, and
+wall time after set-up), model-step tokens/s, MFU (:mod:`tokenscale.training.throughput`), where the time went, and
 the last training loss; then the speed-up of each arm over the first, with its range over rounds.
 
     python benchmarks/bench_train.py                          # the demo model on this CPU (prepares data)

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     import torch
 
     import tokenscale.fit.api as F  # the module whose functions are timed below
-    from tokenscale.planted import default_step_axis, planted_trajectories
+    from tokenscale.fit.planted import default_step_axis, planted_trajectories
 
     axis = default_step_axis(64)
     Y, _ = planted_trajectories(args.n, axis, seed=0)

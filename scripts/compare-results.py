@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from tokenscale.determinism import arrays_equal as same_array
-from tokenscale.determinism import h5_arrays as datasets
+from tokenscale.reproduction.determinism import arrays_equal as same_array
+from tokenscale.reproduction.determinism import h5_arrays as datasets
 
 
 def series_dirs(root: Path) -> dict[str, Path]:

@@ -7,7 +7,7 @@ Variants (each a full DAG into its own results folder):
   threads   every job at --threads 2 (the config's `threads` overridden; runs with their own keep theirs)
   isa       ATEN_CPU_CAPABILITY=default and DNNL_MAX_CPU_ISA=SSE41: torch's kernels without AVX2/AVX-512
 
-Writes <out>/determinism.json (tokenscale.determinism.compare_trees of each variant against base) and prints a
+Writes <out>/determinism.json (tokenscale.reproduction.determinism.compare_trees of each variant against base) and prints a
 summary and the largest relative difference per kind of headline number, from which reference/tolerances.yaml is
 set. Usage: scripts/determinism.py [--config config/smoke.yaml] [--out /tmp/determinism] [--variants ...]
 """
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokenscale.determinism import compare_trees
+from tokenscale.reproduction.determinism import compare_trees
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {

@@ -5,7 +5,7 @@ Seed k is the config as written with ``seed_offset: k`` (every run's initialisat
 corpus, tokenizer, synthetic data and candidate draws unchanged), each a full DAG into ``<out>/seed<k>``. Seed 0 is
 the reference's own tree. ``tokenscale verify --write --seeds`` then stores every headline number's K values with
 the reference, and ``verify`` admits a reproduced number inside its seed prediction interval
-(tokenscale.verify.SeedInterval; docs/determinism.md).
+(tokenscale.reproduction.verify.SeedInterval; docs/determinism.md).
 
 Usage: scripts/seed-spread.py --config config/smoke.yaml --seeds 5 --out /tmp/seeds-smoke --reference reference/smoke.json
 Trees already complete (their provenance.json exists) are not rerun.
@@ -40,7 +40,7 @@ def run_seed(config: str, out: Path, k: int, cores: int) -> float:
 def held_out_check(out: Path, k_seeds: int) -> None:
     """Each seed k >= 1 verified against a reference from seed 0 whose seed interval leaves seed k out (K-1 seeds,
     the rules of reference/tolerances.yaml): how a reproduction that lands where another seed would fares."""
-    from tokenscale.verify import compare, read_tolerances, summary, write_reference
+    from tokenscale.reproduction.verify import compare, read_tolerances, summary, write_reference
 
     rules = read_tolerances(REPO / "reference/tolerances.yaml")
     for k in range(1, k_seeds):

@@ -10,10 +10,10 @@ import argparse
 import time
 from pathlib import Path
 
-from tokenscale import synthetic as sy
+from tokenscale.synthetic import arithmetic as sy
 from tokenscale.config import RunConfig
-from tokenscale.evaluate import scored_predictions
-from tokenscale.train import Trainer
+from tokenscale.evaluation.evaluate import scored_predictions
+from tokenscale.training.trainer import Trainer
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenscale.fit import SigmoidFit
-from tokenscale.planted import planted_trajectories
+from tokenscale.fit.planted import planted_trajectories
 
 REFERENCE = Path(__file__).parent / "data" / "analysis_reference.json"
 CASES = {  # name -> analyze options

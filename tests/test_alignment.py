@@ -1,4 +1,4 @@
-"""tokenscale.analysis.alignment (App. A.2 / Fig. 7, seed agreement) on planted data with known answers."""
+"""tokenscale.alignment.compute (App. A.2 / Fig. 7, seed agreement) on planted data with known answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tokenscale import TokenscaleError
-from tokenscale.analysis import alignment as al
-from tokenscale.figures_alignment import plot_alignment, plot_seed_agreement
+from tokenscale.alignment import compute as al
+from tokenscale.alignment.figures import plot_alignment, plot_seed_agreement
 
 
 def _planted(n=6000, seed=0):

@@ -14,7 +14,7 @@ import pytest
 from tokenscale import analysis as an
 from tokenscale.config import schema_default
 from tokenscale.fit import fit_sigmoids
-from tokenscale.planted import planted_trajectories
+from tokenscale.fit.planted import planted_trajectories
 
 AXIS = np.geomspace(20.0, 40000.0, 36)
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tokenscale import TokenscaleError
 from tokenscale.config import (RunConfig, config_hash, lr_lambda, lr_multipliers, run_configs, schedule_mismatch,
                                validate_config)
-from tokenscale.train import Trainer
+from tokenscale.training.trainer import Trainer
 
 from conftest import read_losses, tiny_config
 

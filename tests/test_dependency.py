@@ -1,4 +1,4 @@
-"""Tests for tokenscale.dependency: per-token dependency lengths (paper App. A.2.3)."""
+"""Tests for tokenscale.alignment.dependency: per-token dependency lengths (paper App. A.2.3)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import transformers
 
 from tokenscale import TokenscaleError
-from tokenscale import dependency as dp
-from tokenscale import evaluate as ev
+from tokenscale.alignment import dependency as dp
+from tokenscale.evaluation import evaluate as ev
 from tokenscale import io as tio
 
 V = 300

@@ -1,4 +1,4 @@
-"""Tests for tokenscale.evaluate: per-token losses, checkpoint evaluation, external series."""
+"""Tests for tokenscale.evaluation.evaluate: per-token losses, checkpoint evaluation, external series."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import transformers
 
 from tokenscale import TokenscaleError
-from tokenscale import evaluate as ev
+from tokenscale.evaluation import evaluate as ev
 from tokenscale import io as tio
 from tokenscale.series import discover_checkpoints
 
@@ -321,7 +321,7 @@ def test_killed_eval_leaves_nothing_readable(tmp_path, monkeypatch):
 
 
 def test_evaluate_imports_no_deepspeed():
-    code = "import sys, tokenscale.evaluate, tokenscale.io; sys.exit('deepspeed' in sys.modules)"
+    code = "import sys, tokenscale.evaluation.evaluate, tokenscale.io; sys.exit('deepspeed' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

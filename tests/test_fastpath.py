@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO, read_losses, run_cli, tiny_config, write_config
-from tokenscale.lmloss import chunk_rows, linear_cross_entropy
-from tokenscale.train import resolve_perf
+from tokenscale.training.loss import chunk_rows, linear_cross_entropy
+from tokenscale.training.trainer import resolve_perf
 
 BASELINE = {"loss": "plain", "experts": "grouped_mm", "fused_adamw": "off", "prefetch": False}
 
@@ -163,8 +163,8 @@ def test_train_json_records_perf_and_mfu(two_paths):
 def test_checkpoints_load_and_evaluate_the_same_on_either_path(two_paths, data_dir, trained_on):
     from transformers import AutoModelForCausalLM
 
-    from tokenscale.evaluate import load_token_set, mean_loss
-    from tokenscale.lmloss import linear_cross_entropy
+    from tokenscale.evaluation.evaluate import load_token_set, mean_loss
+    from tokenscale.training.loss import linear_cross_entropy
 
     ck = sorted((two_paths[trained_on] / "checkpoints").iterdir())[-1]
     meta = json.loads((ck / "tokenscale.json").read_text())

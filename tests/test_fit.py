@@ -4,7 +4,7 @@ Model (paper eq. (1)), on ``x = log10(step)`` unless stated::
 
     loss(x) = post + delta * [1 - sigmoid(lam * (x - tau))]
 
-Data are planted with :mod:`tokenscale.planted` on its default axis: 64 checkpoint steps log-spaced from
+Data are planted with :mod:`tokenscale.fit.planted` on its default axis: 64 checkpoint steps log-spaced from
 10 to 1e5, i.e. ``x`` uniform on [1, 5] with spacing ``DX = 4/63 ~ 0.063`` decades.  Planted kinds:
 descending (a learning event inside the window), learned (event before the window), unlearned (flat,
 ``delta = 0``) and ascending (``delta < 0``); per-row noise sd 0.05-0.3 nats (log-uniform) by default.
@@ -40,7 +40,7 @@ from tokenscale.fit import (
     load_fits,
     save_fits,
 )
-from tokenscale.planted import KIND_NAMES, default_step_axis, planted_trajectories, sigmoid_curve
+from tokenscale.fit.planted import KIND_NAMES, default_step_axis, planted_trajectories, sigmoid_curve
 
 AXIS = default_step_axis()  # (64,) steps 10 .. 1e5
 X = np.log10(AXIS)  # transformed axis, uniform on [1, 5]

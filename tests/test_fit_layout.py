@@ -99,7 +99,7 @@ def test_every_fit_module_imports_in_a_fresh_interpreter_and_torch_free_ones_imp
 
 def test_reading_a_fits_file_imports_no_torch(tmp_path):
     from tokenscale.fit import fit_sigmoids, save_fits
-    from tokenscale.planted import default_step_axis, planted_trajectories
+    from tokenscale.fit.planted import default_step_axis, planted_trajectories
 
     axis = default_step_axis()
     y, _ = planted_trajectories(50, axis, seed=0)
@@ -198,9 +198,9 @@ ALL_MODULES = sorted(
 # file formats, series, the atomic writer, config, analysis and the CLI's start: no torch (the DAG, `tokenscale
 # --help`, reading results and the analysis never pay for it)
 TORCH_FREE_ELSEWHERE = ["tokenscale.io", "tokenscale.io.fits", "tokenscale.series", "tokenscale.atomic",
-                        "tokenscale.config", "tokenscale.workflow", "tokenscale.analysis", "tokenscale.analysis.pipeline", "tokenscale.analysis.alignment",
-                        "tokenscale.analysis.tail_compare", "tokenscale.io.dependency", "tokenscale.figures_alignment", "tokenscale.figures",
-                        "tokenscale.cli", "tokenscale.frontier", "tokenscale.plan", "tokenscale.model"]
+                        "tokenscale.config", "tokenscale.workflow", "tokenscale.analysis", "tokenscale.analysis.pipeline", "tokenscale.alignment.compute",
+                        "tokenscale.analysis.tail_compare", "tokenscale.io.dependency", "tokenscale.alignment.figures", "tokenscale.figures",
+                        "tokenscale.cli", "tokenscale.frontiers.compute", "tokenscale.training.plan", "tokenscale.training.model"]
 
 
 def test_package_has_no_import_cycle():

@@ -21,7 +21,7 @@ _SCRIPT = r"""
 import json, sys
 import numpy as np, torch
 from tokenscale.fit import fit_sigmoids
-from tokenscale.planted import default_step_axis, planted_trajectories
+from tokenscale.fit.planted import default_step_axis, planted_trajectories
 k, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
 axis = default_step_axis(k)
 y, _ = planted_trajectories(160, axis, seed=3)
@@ -65,7 +65,7 @@ def test_triton_engine_refuses_a_cpu_device_without_the_interpreter():
     from tokenscale import TokenscaleError
     from tokenscale.fit import fit_sigmoids
     from tokenscale.fit.engines.triton_lm import interpreted
-    from tokenscale.planted import default_step_axis, planted_trajectories
+    from tokenscale.fit.planted import default_step_axis, planted_trajectories
 
     if interpreted() or torch.cuda.is_available():
         pytest.skip("the interpreter is on / a GPU is present")

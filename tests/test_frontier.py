@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from tokenscale import TokenscaleError, frontier, series
+from tokenscale import TokenscaleError, series
+
+from tokenscale.frontiers import compute as frontier
 from tokenscale.config import validate_config
-from tokenscale.frontier import Curve, envelope, frontier_points
+from tokenscale.frontiers.compute import Curve, envelope, frontier_points
 
 
 def _curve(run, group, steps, loss, per_step=1000):
@@ -56,7 +58,7 @@ def _write_csv(path, steps, loss, per_step=1000):
 def _frontier_series(tmp_path, axis, groups):
     runs = sorted(groups)
     sources = {r: series.Source(r, ((10, "a"), (20, "b"))) for r in runs}
-    s = series.Series("f", "frontier", "valid", None, tuple(runs), resolver="tokenscale.frontier:resolve",
+    s = series.Series("f", "frontier", "valid", None, tuple(runs), resolver="tokenscale.frontiers.compute:resolve",
                       axis=frontier.AXES[axis][0], options=frontier.frontier_options(axis, groups))
     return s, sources
 

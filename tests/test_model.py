@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tokenscale import TokenscaleError
-from tokenscale.model import (
+from tokenscale.training.model import (
     PRESETS,
     build_model,
     describe_presets,
@@ -201,7 +201,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from tokenscale.model import FLOPS_TOLERANCE, arch_stats, describe_runs, shape_for_flops  # noqa: E402
+from tokenscale.training.model import FLOPS_TOLERANCE, arch_stats, describe_runs, shape_for_flops  # noqa: E402
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 SCALES = {"cpu": (128, 1e5, 1e7, 40), "paper": (2048, 4.2e8, 5.0e9, 60)}
@@ -302,7 +302,7 @@ def test_arch_stats_equal_built_model(preset, vocab, tie):
     """Counted without building = counted on the model built on the meta device (every preset, tied or not)."""
     from transformers import AutoModelForCausalLM
 
-    from tokenscale.model import hf_config
+    from tokenscale.training.model import hf_config
 
     spec = {"preset": preset, "tie_embeddings": tie}
     with torch.device("meta"):
@@ -344,7 +344,7 @@ def test_flops_resolution_never_imports_torch():
     code = (
         "import sys\n"
         "from tokenscale.config import run_configs, validate_config\n"
-        "from tokenscale.model import describe_runs\n"
+        "from tokenscale.training.model import describe_runs\n"
         "cfg = validate_config({'data': {'seq_len': 2048}, 'sweeps': [{'name': 'm', 'axis': 'M', "
         "'base': {'model': {'family': 'moe'}}, 'grid': {'model.flops': {'geomspace': [4.2e8, 5.0e9, 60]}}}]})\n"
         "rows = describe_runs(run_configs(cfg), cfg['data']['vocab_size'])\n"

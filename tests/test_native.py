@@ -14,7 +14,7 @@ import torch
 from tokenscale import TokenscaleError
 from tokenscale.fit.engines import native
 from tokenscale.fit import fit_sigmoids
-from tokenscale.planted import default_step_axis, planted_trajectories
+from tokenscale.fit.planted import default_step_axis, planted_trajectories
 
 AXIS = default_step_axis()
 

@@ -9,8 +9,8 @@ import pytest
 
 from tokenscale import TokenscaleError
 from tokenscale.config import load_config, run_configs, validate_config
-from tokenscale.model import FLOPS_TOLERANCE, arch_stats, nonembedding_flops_per_token, resolve_arch
-from tokenscale.plan import PAPER_A100_DAYS, format_plan, gpu_peak, plan, run_plan
+from tokenscale.training.model import FLOPS_TOLERANCE, arch_stats, nonembedding_flops_per_token, resolve_arch
+from tokenscale.training.plan import PAPER_A100_DAYS, format_plan, gpu_peak, plan, run_plan
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper.yaml"
@@ -82,7 +82,7 @@ def test_branch_savings_are_reported():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"gpu": "v100"}, r"^--gpu 'v100' at bf16 is not in tokenscale\.throughput\.GPU_PEAKS \(known: H100 PCIe, "),
+        ({"gpu": "v100"}, r"^--gpu 'v100' at bf16 is not in tokenscale\.training\.throughput\.GPU_PEAKS \(known: H100 PCIe, "),
         ({"mfu": 1.5}, r"^--mfu 1\.5 must be in \(0, 1\]$"),
     ],
 )

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 from scipy.stats import chisquare
 
 from tokenscale import TokenscaleError
-from tokenscale import reshape as rs
+from tokenscale.reshaping import compute as rs
 from tokenscale.config import run_configs, validate_config
-from tokenscale import sampler
-from tokenscale.sampler import WeightedSampler
-from tokenscale.train import Trainer
+from tokenscale.training import sampler
+from tokenscale.training.sampler import WeightedSampler
+from tokenscale.training.trainer import Trainer
 
 from conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""One trainer per run folder (tokenscale.runlock.RunLock) and the job guard that stops a job whose local
+"""One trainer per run folder (tokenscale.training.runlock.RunLock) and the job guard that stops a job whose local
 Snakemake or whose shell died."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import run_cli, tiny_config, write_config
 from tokenscale import TokenscaleError
-from tokenscale.runlock import RunLock, _is_snakemake, install_job_guard, lock_info, snakemake_ancestors
+from tokenscale.training.runlock import RunLock, _is_snakemake, install_job_guard, lock_info, snakemake_ancestors
 
 HOST = socket.gethostname()
 
@@ -223,7 +223,7 @@ def test_guard_is_off_without_snakemake_ancestor():
 
 _CHILD = """
 import os, sys, time
-from tokenscale.runlock import install_job_guard
+from tokenscale.training.runlock import install_job_guard
 t = install_job_guard(interval=0.2)
 open(sys.argv[1], "w").write(f"{os.getpid()} {'guarded' if t else 'unguarded'} {os.getppid()}")
 time.sleep(60)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tokenscale import TokenscaleError
-from tokenscale.sampler import PermutationSampler, WeightedSampler, load_sampler, rank_slice
+from tokenscale.training.sampler import PermutationSampler, WeightedSampler, load_sampler, rank_slice
 
 
 def test_permutation_covers_each_epoch_and_is_position_indexed():

@@ -1,4 +1,4 @@
-"""The shape test (tokenscale.analysis.shape) on known answers, and the synthetic-run figures (Fig. 8–10)."""
+"""The shape test (tokenscale.synthetic.shape) on known answers, and the synthetic-run figures (Fig. 8–10)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tokenscale import TokenscaleError
-from tokenscale.analysis.shape import aicc, gaussian_aic, shape_test
-from tokenscale.figures_synthetic import plot_level_trajectories, plot_levels, plot_params_vs_tau
+from tokenscale.synthetic.shape import aicc, gaussian_aic, shape_test
+from tokenscale.synthetic.figures import plot_level_trajectories, plot_levels, plot_params_vs_tau
 
 STEPS = np.geomspace(100.0, 1e5, 60)
 

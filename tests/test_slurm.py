@@ -237,7 +237,7 @@ def test_two_deepspeed_ranks_in_one_slurm_job(slurm_cluster, smoke_pair, tmp_pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tokenscale.evaluate import load_token_set, mean_loss
+    from tokenscale.evaluation.evaluate import load_token_set, mean_loss
 
     ids = torch.as_tensor(load_token_set(sdir / "results/data/valid_tokens.h5")["input_ids"], dtype=torch.long)
     meta = json.loads((cks[-1] / "tokenscale.json").read_text())

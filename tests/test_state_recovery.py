@@ -86,7 +86,7 @@ def test_lost_checkpoint_or_snapshot_is_rebuilt_on_resume(finished, data_dir, tm
     `--forcerun train` does too). The trainer, at its final step, finds the hole and trains again from the latest
     full state below it."""
     from tokenscale import TokenscaleError
-    from tokenscale.evaluate import load_checkpoint_model
+    from tokenscale.evaluation.evaluate import load_checkpoint_model
 
     run = _copy(finished, tmp_path)
     shutil.rmtree(run / lost)

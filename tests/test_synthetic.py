@@ -14,8 +14,8 @@ import pytest
 from scipy.stats import chisquare
 
 from tokenscale import TokenscaleError
-from tokenscale import synthetic as syn
-from tokenscale.synthetic import (BOS, CHUNK, EQ, PAD, SyntheticSpec, evaluate_prefix, expression_hash, generate,
+from tokenscale.synthetic import arithmetic as syn
+from tokenscale.synthetic.arithmetic import (BOS, CHUNK, EQ, PAD, SyntheticSpec, evaluate_prefix, expression_hash, generate,
                                   level_baseline, level_probs, overlap, vocab, vocab_size)
 
 OP0, VAL0 = syn.OP0, syn.VAL0
@@ -283,7 +283,7 @@ def test_imports_only_numpy_and_tokenscale_error():
     imported |= {f"{node.module}.{a.name}" for node in tree.body if isinstance(node, ast.ImportFrom)
                  for a in node.names}
     assert imported == {"__future__.annotations", "dataclasses.dataclass", "numpy", "tokenscale.TokenscaleError"}
-    code = "import sys, tokenscale.synthetic; print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))"
+    code = "import sys, tokenscale.synthetic.arithmetic; print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

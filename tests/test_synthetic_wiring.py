@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tokenscale import TokenscaleError
-from tokenscale import synthetic as sy
+from tokenscale.synthetic import arithmetic as sy
 from tokenscale.config import RunConfig, run_configs, validate_config
 from tokenscale.data import TrainTokens
 
@@ -54,7 +54,7 @@ def test_prepared_folder_rows_and_answer_scored_sets(syn_dir):
 
 
 def test_answer_only_loss_ignores_masked_labels(syn_dir, tmp_path):
-    from tokenscale.train import Trainer
+    from tokenscale.training.trainer import Trainer
 
     tr = Trainer(syn_run(), syn_dir, tmp_path / "run", threads=1, progress=False)
     tr._build()
@@ -76,7 +76,7 @@ def test_answer_only_loss_ignores_masked_labels(syn_dir, tmp_path):
     answer[:, -1] = (answer[:, -1] + 1) % tr.tokens.vocab_size  # the answer changed: the loss changes
     assert loss_and_grads(answer)[0] != ce0
     # the CE is the mean answer loss the evaluator computes
-    from tokenscale.evaluate import token_losses
+    from tokenscale.evaluation.evaluate import token_losses
 
     with torch.no_grad():
         want = token_losses(tr.model, ids, batch_size=8)[:, -1].mean()
@@ -84,9 +84,9 @@ def test_answer_only_loss_ignores_masked_labels(syn_dir, tmp_path):
 
 
 def test_train_evaluate_assemble_on_answers(syn_dir, tmp_path):
-    from tokenscale.evaluate import evaluate_checkpoint, scored_predictions
+    from tokenscale.evaluation.evaluate import evaluate_checkpoint, scored_predictions
     from tokenscale.io import read_eval_losses, read_run_trajectories, write_trajectory_shards
-    from tokenscale.train import Trainer
+    from tokenscale.training.trainer import Trainer
 
     run = syn_run()
     Trainer(run, syn_dir, tmp_path / "run", threads=1, progress=False).train()

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tokenscale.throughput import achieved_flops, mfu, peak_flops, table_peak
+from tokenscale.training.throughput import achieved_flops, mfu, peak_flops, table_peak
 
 
 def test_mfu_hand_count():
@@ -55,6 +55,6 @@ def test_cpu_peak_measured_and_cached():
 
 
 def test_throughput_imports_no_torch():
-    code = "import sys, tokenscale.throughput; print('torch' in sys.modules); sys.exit('torch' in sys.modules)"
+    code = "import sys, tokenscale.training.throughput; print('torch' in sys.modules); sys.exit('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -32,7 +32,7 @@ def reference_run(tmp_path_factory, data_dir):
 def test_checkpoints_load_and_reproduce_val_loss(reference_run, data_dir):
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from tokenscale.evaluate import load_token_set, mean_loss
+    from tokenscale.evaluation.evaluate import load_token_set, mean_loss
 
     ck = sorted((reference_run / "checkpoints").iterdir())
     summary = json.loads((reference_run / "train.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 
 from tokenscale import TokenscaleError
 from tokenscale.cli import main
-from tokenscale.verify import (
+from tokenscale.reproduction.verify import (
     REFERENCE_FORMAT,
     Tolerance,
     compare,
@@ -137,7 +137,7 @@ def test_measured_spread_widens_only_its_own_number(tmp_path):
     report = {"variants": {"threads": {"numbers": {
         "series/t/analysis/summary.json:power_law.alpha": {"abs": 0.05, "rel": 0.06},
         "series/t/analysis/summary.json:power_law.E": {"abs": 0.0, "rel": 0.0}}}}}
-    from tokenscale.verify import write_reference
+    from tokenscale.reproduction.verify import write_reference
 
     ref = write_reference(tree, "c.yaml", [report])
     assert ref["spread"] == {"series/t/analysis/summary.json": {"power_law.alpha": 0.1}}
@@ -226,7 +226,7 @@ def test_tolerance_boundary_is_inclusive():
 def test_seed_interval_known_answer():
     """Five seeds 1..5: mean 3, s = √2.5; the 99 % prediction interval of a sixth is 3 ± t_4(0.995)·s·√(6/5)
     = 3 ± 4.604095·1.581139·1.095445 (hand-computed t from tables: 4.6041)."""
-    from tokenscale.verify import SeedInterval
+    from tokenscale.reproduction.verify import SeedInterval
 
     iv = SeedInterval((1.0, 2.0, 3.0, 4.0, 5.0), 0.99)
     lo, hi = iv.bounds()

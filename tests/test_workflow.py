@@ -126,7 +126,7 @@ def test_smoke_outputs_and_cross_checks(smoke):
 def test_smoke_reshape_experiment(smoke):
     """§6: scores over the 40 candidates, the pool arms' weights, 2 arms x 2 seeds continued from t_smoke's state,
     the report's metrics (whatever their sign) and Fig. 6."""
-    from tokenscale.reshape import read_scores
+    from tokenscale.reshaping.compute import read_scores
 
     d = smoke / "reshape" / "rs_smoke"
     sc = read_scores(d / "scores.csv")
@@ -152,7 +152,7 @@ def test_smoke_reshape_experiment(smoke):
 def test_smoke_synthetic_pair(smoke, run, dist):
     """App. A.3: each synthetic run's series is its dataset's 96 validation answers (one token per example); the
     report has per-level accuracy for the 3 levels, the shape test and the decomposition's numbers; Fig. 8-10."""
-    from tokenscale.synthetic import read_levels
+    from tokenscale.synthetic.arithmetic import read_levels
 
     r = json.loads((smoke / "series" / run / "synthetic" / "report.json").read_text())
     assert r["synthetic"]["distribution"] == dist and r["n_answer_tokens"] == 96
@@ -171,7 +171,7 @@ def test_smoke_frontiers(smoke, sweep, axis):
     """The D and M sweeps' frontier series: the best final checkpoint per setting, fitted on its own axis, each
     point's loss the mean of the per-token losses (1e-4) and its run's val_loss.csv; figures A and B."""
     from tokenscale.fit import load_fits
-    from tokenscale.frontier import read_frontier_csv
+    from tokenscale.frontiers.compute import read_frontier_csv
     from tokenscale.io import read_run_trajectories
 
     out = smoke / "series" / sweep
@@ -405,7 +405,7 @@ def test_run_threads_reach_its_train_and_eval_jobs(tmp_path):
 
 def test_second_run_is_bit_identical(smoke, tmp_path):
     """Two runs on one machine give bit-identical weights, trajectories and fits (docs/determinism.md)."""
-    from tokenscale.determinism import compare_arrays, compare_weights
+    from tokenscale.reproduction.determinism import compare_arrays, compare_weights
 
     again = tmp_path / "again"
     smk(str(again / f"series/{RUN}/fits.h5"), results=again)

@@ -13,7 +13,7 @@ echo "== Triton block sweep (2M rows, input on the GPU)"
 timeout 130 python3 - <<'PY' 2>&1 | tee -a "$out/fit_gpu.txt"
 import os, time, numpy as np, torch
 from tokenscale.fit import fit_sigmoids
-from tokenscale.planted import default_step_axis, planted_trajectories
+from tokenscale.fit.planted import default_step_axis, planted_trajectories
 axis = default_step_axis(64)
 Y, _ = planted_trajectories(2_000_000, axis, seed=0)
 Yd = torch.from_numpy(Y).cuda()

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 __all__ = ["atomic_output", "write_text", "write_json", "fsync_dir", "fsync_tree", "remove", "is_full_disk",
            "disk_full_error"]

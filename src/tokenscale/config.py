@@ -20,7 +20,7 @@ import jsonschema
 import numpy as np
 import yaml
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -122,7 +122,7 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
     dup = _duplicate_names(cfg["runs"])
     if dup:
         raise TokenscaleError(f"config: runs has duplicate name(s): {', '.join(dup)}")
-    from .model import resolve_arch  # imports torch lazily only
+    from tokenscale.training.model import resolve_arch  # imports torch lazily only
 
     if cross_run:
         _check_synthetic(cfg)
@@ -268,7 +268,7 @@ def run_seq_len(cfg: dict, run: dict) -> int:
 def _check_synthetic(cfg: dict) -> None:
     """Every ``synthetic`` entry generates (one line naming the bad value otherwise); every run's ``synthetic``
     names one, and such runs take their validation loss from the per-token evaluation."""
-    from .synthetic import spec_of
+    from tokenscale.synthetic.arithmetic import spec_of
 
     for i, e in enumerate(cfg["synthetic"]):
         try:
@@ -331,7 +331,7 @@ def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
     """Each ``reshape`` experiment's continuation runs ``{name}-{arm}-s{seed}`` (and ``{name}-original``): the
     reference's recipe, branched from its snapshot at the window start (added to its snapshots), ending at the
     window end, with the reference's warmup in steps. Bad experiments are refused in one line here."""
-    from .reshape import bucket_weights, candidate_first_step, candidate_steps
+    from tokenscale.reshaping.compute import bucket_weights, candidate_first_step, candidate_steps
 
     runs = {r["name"]: r for r in cfg["runs"]}
     out = []
@@ -556,7 +556,7 @@ class RunConfig:
 
     def branch_key(self) -> dict:
         """What a trunk and its branch must share for the branch to continue the same training."""
-        from .model import resolve_arch  # imports torch lazily only
+        from tokenscale.training.model import resolve_arch  # imports torch lazily only
 
         arch = {k: v for k, v in resolve_arch(self.model, self.seq_len).items() if k != "preset"}
         perf = {k: v for k, v in self.perf.items() if k not in ("peak_tflops", "prefetch")}  # no effect on numbers

@@ -530,7 +530,7 @@ def _run_x(curve, axis: str) -> np.ndarray:
 def _fig04a(curves, trunks, table, axis: str, outdir: Path, title: str) -> str:
     """Every run's validation-loss curve coloured by its group value, the trunk(s) dashed, the lower envelope
     over all checkpoints, and the frontier points (the best recipe's final checkpoint per group)."""
-    from .frontier import envelope
+    from tokenscale.frontiers.compute import envelope
 
     fig = Figure(figsize=(7.5, 5))
     ax = fig.add_subplot()

@@ -21,11 +21,11 @@ Each kind of series is one builder in :data:`BUILDERS` (config -> series). Today
   on its dataset's validation examples, whose answers are the tokens);
 * ``external`` -- an external folder's checkpoints, on its own token set;
 * ``candidates`` -- a reshape experiment's candidate training samples (a token set of their own) at the reference
-  run's checkpoints around the target window (:mod:`tokenscale.reshape`);
+  run's checkpoints around the target window (:mod:`tokenscale.reshaping.compute`);
 * ``continuation`` -- a reshape experiment's continuation arm on the shared validation token set: the reference's
   checkpoints up to the window start, then the arm's own (the arms' learning-time spectra are compared in the
   experiment's report, not analysed one by one);
-* ``frontier`` -- a D or M sweep's frontier (:mod:`tokenscale.frontier`): the best recipe's final checkpoint per
+* ``frontier`` -- a D or M sweep's frontier (:mod:`tokenscale.frontiers.compute`): the best recipe's final checkpoint per
   token budget or model size, on the shared validation token set, fitted on tokens seen (D) or on the models'
   non-embedding FLOPs/token (M). Deferred: the choice needs the runs' validation losses.
 
@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 __all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "build_workflow", "discover_checkpoints",
            "step_from_name", "eval_blocks", "block_of", "resolve", "resolve_manifest", "series_spec",
@@ -165,7 +165,7 @@ VALID_TOKENS = "valid"  # the token set of the prepared validation sequences, sh
 
 def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each T-axis training run's own checkpoints on the shared validation token set (every run is a source)."""
-    from .config import run_configs
+    from tokenscale.config import run_configs
 
     wf.add(token_sets=[TokenSet(VALID_TOKENS, f"{cfg['results']}/data/valid_tokens.h5", f"{cfg['results']}/data")])
     wf.add(token_sets=[TokenSet(e["name"], f"{cfg['results']}/synthetic/{e['name']}/valid_tokens.h5",
@@ -191,8 +191,8 @@ def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
 
 def _frontier_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """One frontier series per D or M sweep, over the sweep's runs (registered as sources by ``_run_series``)."""
-    from .config import config_hash, run_configs
-    from .frontier import AXES, frontier_options
+    from tokenscale.config import config_hash, run_configs
+    from tokenscale.frontiers.compute import AXES, frontier_options
 
     runs = run_configs(cfg)
     for sweep in cfg["sweeps"]:
@@ -207,13 +207,13 @@ def _frontier_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
         inputs = tuple(f"{cfg['results']}/runs/{name}/val_loss.csv" for name in members)
         yield Series(sweep["name"], "frontier", VALID_TOKENS, None, tuple(members),
                      config_hash=config_hash([runs[n].hash for n in members]), inputs=inputs,
-                     resolver="tokenscale.frontier:resolve", axis=AXES[sweep["axis"]][0],
+                     resolver="tokenscale.frontiers.compute:resolve", axis=AXES[sweep["axis"]][0],
                      options=frontier_options(sweep["axis"], groups))
 
 
 def _group_value(run, axis: str) -> float:
     """A sweep run's frontier group: its token budget (D) or its model's non-embedding FLOPs/token (M)."""
-    from .model import nonembedding_flops_per_token, resolve_arch
+    from tokenscale.training.model import nonembedding_flops_per_token, resolve_arch
 
     if axis == "D":
         return float(run.tokens)
@@ -223,8 +223,8 @@ def _group_value(run, axis: str) -> float:
 def _reshape_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each reshape experiment's candidate tokens (training samples) at the reference's checkpoints around the
     window: a token set of its own and a source that is the reference's checkpoints from ``candidate_from_step``."""
-    from .config import run_configs
-    from .reshape import candidate_steps
+    from tokenscale.config import run_configs
+    from tokenscale.reshaping.compute import candidate_steps
 
     runs = run_configs(cfg)
     for ex in cfg["reshape"]:
@@ -239,7 +239,7 @@ def _reshape_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
 def _continuation_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each reshape arm's validation-token trajectories: the reference's checkpoints up to the window start (the
     state the arm continues from), then the arm's checkpoints over the window; named like the arm's run."""
-    from .config import run_configs
+    from tokenscale.config import run_configs
 
     for name, run in run_configs(cfg).items():
         if run.reshape is None:
@@ -285,7 +285,7 @@ def seed_groups(cfg: dict) -> dict[str, tuple[str, ...]]:
     """T-axis runs that differ only by ``seed`` (paper Fig. 2, hypothesis A), by group name: the name of the member
     with the lowest seed. Members are ordered by seed, one run per seed (of runs with the same recipe and seed, e.g.
     a rerun under another name, the first by name); groups of one seed are left out."""
-    from .config import config_hash, run_configs
+    from tokenscale.config import config_hash, run_configs
 
     by_recipe: dict[str, dict[int, str]] = {}
     for run in sorted(run_configs(cfg).values(), key=lambda r: r.name):
@@ -374,7 +374,7 @@ def parse_series_spec(text: str) -> tuple[Series, dict[str, Source]]:
 
 def write_manifest(path: str | Path, series: Series, members: Sequence[tuple[str, int]],
                    extra: dict | None = None) -> Path:
-    from .atomic import write_json
+    from tokenscale.atomic import write_json
 
     return write_json(path, {"format": MANIFEST_FORMAT, "series": series.name, "kind": series.kind,
                              "token_set": series.token_set, "members": [list(m) for m in members], **(extra or {})})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import TokenscaleError
-from .config import validate_config
+from tokenscale import TokenscaleError
+from tokenscale.config import validate_config
 
 
 def check_config(config: dict) -> dict:
@@ -20,7 +20,7 @@ def check_config(config: dict) -> dict:
 def workflow_config_hash(cfg: dict) -> str:
     """The config hash a results tree records (provenance.json): the validated config without where it writes
     (``results``) and what it is compared with (``reference``)."""
-    from .config import config_hash
+    from tokenscale.config import config_hash
 
     return config_hash({k: v for k, v in cfg.items() if k not in ("results", "reference")})
 

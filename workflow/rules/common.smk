@@ -20,7 +20,7 @@ from tokenscale.series import (
     seed_groups,
     series_spec,
 )
-from tokenscale.verify import code_version
+from tokenscale.reproduction.verify import code_version
 from tokenscale.workflow import workflow_config_hash
 
 RESULTS = CFG["results"]

@@ -1,4 +1,4 @@
-# Reshaping the training distribution with learning times (paper §6, Fig. 6; tokenscale.reshape). Per experiment:
+# Reshaping the training distribution with learning times (paper §6, Fig. 6; tokenscale.reshaping.compute). Per experiment:
 # candidate training samples -> (evaluated at the reference's checkpoints, fitted: series {exp}-candidates by the
 # generic rules) -> scores, buckets and sampler weights -> continuation arms (rule train, branched from the
 # reference's snapshot at the window start; each arm's validation trajectories fitted as series {arm}) -> report

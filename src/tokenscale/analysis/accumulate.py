@@ -14,8 +14,8 @@ from scipy.special import expit
 
 from tokenscale import TokenscaleError
 
-from .numerics import derivative, onehot, pulse
-from .options import AnalysisOptions, selection_weights
+from tokenscale.analysis.numerics import derivative, onehot, pulse
+from tokenscale.analysis.options import AnalysisOptions, selection_weights
 
 __all__ = ["Inputs", "Layout", "Sums", "prepare", "layout", "accumulate", "STATUS_INVALID", "FINE_BINS"]
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from tokenscale import TokenscaleError
 
-from .accumulate import Inputs, Sums
-from .numerics import derivative, to_x
-from .options import AnalysisOptions
+from tokenscale.analysis.accumulate import Inputs, Sums
+from tokenscale.analysis.numerics import derivative, to_x
+from tokenscale.analysis.options import AnalysisOptions
 
 __all__ = ["Curves", "aggregate_curves", "transient_start"]
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from .accumulate import FINE_BINS, accumulate, layout, prepare
-from .curves import aggregate_curves
-from .options import AnalysisOptions
-from .powerlaw import power_law_stage
-from .pulses import pulses_stage, svd_stage
-from .reconstruct import metrics_stage, reconstruct_stage
-from .result import SpectrumResult
-from .samples import counts_stage, samples_stage
-from .spectrum import spectrum_stage
+from tokenscale.analysis.accumulate import FINE_BINS, accumulate, layout, prepare
+from tokenscale.analysis.curves import aggregate_curves
+from tokenscale.analysis.options import AnalysisOptions
+from tokenscale.analysis.powerlaw import power_law_stage
+from tokenscale.analysis.pulses import pulses_stage, svd_stage
+from tokenscale.analysis.reconstruct import metrics_stage, reconstruct_stage
+from tokenscale.analysis.result import SpectrumResult
+from tokenscale.analysis.samples import counts_stage, samples_stage
+from tokenscale.analysis.spectrum import spectrum_stage
 
 __all__ = ["analyze"]
 

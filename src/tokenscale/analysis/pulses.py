@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulate import Inputs, Layout, Sums
-from .numerics import derivative
-from .options import AnalysisOptions
-from .spectrum import Spectrum
+from tokenscale.analysis.accumulate import Inputs, Layout, Sums
+from tokenscale.analysis.numerics import derivative
+from tokenscale.analysis.options import AnalysisOptions
+from tokenscale.analysis.spectrum import Spectrum
 
 __all__ = ["Pulses", "pulses_stage", "svd_stage"]
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulate import Inputs, Layout, Sums
-from .curves import Curves
-from .numerics import fit_quality, fwhm
-from .pulses import Pulses
+from tokenscale.analysis.accumulate import Inputs, Layout, Sums
+from tokenscale.analysis.curves import Curves
+from tokenscale.analysis.numerics import fit_quality, fwhm
+from tokenscale.analysis.pulses import Pulses
 
 __all__ = ["Reconstruction", "reconstruct_stage", "metrics_stage"]
 

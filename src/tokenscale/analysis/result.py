@@ -23,7 +23,7 @@ import numpy as np
 from tokenscale import TokenscaleError, __version__, atomic
 from tokenscale.atomic import atomic_output
 
-from .numerics import jsonable, to_orig
+from tokenscale.analysis.numerics import jsonable, to_orig
 
 __all__ = ["SpectrumResult", "ANALYSIS_FORMAT", "write_summary", "write_analysis", "read_analysis"]
 

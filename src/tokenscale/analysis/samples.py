@@ -9,8 +9,8 @@ import numpy as np
 
 from tokenscale.io.fits import CATEGORY_NAMES
 
-from .accumulate import STATUS_INVALID, Inputs, Layout, Sums
-from .options import AnalysisOptions
+from tokenscale.analysis.accumulate import STATUS_INVALID, Inputs, Layout, Sums
+from tokenscale.analysis.options import AnalysisOptions
 
 __all__ = ["Samples", "counts_stage", "samples_stage"]
 

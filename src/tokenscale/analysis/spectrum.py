@@ -10,11 +10,11 @@ import numpy as np
 
 from tokenscale import TokenscaleError
 
-from .accumulate import FINE_BINS, Inputs, Layout, Sums
-from .numerics import to_orig
-from .options import AnalysisOptions, Selection, selection_weights
-from .tail import fit_truncated_power_law
-from .tail_compare import compare_tail
+from tokenscale.analysis.accumulate import FINE_BINS, Inputs, Layout, Sums
+from tokenscale.analysis.numerics import to_orig
+from tokenscale.analysis.options import AnalysisOptions, Selection, selection_weights
+from tokenscale.analysis.tail import fit_truncated_power_law
+from tokenscale.analysis.tail_compare import compare_tail
 
 __all__ = ["Spectrum", "spectrum_stage", "tail_of_selection"]
 

@@ -75,7 +75,7 @@ import math
 import numpy as np
 from scipy import integrate, optimize, special, stats
 
-from .. import TokenscaleError
+from tokenscale import TokenscaleError
 
 __all__ = [
     "SIGNIFICANCE",

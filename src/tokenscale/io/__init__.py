@@ -503,7 +503,7 @@ def val_loss_rows(eval_paths: Sequence[os.PathLike | str]) -> list[tuple[int, in
     """``(step, tokens_seen, mean loss)`` of every verified eval file (files or block folders), by step.
 
     The mean is the file's float64 mean of its per-token losses: the trainer's in-loop validation loss when the
-    files evaluate the run's validation token set (``tokenscale.evaluate.mean_loss`` is the same mean)."""
+    files evaluate the run's validation token set (``tokenscale.evaluation.evaluate.mean_loss`` is the same mean)."""
     rows = {}
     for path in expand_eval_paths(eval_paths):
         head = read_eval_header(path)

@@ -1,4 +1,4 @@
-"""The dependency-length file format (torch-free): what :func:`tokenscale.dependency.compute_dependency` writes.
+"""The dependency-length file format (torch-free): what :func:`tokenscale.alignment.dependency.compute_dependency` writes.
 
 HDF5, ``format = "tokenscale-dependency-v1"``, written atomically::
 

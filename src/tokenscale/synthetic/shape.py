@@ -38,9 +38,9 @@ import numpy as np
 
 from tokenscale import TokenscaleError
 
-from .curves import transient_start
-from .numerics import to_orig, to_x
-from .powerlaw import fit_power_law
+from tokenscale.analysis.curves import transient_start
+from tokenscale.analysis.numerics import to_orig, to_x
+from tokenscale.analysis.powerlaw import fit_power_law
 
 __all__ = ["MIN_POINTS", "shape_test", "gaussian_aic", "aicc", "akaike_weights"]
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 __all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "score_samples", "assign_buckets",
            "sample_weights", "pool_weights", "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics",
@@ -128,7 +128,7 @@ def pool_weights(n_samples: int, sample_index: np.ndarray, weight: np.ndarray) -
 # ----------------------------------------------------------------------------- candidate token set
 def build_candidate_set(data_dir: str | Path, out_path: str | Path, *, n: int, seed: int) -> Path:
     """A token set (docs/formats.md, kind ``train-sample``) of ``n`` training samples drawn without replacement."""
-    from .data import TrainTokens, write_token_set
+    from tokenscale.data import TrainTokens, write_token_set
 
     data_dir = Path(data_dir)
     tt = TrainTokens(data_dir)
@@ -146,7 +146,7 @@ def build_candidate_set(data_dir: str | Path, out_path: str | Path, *, n: int, s
 
 # ----------------------------------------------------------------------------- scores file
 def write_scores(path: str | Path, sample_index, score, bucket, weight, n_in_window) -> None:
-    from . import atomic
+    from tokenscale import atomic
 
     rows = zip(np.asarray(sample_index).tolist(), np.asarray(score).tolist(), np.asarray(bucket).tolist(),
                np.asarray(weight).tolist(), np.asarray(n_in_window).tolist())
@@ -327,7 +327,7 @@ def _clean(v):
 
 # ----------------------------------------------------------------------------- stages the workflow runs
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from . import atomic
+    from tokenscale import atomic
 
     with atomic.atomic_output(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr)
@@ -335,10 +335,10 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def _selected_tau(fits_path, tokens_path, analysis: dict):
     """(token set dict, fit, tau (N,), valid (N,)) with the spectrum's main token selection."""
-    from .analysis.alignment import selected_tau
-    from .analysis.options import AnalysisOptions
-    from .io import read_token_set
-    from .io.fits import load_fits
+    from tokenscale.alignment.compute import selected_tau
+    from tokenscale.analysis.options import AnalysisOptions
+    from tokenscale.io import read_token_set
+    from tokenscale.io.fits import load_fits
 
     ts = read_token_set(tokens_path, datasets=("sample_index",))
     if "sample_index" not in ts:
@@ -351,8 +351,8 @@ def _selected_tau(fits_path, tokens_path, analysis: dict):
 def compute_scores(ex: dict, *, fits, tokens, train_data, analysis: dict, out_dir) -> dict:
     """Stage 2–3: scores.csv, weights-reshaped.npy / weights-uniform.npy (over the whole training set) and
     scores.json (per-bucket summary) in ``out_dir``; returns the summary."""
-    from .analysis.numerics import to_x
-    from .data import TrainTokens
+    from tokenscale.analysis.numerics import to_x
+    from tokenscale.data import TrainTokens
 
     ts, fit, tau, valid = _selected_tau(fits, tokens, analysis)
     T, idx = int(ts["seq_len"]), np.asarray(ts["sample_index"], dtype=np.int64)
@@ -373,7 +373,7 @@ def compute_scores(ex: dict, *, fits, tokens, train_data, analysis: dict, out_di
                "bucket_weights": wb.tolist(), "bucket_size": np.bincount(bucket, minlength=B).tolist(),
                "bucket_mean_score": [float(score[bucket == b].mean()) for b in range(B)],
                "bucket_share_reshaped": [float(w[bucket == b].sum() / w.sum()) for b in range(B)]}
-    from . import atomic
+    from tokenscale import atomic
 
     atomic.write_json(out / "scores.json", summary)
     return summary
@@ -381,7 +381,7 @@ def compute_scores(ex: dict, *, fits, tokens, train_data, analysis: dict, out_di
 
 def pool_draws(weights_path, data_seed: int, start: int, count: int) -> np.ndarray:
     """The training-sample indices a pool arm draws at positions ``[start, start + count)`` (its sampler's)."""
-    from .sampler import WeightedSampler
+    from tokenscale.training.sampler import WeightedSampler
 
     return WeightedSampler(np.load(weights_path), data_seed).indices(start, count)
 
@@ -429,11 +429,11 @@ def _repeats(arms: list[dict], batch_size: int, s_a: int, s_b: int) -> dict:
 def _arm_tau(arms: list[dict], valid_tokens, analysis: dict, window) -> tuple[dict, tuple[float, float], str]:
     """({arm: (n_seeds, N) τ on the fit axis, NaN where not selected}, window on the fit axis, fit transform) from
     the arms' continuation fit tables (every validation token, the analysis selection)."""
-    from .analysis.alignment import selected_tau
-    from .analysis.numerics import to_x
-    from .analysis.options import AnalysisOptions
-    from .io import read_token_set
-    from .io.fits import load_fits
+    from tokenscale.alignment.compute import selected_tau
+    from tokenscale.analysis.numerics import to_x
+    from tokenscale.analysis.options import AnalysisOptions
+    from tokenscale.io import read_token_set
+    from tokenscale.io.fits import load_fits
 
     missing = [a["run"] for a in arms if "fits" not in a]
     if missing:
@@ -454,7 +454,7 @@ def _arm_tau(arms: list[dict], valid_tokens, analysis: dict, window) -> tuple[di
 
 def _shift_figure_data(tau_x: dict, window, transform: str) -> dict:
     """Per arm, the mean over seeds of the selected validation tokens' τ histogram (log-spaced steps)."""
-    from .analysis.numerics import to_orig
+    from tokenscale.analysis.numerics import to_orig
 
     edges = np.geomspace(max(1.0, window[0] / 4), window[1], 25)
     hist = {a: np.mean([np.histogram(to_orig(t[np.isfinite(t)], transform), bins=edges)[0] for t in x], axis=0).tolist()
@@ -467,11 +467,11 @@ def make_report(ex: dict, *, batch_size: int, scores_dir, fits, tokens, trajecto
     """Stages 4–6: ``out`` (report.json) and Fig. 6 A–F in ``figures``. ``arms``: dicts with ``run``, ``arm``,
     ``data_seed``, ``val_loss`` (csv), ``log`` (log.jsonl), for pool arms ``weights`` (npy) and, for step 6
     (with ``valid_tokens``, the validation token set), ``fits``: the arm's continuation fit table."""
-    from . import atomic
-    from .analysis.numerics import to_orig
-    from .figures_reshape import plot_reshape
-    from .frontier import read_curve
-    from .io import read_run_trajectories
+    from tokenscale import atomic
+    from tokenscale.analysis.numerics import to_orig
+    from tokenscale.reshaping.figures import plot_reshape
+    from tokenscale.frontiers.compute import read_curve
+    from tokenscale.io import read_run_trajectories
 
     s_a, s_b = ex["window"]
     scores = read_scores(Path(scores_dir) / "scores.csv")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 
 class PermutationSampler:

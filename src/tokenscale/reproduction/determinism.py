@@ -6,7 +6,7 @@ the test that two smoke runs on one machine give bit-identical trajectories and 
 * **weights**: every checkpoint's ``model.safetensors`` (byte comparison of the file);
 * **arrays**: every dataset of the trajectory shards and fit tables (``series/*/trajectories/*.h5``,
   ``series/*/fits.h5``), compared with NaN equal to NaN;
-* **numbers**: the headline numbers of :mod:`tokenscale.verify`: identical, or the largest absolute and relative
+* **numbers**: the headline numbers of :mod:`tokenscale.reproduction.verify`: identical, or the largest absolute and relative
   difference.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .verify import headline_numbers
+from tokenscale.reproduction.verify import headline_numbers
 
 ARRAY_GLOBS = ("series/*/trajectories/*.h5", "series/*/fits.h5")
 

@@ -3,8 +3,8 @@
     achieved FLOP/s = tokens/s * model FLOPs/token
     MFU             = achieved FLOP/s / peak FLOP/s
 
-with model FLOPs/token = M + 6*d*V from :func:`tokenscale.model.model_flops_per_token` (M = 6*N + 12*L*H*hd*l,
-the non-embedding training FLOPs, plus the LM head; the formula is written out in ``tokenscale.model``). The peak
+with model FLOPs/token = M + 6*d*V from :func:`tokenscale.training.model.model_flops_per_token` (M = 6*N + 12*L*H*hd*l,
+the non-embedding training FLOPs, plus the LM head; the formula is written out in ``tokenscale.training.model``). The peak
 comes from :func:`peak_flops`: a config override, else the datasheet table for a known GPU, else a GEMM measured
 on the CPU. An unknown GPU gets NaN, never a guessed number, and its MFU is reported as null (``None``).
 

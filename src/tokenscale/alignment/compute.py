@@ -179,7 +179,7 @@ def selected_tau(fit, n_tokens: int, selection) -> tuple[np.ndarray, np.ndarray]
 
 def selected_rows(fit, selection) -> np.ndarray:
     """(len(fit),) bool: the fit rows in the spectrum's token selection whose τ lies inside the fitted window."""
-    from .options import selection_weights
+    from tokenscale.analysis.options import selection_weights
 
     t = np.asarray(fit.tau, dtype=float)
     x = np.asarray(fit.axis, dtype=float)

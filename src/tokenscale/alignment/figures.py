@@ -1,4 +1,4 @@
-"""Figures of :mod:`tokenscale.analysis.alignment` (PNG + SVG each, matplotlib object API on the Agg canvas).
+"""Figures of :mod:`tokenscale.alignment.compute` (PNG + SVG each, matplotlib object API on the Agg canvas).
 
 * ``fig07_alignment`` – paper Fig. 7 (App. A.2): mean learning time τ with its bootstrap CI by domain (left),
   training-frequency bin (middle) and dependency length (right), each panel titled with its Spearman ρ [CI]
@@ -74,10 +74,10 @@ def _panel(ax, panel: dict | None, title: str, log: bool, ylabel: str, xlabel: s
 
 
 def plot_alignment(table: dict, out_dir, *, axis_label: str = "training step") -> list[Path]:
-    """Fig. 7 from an :func:`tokenscale.analysis.alignment.align` table into ``out_dir``; returns the PNG and
+    """Fig. 7 from an :func:`tokenscale.alignment.compute.align` table into ``out_dir``; returns the PNG and
     SVG paths.  y: mean τ in original units (a log axis, and the geometric mean, for a ``log10`` fit)."""
     if not isinstance(table, dict) or "transform" not in table:
-        raise TokenscaleError("plot_alignment needs a table from tokenscale.analysis.alignment.align")
+        raise TokenscaleError("plot_alignment needs a table from tokenscale.alignment.compute.align")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = table["transform"] == "log10"
@@ -97,7 +97,7 @@ def plot_alignment(table: dict, out_dir, *, axis_label: str = "training step") -
 def plot_seed_agreement(tau_a, tau_b, stats: dict, out_path, *, valid=None, labels=("run A", "run B"),
                         axis_label: str = "fit axis x") -> list[Path]:
     """τ_a against τ_b (hexbin, or a scatter for fewer than 2000 tokens) with the diagonal; ``stats`` from
-    :func:`tokenscale.analysis.alignment.seed_agreement`.  Plots the finite pairs (within ``valid`` when given).
+    :func:`tokenscale.alignment.compute.seed_agreement`.  Plots the finite pairs (within ``valid`` when given).
     Writes ``out_path`` as PNG and SVG (a ``.png``/``.svg`` suffix is replaced); returns both paths."""
     a = np.asarray(tau_a, dtype=float).reshape(-1)
     b = np.asarray(tau_b, dtype=float).reshape(-1)

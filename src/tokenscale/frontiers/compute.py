@@ -6,7 +6,7 @@ runs of its group only by its recipe (learning rate, batch, decay, seed ...):
 * D axis: a_r = the run's training-token budget (``runs[].tokens``); its final checkpoint has seen
   ``steps * batch * seq_len`` of them (tokens seen, the value the frontier series is fitted on);
 * M axis: a_r = the non-embedding training FLOPs per token of the run's model
-  (:func:`tokenscale.model.nonembedding_flops_per_token`).
+  (:func:`tokenscale.training.model.nonembedding_flops_per_token`).
 
 L_r(c) is the validation loss of run r at checkpoint c: the mean per-token loss of the evaluation of that
 checkpoint on the shared validation token set (the run's ``val_loss.csv``).
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 __all__ = ["AXES", "Curve", "FrontierPoint", "read_curve", "frontier_points", "envelope", "resolve",
            "frontier_options", "check_mean_loss", "write_frontier_csv", "read_frontier_csv"]
@@ -165,7 +165,7 @@ def check_mean_loss(table: Sequence[dict], mean_loss: np.ndarray, where: str, to
 
 
 def write_frontier_csv(path: str | Path, table: Sequence[dict]) -> Path:
-    from .atomic import write_text
+    from tokenscale.atomic import write_text
 
     lines = [",".join(FRONTIER_HEADER)]
     for row in table:

@@ -3,7 +3,7 @@
 Conventions (``tokenscale plan``; torch is never imported):
 
     training FLOPs  = model FLOPs/token x tokens trained
-    model FLOPs/token = M + 6*d*V            (tokenscale.model: non-embedding M plus the LM head, forward and
+    model FLOPs/token = M + 6*d*V            (tokenscale.training.model: non-embedding M plus the LM head, forward and
                                               backward, 2 FLOPs per multiply-add, attention without a causal
                                               discount; the number MFU divides by the peak, see ``throughput``)
     tokens trained  = steps trained x batch_size x seq_len
@@ -13,7 +13,7 @@ Conventions (``tokenscale plan``; torch is never imported):
     GPU-hours       = training FLOPs / (peak x MFU) / 3600, GPU-days = GPU-hours / 24
 
 The peak is the dense datasheet peak of ``--gpu`` at ``--precision`` from
-:data:`tokenscale.throughput.GPU_PEAKS` (A100 bf16: 312 TFLOP/s). The MFU is an assumption (default 0.4).
+:data:`tokenscale.training.throughput.GPU_PEAKS` (A100 bf16: 312 TFLOP/s). The MFU is an assumption (default 0.4).
 Not counted: evaluation of the checkpoints, fits, checkpoint and state I/O, restarts, activation
 recomputation, and the runs of any search the config does not list.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 # Paper text: "The step-axis study consumed 133 A100 GPU days overall" (§4.1, including two extra runs);
 # "the data axis training consumed 358 A100 GPU days in total" (§5.1); "model-axis training consumed 422 A100
@@ -41,19 +41,19 @@ AXES = ("T", "D", "M")
 
 def gpu_peak(gpu: str, precision: str = DEFAULT_PRECISION) -> tuple[float, str]:
     """Dense peak FLOP/s of ``gpu`` (a name or part of one, e.g. a100, h100) at ``precision``, and its label."""
-    from .throughput import GPU_PEAKS, table_peak
+    from tokenscale.training.throughput import GPU_PEAKS, table_peak
 
     peak, source = table_peak(gpu, precision)
     if not math.isfinite(peak):
         known = ", ".join(label.removeprefix("NVIDIA ") for _, label, _ in GPU_PEAKS)
-        raise TokenscaleError(f"--gpu {gpu!r} at {precision} is not in tokenscale.throughput.GPU_PEAKS "
+        raise TokenscaleError(f"--gpu {gpu!r} at {precision} is not in tokenscale.training.throughput.GPU_PEAKS "
                               f"(known: {known})")
     return peak, source.removeprefix("table: ")
 
 
 def run_plan(run, vocab_size: int, peak: float, mfu: float) -> dict:
     """One run's steps and tokens trained, training FLOPs, GPU-hours and branch savings; ``run`` a RunConfig."""
-    from .model import model_flops_per_token, resolve_arch
+    from tokenscale.training.model import model_flops_per_token, resolve_arch
 
     flops_per_token = model_flops_per_token(resolve_arch(run.model, run.seq_len), run.seq_len, vocab_size)
     total = run.total_steps
@@ -76,8 +76,8 @@ def gpu_hours(flops: float, peak: float, mfu: float) -> float:
 
 def plan(cfg: dict, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU, precision: str = DEFAULT_PRECISION) -> dict:
     """Per-run rows and per-axis totals of a validated config, with the paper's A100-days per axis."""
-    from .config import run_configs
-    from .synthetic import vocab_size
+    from tokenscale.config import run_configs
+    from tokenscale.synthetic.arithmetic import vocab_size
 
     if not 0 < mfu <= 1:
         raise TokenscaleError(f"--mfu {mfu} must be in (0, 1]")

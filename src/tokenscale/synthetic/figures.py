@@ -1,4 +1,4 @@
-"""Figures of a synthetic modular-arithmetic (Mano) run (:mod:`tokenscale.synthetic`; paper App. A.3, Fig. 8–10).
+"""Figures of a synthetic modular-arithmetic (Mano) run (:mod:`tokenscale.synthetic.arithmetic`; paper App. A.3, Fig. 8–10).
 
 PNG + SVG each, matplotlib object API (no pyplot), written with :func:`tokenscale.figures._save`. The functions
 take plain numpy arrays and dicts (no file reading); each returns the written ``[png, svg]`` paths.

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import TokenscaleError, __version__, atomic
+from tokenscale import TokenscaleError, __version__, atomic
 
 EOS = "<|endoftext|>"
 DOC_CHUNK_CHARS = 4000  # builtin texts (prose, docstrings, code) are split at blank lines into ~this size

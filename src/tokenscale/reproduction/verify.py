@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 REFERENCE_FORMAT = "tokenscale-reference/1"
 TOLERANCE_FORMAT = "tokenscale-tolerances/1"
@@ -148,7 +148,7 @@ def lock_hash(lock: Path) -> str:
 
 def code_version(repo: Path) -> str:
     """The checkout's commit (``-dirty`` when tracked files differ), else the package version."""
-    from . import __version__
+    from tokenscale import __version__
 
     try:
         rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -182,7 +182,7 @@ def read_provenance(results: Path) -> dict:
 def write_reference(results: Path, config: str, spreads: list[dict] = (), seed_trees: list[Path] = ()) -> dict:
     """A reference from a results tree: its provenance, every headline number, and per number the measured spread
     (``SPREAD_FACTOR`` × the largest absolute difference any ``spreads`` comparison saw: a determinism report's
-    ``variants.*.numbers``, see tokenscale.determinism), which widens that number's tolerance beyond its rule. A
+    ``variants.*.numbers``, see tokenscale.reproduction.determinism), which widens that number's tolerance beyond its rule. A
     ``spreads`` entry that is itself a reference contributes the spread it holds (measurements accumulate).
 
     ``seed_trees``: results trees of the same config under other training seeds (``seed_offset`` 1..K−1); each

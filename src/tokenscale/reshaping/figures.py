@@ -1,4 +1,4 @@
-"""Figure of a reshaping experiment (:mod:`tokenscale.reshape`; paper Fig. 6 A–E), PNG + SVG, matplotlib object API.
+"""Figure of a reshaping experiment (:mod:`tokenscale.reshaping.compute`; paper Fig. 6 A–E), PNG + SVG, matplotlib object API.
 
 ``fig06_reshape`` has five panels:
 

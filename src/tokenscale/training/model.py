@@ -59,7 +59,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from . import TokenscaleError
+from tokenscale import TokenscaleError
 
 # Named presets. Values are the architecture keys accepted by ``runs[].model`` in the config.
 PRESETS: dict[str, dict] = {

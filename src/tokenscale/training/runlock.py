@@ -55,8 +55,8 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from . import TokenscaleError
-from .atomic import disk_full_error, fsync_dir, is_full_disk
+from tokenscale import TokenscaleError
+from tokenscale.atomic import disk_full_error, fsync_dir, is_full_disk
 
 __all__ = ["RunLock", "install_job_guard", "lock_info", "snakemake_ancestors"]
 

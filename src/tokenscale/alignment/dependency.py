@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from tokenscale import TokenscaleError, __version__
-from tokenscale import evaluate as ev
+from tokenscale.evaluation import evaluate as ev
 from tokenscale import io as tio
 from tokenscale.io.dependency import FORMAT, read_dependency, write_dependency
 

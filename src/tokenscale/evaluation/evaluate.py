@@ -271,7 +271,7 @@ def _check_tokenizer(ckpt: Path, token_set_path: os.PathLike | str, ts_attrs: di
     """sha256 of the checkpoint's own ``tokenizer.json`` ("" when it ships none, as external series do); an
     error when the token set records the tokenizer it was cut with and that is another one (losses of token ids
     from a different vocabulary would be silently wrong numbers)."""
-    from .data import tokenizer_sha256  # light: hashes a file
+    from tokenscale.data import tokenizer_sha256  # light: hashes a file
 
     own = tokenizer_sha256(ckpt) if (ckpt / "tokenizer.json").is_file() else ""
     want = str(ts_attrs.get("tokenizer_sha256", ""))

@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import TokenscaleError, __version__
+from tokenscale import TokenscaleError, __version__
 
 
 def _load_cfg(args) -> dict:
-    from .config import load_config, validate_config
+    from tokenscale.config import load_config, validate_config
 
     if getattr(args, "spec", None):
         try:  # the workflow's slice of a validated config (one run): checks between runs were done on the whole
@@ -36,7 +36,7 @@ def _add_cfg(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------------------------- commands
 def cmd_check_config(args) -> int:
-    from .config import run_configs
+    from tokenscale.config import run_configs
 
     cfg = _load_cfg(args)
     for name, r in run_configs(cfg).items():
@@ -49,8 +49,8 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .config import load_config, run_configs
-    from .model import describe_presets, describe_runs
+    from tokenscale.config import load_config, run_configs
+    from tokenscale.training.model import describe_presets, describe_runs
 
     config = _default_config(args.config) if args.vocab_size is None or args.config else None
     if args.vocab_size is None and config is None:
@@ -94,8 +94,8 @@ def _count(n: int) -> str:
 
 
 def cmd_plan(args) -> int:
-    from .config import load_config
-    from .plan import format_plan, plan
+    from tokenscale.config import load_config
+    from tokenscale.training.plan import format_plan, plan
 
     config = _default_config(args.config)
     if config is None:
@@ -108,7 +108,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_prepare_data(args) -> int:
-    from .data import build_corpus, tokenize_corpus, train_tokenizer
+    from tokenscale.data import build_corpus, tokenize_corpus, train_tokenizer
 
     cfg = _load_cfg(args)["data"]
     out = Path(args.out)
@@ -132,7 +132,7 @@ def cmd_prepare_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import run_configs
+    from tokenscale.config import run_configs
 
     cfg = _load_cfg(args)
     runs = run_configs(cfg)
@@ -143,11 +143,11 @@ def cmd_train(args) -> int:
     nproc = args.nproc or max(args.gpus or 0, run.nproc)
     out = Path(args.out) if args.out else Path(cfg["results"]) / "runs" / run.name
     if nproc > 1 and "RANK" not in os.environ:
-        from .runlock import RunLock
+        from tokenscale.training.runlock import RunLock
 
         RunLock(out).check()  # a held folder stops here in one line, before torchrun starts any rank
         return _relaunch(nproc, args)
-    from .train import Trainer
+    from tokenscale.training.trainer import Trainer
 
     data = Path(args.data) if args.data else Path(cfg["results"]) / "data"
     trainer = Trainer(run, data, out, threads=args.threads or run.threads or cfg["threads"], sampler_weights=args.sampler_weights,
@@ -208,7 +208,7 @@ def cmd_evaluate(args) -> int:
     import time
     from pathlib import Path
 
-    from .evaluate import evaluate_checkpoint
+    from tokenscale.evaluation.evaluate import evaluate_checkpoint
 
     if (args.out is None) == (args.out_dir is None):
         raise TokenscaleError("evaluate: give exactly one of --out (one checkpoint) or --out-dir")
@@ -220,8 +220,8 @@ def cmd_evaluate(args) -> int:
         outs = [Path(args.out)]
     else:
         # a block folder: one step<N>.h5 per checkpoint, then MANIFEST.json last (the consumer requires it)
-        from . import atomic
-        from .io import EVAL_MANIFEST
+        from tokenscale import atomic
+        from tokenscale.io import EVAL_MANIFEST
 
         out_dir = Path(args.out_dir)
         outs = [out_dir / f"step{_step_of(Path(c).name):08d}.h5" for c in args.checkpoint]
@@ -242,7 +242,7 @@ def cmd_evaluate(args) -> int:
         print(f"evaluate [{i}/{len(args.checkpoint)}]: {ckpt} -> {out} in {time.time() - t0:.1f}s", file=sys.stderr,
               flush=True)
     if args.out_dir is not None:
-        from .io import write_eval_manifest
+        from tokenscale.io import write_eval_manifest
 
         m = write_eval_manifest(args.out_dir, outs, checkpoints=args.checkpoint)
         print(f"evaluate: {len(outs)} eval files -> {m}", file=sys.stderr, flush=True)
@@ -250,7 +250,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _step_of(name: str) -> int:
-    from .series import step_from_name
+    from tokenscale.series import step_from_name
 
     step = step_from_name(name)
     if step is None:
@@ -261,14 +261,14 @@ def _step_of(name: str) -> int:
 def _expand_evals(paths) -> list:
     """Eval files given directly or as block folders, verified against the block folders' MANIFEST.json
     (a block folder without one is an unfinished evaluate job): :func:`tokenscale.io.expand_eval_paths`."""
-    from .io import expand_eval_paths
+    from tokenscale.io import expand_eval_paths
 
     return expand_eval_paths(paths)
 
 
 def cmd_external_tokens(args) -> int:
-    from .data import build_token_set, load_tokenizer, read_documents, tokenizer_sha256
-    from .series import discover_checkpoints
+    from tokenscale.data import build_token_set, load_tokenizer, read_documents, tokenizer_sha256
+    from tokenscale.series import discover_checkpoints
 
     tok_path = args.tokenizer or str(discover_checkpoints(args.series)[0][1])
     tok = load_tokenizer(tok_path)
@@ -279,7 +279,7 @@ def cmd_external_tokens(args) -> int:
 
 
 def cmd_series_manifest(args) -> int:
-    from .series import parse_series_spec, resolve_manifest, write_manifest
+    from tokenscale.series import parse_series_spec, resolve_manifest, write_manifest
 
     try:
         series, sources = parse_series_spec(args.spec)
@@ -294,10 +294,10 @@ def cmd_series_manifest(args) -> int:
 def cmd_frontier(args) -> int:
     import numpy as np
 
-    from .figures import frontier_figures
-    from .frontier import check_mean_loss, read_curve, write_frontier_csv
-    from .io import read_run_trajectories
-    from .series import read_manifest_data
+    from tokenscale.figures import frontier_figures
+    from tokenscale.frontiers.compute import check_mean_loss, read_curve, write_frontier_csv
+    from tokenscale.io import read_run_trajectories
+    from tokenscale.series import read_manifest_data
 
     opts = json.loads(args.options)
     manifest = read_manifest_data(args.manifest)
@@ -324,7 +324,7 @@ def cmd_frontier(args) -> int:
 
 
 def cmd_val_loss(args) -> int:
-    from .io import checkpoint_val_loss_rows, val_loss_rows, write_val_loss_csv
+    from tokenscale.io import checkpoint_val_loss_rows, val_loss_rows, write_val_loss_csv
 
     if bool(args.evals) == bool(args.run_dir):
         raise TokenscaleError("val-loss: give either --evals or --run-dir")
@@ -335,7 +335,7 @@ def cmd_val_loss(args) -> int:
 
 
 def cmd_assemble(args) -> int:
-    from .io import shard_ranges, token_set_info, write_trajectory_shard
+    from tokenscale.io import shard_ranges, token_set_info, write_trajectory_shard
 
     n = token_set_info(args.tokens, sha256=False)["n_tokens"]
     if not 0 <= args.shard < args.n_shards:
@@ -361,8 +361,8 @@ def cmd_fit(args) -> int:
 
     import numpy as np
 
-    from .fit import fit_sigmoids, save_fits
-    from .io import read_trajectories
+    from tokenscale.fit import fit_sigmoids, save_fits
+    from tokenscale.io import read_trajectories
 
     _threads(args.threads)
     losses, axis, meta = read_trajectories(args.trajectories)
@@ -396,16 +396,16 @@ def _window_start(path, axis) -> int:
 
 
 def cmd_fit_window(args) -> int:
-    from . import atomic
-    from .fit.window import fit_window, target_counts
-    from .io import read_run_trajectories
+    from tokenscale import atomic
+    from tokenscale.fit.window import fit_window, target_counts
+    from tokenscale.io import read_run_trajectories
 
     losses, axis, meta = read_run_trajectories(args.trajectories)
     if args.axis not in axis:
         raise TokenscaleError(f"{args.trajectories[0]}: no axis {args.axis!r} in the shards (they have {', '.join(sorted(axis))})")
     counts = None
     if args.rule == "unigram" and args.train_data:
-        from .data import TrainTokens
+        from tokenscale.data import TrainTokens
 
         counts = target_counts(TrainTokens(args.train_data))
     w = fit_window(args.rule, losses, axis[args.axis], counts=counts, target_ids=meta["token_id"] if counts is not None else None)
@@ -417,7 +417,7 @@ def cmd_fit_window(args) -> int:
 
 
 def cmd_fit_table(args) -> int:
-    from .io.fits import concat_fits, load_fits, save_fits
+    from tokenscale.io.fits import concat_fits, load_fits, save_fits
 
     parts = [load_fits(p) for p in args.fits]
     save_fits(args.out, concat_fits(parts), attrs={"shards": [str(p) for p in args.fits]})
@@ -438,10 +438,10 @@ def _fit_columns(losses, axis: dict, fit, fits_path):
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import AnalysisOptions, analyze, write_analysis, write_summary
-    from .config import validate_config
-    from .io import read_run_trajectories
-    from .io.fits import load_fits
+    from tokenscale.analysis import AnalysisOptions, analyze, write_analysis, write_summary
+    from tokenscale.config import validate_config
+    from tokenscale.io import read_run_trajectories
+    from tokenscale.io.fits import load_fits
 
     opts = AnalysisOptions.from_config(validate_config({"analysis": args.options})["analysis"])
     losses, axis, meta = read_run_trajectories(args.trajectories)
@@ -462,7 +462,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_dependency(args) -> int:
-    from .dependency import compute_dependency
+    from tokenscale.alignment.dependency import compute_dependency
 
     out = compute_dependency(args.checkpoint, args.tokens, args.out, threshold=args.threshold,
                              batch_size=args.batch_size, device=_device(args.device), max_seqs=args.max_seqs)
@@ -473,15 +473,15 @@ def cmd_dependency(args) -> int:
 def cmd_align(args) -> int:
     import numpy as np
 
-    from . import atomic
-    from .analysis.alignment import align, instance_frequency, selected_tau, token_frequencies
-    from .analysis.options import AnalysisOptions
-    from .config import validate_config
-    from .data import TrainTokens
-    from .io.dependency import read_dependency
-    from .figures_alignment import plot_alignment
-    from .io import read_token_set
-    from .io.fits import load_fits
+    from tokenscale import atomic
+    from tokenscale.alignment.compute import align, instance_frequency, selected_tau, token_frequencies
+    from tokenscale.analysis.options import AnalysisOptions
+    from tokenscale.config import validate_config
+    from tokenscale.data import TrainTokens
+    from tokenscale.io.dependency import read_dependency
+    from tokenscale.alignment.figures import plot_alignment
+    from tokenscale.io import read_token_set
+    from tokenscale.io.fits import load_fits
 
     section = validate_config({"analysis": args.options})["analysis"]
     opts = AnalysisOptions.from_config(section)
@@ -512,13 +512,13 @@ def cmd_align(args) -> int:
 def cmd_seeds(args) -> int:
     import numpy as np
 
-    from . import atomic
-    from .analysis.alignment import seed_agreement, selected_tau
-    from .analysis.options import AnalysisOptions
-    from .config import validate_config
-    from .figures_alignment import plot_seed_agreement
-    from .io import read_token_set
-    from .io.fits import load_fits
+    from tokenscale import atomic
+    from tokenscale.alignment.compute import seed_agreement, selected_tau
+    from tokenscale.analysis.options import AnalysisOptions
+    from tokenscale.config import validate_config
+    from tokenscale.alignment.figures import plot_seed_agreement
+    from tokenscale.io import read_token_set
+    from tokenscale.io.fits import load_fits
 
     if len(args.fits) != len(args.runs) or len(args.runs) < 2:
         raise TokenscaleError(f"seeds: need one --fits per --runs name and at least 2 runs, got "
@@ -557,7 +557,7 @@ def cmd_seeds(args) -> int:
 
 
 def cmd_reshape_candidates(args) -> int:
-    from .reshape import build_candidate_set
+    from tokenscale.reshaping.compute import build_candidate_set
 
     out = build_candidate_set(args.data, args.out, n=args.n, seed=args.seed)
     print(f"reshape-candidates: {args.n} training samples -> {out}", file=sys.stderr)
@@ -565,8 +565,8 @@ def cmd_reshape_candidates(args) -> int:
 
 
 def cmd_reshape_scores(args) -> int:
-    from .config import reshape_entry, validate_config
-    from .reshape import compute_scores
+    from tokenscale.config import reshape_entry, validate_config
+    from tokenscale.reshaping.compute import compute_scores
 
     analysis = validate_config({"analysis": args.options})["analysis"]
     s = compute_scores(reshape_entry(args.experiment), fits=args.fits, tokens=args.tokens, train_data=args.train_data,
@@ -577,8 +577,8 @@ def cmd_reshape_scores(args) -> int:
 
 
 def cmd_reshape_report(args) -> int:
-    from .config import reshape_entry, validate_config
-    from .reshape import make_report
+    from tokenscale.config import reshape_entry, validate_config
+    from tokenscale.reshaping.compute import make_report
 
     analysis = validate_config({"analysis": args.options})["analysis"]
     arms = args.arms.get("arms")
@@ -594,8 +594,8 @@ def cmd_reshape_report(args) -> int:
 
 
 def cmd_prepare_synthetic(args) -> int:
-    from .config import validate_config
-    from .synthetic import prepare
+    from tokenscale.config import validate_config
+    from tokenscale.synthetic.arithmetic import prepare
 
     entry = validate_config({"synthetic": [args.entry]})["synthetic"][0]
     meta = prepare(entry, args.out)
@@ -607,9 +607,9 @@ def cmd_prepare_synthetic(args) -> int:
 def cmd_synthetic_levels(args) -> int:
     import torch
 
-    from .evaluate import scored_predictions
-    from .series import step_from_name
-    from .synthetic import _level_table, level_rows, write_levels
+    from tokenscale.evaluation.evaluate import scored_predictions
+    from tokenscale.series import step_from_name
+    from tokenscale.synthetic.arithmetic import _level_table, level_rows, write_levels
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -626,8 +626,8 @@ def cmd_synthetic_levels(args) -> int:
 
 
 def cmd_synthetic_report(args) -> int:
-    from .config import validate_config
-    from .synthetic import make_report
+    from tokenscale.config import validate_config
+    from tokenscale.synthetic.arithmetic import make_report
 
     entry = validate_config({"synthetic": [args.entry]})["synthetic"][0]
     analysis = validate_config({"analysis": args.options})["analysis"]
@@ -641,8 +641,8 @@ def cmd_synthetic_report(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .analysis import read_analysis
-    from .figures import make_figures
+    from tokenscale.analysis import read_analysis
+    from tokenscale.figures import make_figures
 
     figs = make_figures(read_analysis(args.analysis), args.figures, axis_label=args.axis_label, run_name=args.run)
     print(f"figures: {args.run}: {len(figs)} figures -> {args.figures}", file=sys.stderr)
@@ -698,8 +698,8 @@ def _json_object(text: str) -> dict:
 
 
 def cmd_provenance(args) -> int:
-    from . import atomic
-    from .verify import provenance
+    from tokenscale import atomic
+    from tokenscale.reproduction.verify import provenance
 
     prov = provenance(args.config_sha256, Path(args.repo), Path(args.lock), Path(args.manifest) if args.manifest else None)
     atomic.write_json(args.out, prov)
@@ -708,7 +708,8 @@ def cmd_provenance(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from . import atomic, verify
+    from tokenscale import atomic
+    from tokenscale.reproduction import verify
 
     results = Path(args.results)
     if args.write:
@@ -740,7 +741,7 @@ def cmd_verify(args) -> int:
     if args.html:
         atomic.write_text(args.html, verify.html(rows, mismatches, prov_lines))
     if args.differences:  # a determinism-style report: feed it to --write --spread to widen the reference
-        from .determinism import differences
+        from tokenscale.reproduction.determinism import differences
 
         diffs = differences(reference["numbers"], results if isinstance(results, dict) else verify.headline_numbers(results))
         atomic.write_json(args.differences, {"variants": {args.variant: {"numbers": diffs}}})
@@ -760,7 +761,7 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import schema_default  # the one source of workflow defaults
+    from tokenscale.config import schema_default  # the one source of workflow defaults
 
     ap = _Parser(prog="tokenscale", description="Token-level decomposition of LM scaling laws. Every workflow rule "
                  "calls one of these commands; each works on its own too.")
@@ -781,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, default=2048,
                    help="context length of the preset table (enters the attention FLOPs)")
 
-    from .plan import DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRECISION
+    from tokenscale.training.plan import DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRECISION
 
     p = _command(sub, "plan", cmd_plan,
                  "training FLOPs and GPU time of a config per run and axis, next to the paper's",
@@ -789,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "steps after its branch step); GPU-hours = FLOPs / (datasheet peak x MFU). torch is not imported.")
     p.add_argument("--config", help="config YAML (default: config/config.yaml when it exists)")
     p.add_argument("--gpu", default=DEFAULT_GPU, help="GPU whose dense peak is used (a name in "
-                   "tokenscale.throughput.GPU_PEAKS, e.g. a100, h100, h200, l40s)")
+                   "tokenscale.training.throughput.GPU_PEAKS, e.g. a100, h100, h200, l40s)")
     p.add_argument("--mfu", type=_fraction, default=DEFAULT_MFU, help="assumed model FLOPs utilisation, in (0, 1]")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=DEFAULT_PRECISION,
                    help="precision of the peak (fp32 = no tensor cores)")
@@ -892,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x = transform(axis)")
     p.add_argument("--device", default=schema_default("fit.device"), choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available")
-    from .fit.engines import ENGINES  # the one registry of fit engines
+    from tokenscale.fit.engines import ENGINES  # the one registry of fit engines
 
     p.add_argument("--engine", default=schema_default("fit.engine"), choices=list(ENGINES),
                    help="fit implementation: " + "; ".join(f"{name} = {what}" for name, what in ENGINES.items()))
@@ -907,7 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "context-free predictor); rule first: every checkpoint (docs/fit.md).")
     p.add_argument("--trajectories", nargs="+", required=True, help="every trajectory shard of the series")
     p.add_argument("--axis", default=schema_default("fit.axis"), help="the series' fit axis (axis/<name> in the shards)")
-    from .fit.window import RULES  # the one list of fit window rules (schema enum tested against it)
+    from tokenscale.fit.window import RULES  # the one list of fit window rules (schema enum tested against it)
 
     p.add_argument("--rule", choices=list(RULES), default=schema_default("fit.start"), help="fit window rule")
     p.add_argument("--train-data", default="",
@@ -935,7 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "per-token dependency length at one checkpoint (paper App. A.2.3) -> HDF5",
                  "The smallest context c in 1, 2, 4, ..., seq_len at which the probability of the correct next token "
                  "reaches --threshold of its full-context value; exact (sliding windows), checked against explicit "
-                 "truncation on a sample (tokenscale.dependency).")
+                 "truncation on a sample (tokenscale.alignment.dependency).")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
     p.add_argument("--tokens", required=True, help="token set HDF5 (docs/formats.md)")
     p.add_argument("--out", required=True, help="output dependency HDF5")
@@ -1083,7 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "1..K-1, scripts/seed-spread.py); each number's values over the seeds go into the reference")
     p.add_argument("--seed-level", type=float, default=None,
                    help="prediction level of a number's seed interval, in (0, 1) (a number inside it passes; "
-                        "default tokenscale.verify.SEED_LEVEL, 0.999)")
+                        "default tokenscale.reproduction.verify.SEED_LEVEL, 0.999)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="compare even when the reference was written from another config (its config hash differs "
                         "from the results tree's); without it such a reference is refused as stale")
@@ -1109,16 +1110,16 @@ def main(argv: list[str] | None = None) -> int:
         argv = json.loads(os.environ[_WORKER_ARGV])
     ap = build_parser()
     args = ap.parse_args(argv)
-    from .runlock import install_job_guard
+    from tokenscale.training.runlock import install_job_guard
 
-    install_job_guard()  # a local Snakemake that dies takes this job with it (SIGTERM); see tokenscale.runlock
+    install_job_guard()  # a local Snakemake that dies takes this job with it (SIGTERM); see tokenscale.training.runlock
     try:
         return int(args.func(args) or 0)
     except TokenscaleError as e:
         print(f"tokenscale: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk that a writer did not name itself
-        from .atomic import disk_full_error, is_full_disk
+        from tokenscale.atomic import disk_full_error, is_full_disk
 
         full = disk_full_error(e, e.filename) if e.filename and is_full_disk(e) else None
         if full is None:

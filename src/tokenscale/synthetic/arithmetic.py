@@ -294,7 +294,7 @@ def write_tokenizer(p: int, out_dir) -> "Path":
 
 def _token_set(path, ex: dict, *, kind: str, spec: SyntheticSpec, attrs: dict) -> None:
     """A token set of examples (answer-scored): domain = level − 1 (names L1..L{l_max}), doc_id = example."""
-    from .data import write_token_set
+    from tokenscale.data import write_token_set
 
     n, T = ex["tokens"].shape[0], spec.seq_len
     mask = np.zeros((n, T), dtype=bool)
@@ -313,8 +313,8 @@ def prepare(entry: dict, out_dir) -> dict:
     import json
     from pathlib import Path
 
-    from . import atomic
-    from .data import tokenizer_sha256
+    from tokenscale import atomic
+    from tokenscale.data import tokenizer_sha256
 
     spec, seed, out = spec_of(entry), int(entry["seed"]), Path(out_dir)
     tok_sha = tokenizer_sha256(write_tokenizer(spec.p, out / "tokenizer"))
@@ -347,7 +347,7 @@ def write_levels(path, rows: list[dict]) -> None:
     import csv
     import io
 
-    from . import atomic
+    from tokenscale import atomic
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LEVEL_FIELDS, lineterminator="\n")
@@ -378,7 +378,7 @@ def read_levels(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def _level_table(tokens_path) -> np.ndarray:
     """(n,) level of each scored answer of a synthetic token set (domain + 1 at its last position)."""
-    from .io import read_token_set
+    from tokenscale.io import read_token_set
 
     ts = read_token_set(tokens_path, datasets=("domain",))
     return np.asarray(ts["domain"][:, -1], dtype=np.int64) + 1
@@ -394,9 +394,9 @@ def level_rows(step: int, level: np.ndarray, loss: np.ndarray, correct: np.ndarr
 def _fit_params(fits_path, analysis: dict) -> tuple[dict, np.ndarray, object]:
     """({tau, lam, delta, post} (N,) on the fit axis, selected (N,), fit) of a series' fit table; ``selected``
     is the analysis' token selection (the one p(τ) uses: noise rows and τ outside the window excluded)."""
-    from .analysis.alignment import selected_rows
-    from .analysis.options import AnalysisOptions
-    from .io.fits import load_fits
+    from tokenscale.alignment.compute import selected_rows
+    from tokenscale.analysis.options import AnalysisOptions
+    from tokenscale.io.fits import load_fits
 
     fit = load_fits(fits_path)
     p = {k: np.asarray(getattr(fit, k), dtype=np.float64) for k in ("tau", "lam", "delta", "post")}
@@ -426,12 +426,12 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     aggregate validation loss (step axis, the analysis' transient rule), the decomposition's headline numbers."""
     import json
 
-    from . import atomic
-    from .analysis.numerics import jsonable
-    from .analysis.shape import shape_test
-    from .figures_synthetic import plot_level_trajectories, plot_levels, plot_params_vs_tau
-    from .frontier import read_curve
-    from .io import read_run_trajectories
+    from tokenscale import atomic
+    from tokenscale.analysis.numerics import jsonable
+    from tokenscale.synthetic.shape import shape_test
+    from tokenscale.synthetic.figures import plot_level_trajectories, plot_levels, plot_params_vs_tau
+    from tokenscale.frontiers.compute import read_curve
+    from tokenscale.io import read_run_trajectories
 
     steps, levels, loss, acc = read_levels(levels_csv)
     curve = read_curve(val_loss, run, 0.0)

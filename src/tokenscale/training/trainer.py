@@ -17,9 +17,9 @@ Run folder layout (``results/runs/{run}/``)::
                                   checkpoints, state, other), the device's peak and its source, the resolved
                                   fast-path settings (``perf``), ``branch``, ``steps_trained`` (optimizer steps this
                                   run computed itself) and ``epochs`` (passes over the training split)
-    LOCK                          while a trainer runs: its host, PID, start time, SLURM job (tokenscale.runlock)
+    LOCK                          while a trainer runs: its host, PID, start time, SLURM job (tokenscale.training.runlock)
 
-Data order: sample indices come from a position-indexed sampler (:mod:`tokenscale.sampler`); the global batch
+Data order: sample indices come from a position-indexed sampler (:mod:`tokenscale.training.sampler`); the global batch
 at step ``s`` is positions ``[s*B, (s+1)*B)``, split contiguously over ranks, so the order is independent of
 the number of ranks and resuming needs only the step. A run killed at any point (SIGKILL included) and
 restarted continues from the last saved state and reproduces the uninterrupted loss curve bit for bit on CPU.
@@ -39,12 +39,12 @@ step below ``step``; its own schedule takes over at ``step``. On CPU its checkpo
 of the same run trained from scratch.
 
 The model step: the HF transformer body (optionally ``torch.compile``-d), then the LM head and the loss through
-:func:`tokenscale.lmloss.linear_cross_entropy` (fused and chunked by default), plus the MoE router's
+:func:`tokenscale.training.loss.linear_cross_entropy` (fused and chunked by default), plus the MoE router's
 load-balancing loss; the experts and attention implementations, fused AdamW, batch prefetch and bf16 autocast
 (float32 master weights) are the run's ``perf`` settings (docs/training-speed.md). Checkpoints are plain HF
 ``save_pretrained`` folders whichever path trained them.
 
-One trainer per run folder: rank 0 holds ``LOCK`` (:mod:`tokenscale.runlock`) before anything in the folder is
+One trainer per run folder: rank 0 holds ``LOCK`` (:mod:`tokenscale.training.runlock`) before anything in the folder is
 read or written; the other ranks wait for it at a barrier. Every file and folder is written through
 :mod:`tokenscale.atomic` (a full disk ends in one line naming the output; no temp is left).
 """
@@ -68,16 +68,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import TokenscaleError, __version__
-from .atomic import atomic_output, disk_full_error, remove, write_json, write_text
-from .io import checkpoint_val_loss_rows, write_val_loss_csv
-from .config import RunConfig, lr_lambda
-from .data import TrainTokens, load_tokenizer
-from .lmloss import linear_cross_entropy
-from .model import build_model, model_stats, resolve_arch
-from .runlock import RunLock
-from .sampler import load_sampler, rank_slice
-from .throughput import achieved_flops, mfu, peak_flops
+from tokenscale import TokenscaleError, __version__
+from tokenscale.atomic import atomic_output, disk_full_error, remove, write_json, write_text
+from tokenscale.io import checkpoint_val_loss_rows, write_val_loss_csv
+from tokenscale.config import RunConfig, lr_lambda
+from tokenscale.data import TrainTokens, load_tokenizer
+from tokenscale.training.loss import linear_cross_entropy
+from tokenscale.training.model import build_model, model_stats, resolve_arch
+from tokenscale.training.runlock import RunLock
+from tokenscale.training.sampler import load_sampler, rank_slice
+from tokenscale.training.throughput import achieved_flops, mfu, peak_flops
 
 SIGTERM_EXIT = 143
 
@@ -256,7 +256,7 @@ class Trainer:
         if run.engine == "deepspeed":
             self._init_deepspeed()
         valid = self.data_dir / "valid_tokens.h5"
-        from .evaluate import load_token_set
+        from tokenscale.evaluation.evaluate import load_token_set
 
         self.valid_ids = torch.as_tensor(load_token_set(valid)["input_ids"], dtype=torch.long)
         self.tokenizer = load_tokenizer(self.data_dir / "tokenizer")
@@ -539,7 +539,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _val_loss(self) -> float:
-        from .evaluate import mean_loss
+        from tokenscale.evaluation.evaluate import mean_loss
 
         return mean_loss(self.model, self.valid_ids, device=self.device)
 
@@ -588,7 +588,7 @@ class Trainer:
         """ids (b, T+1) -> (training loss incl. router aux loss, CE) scalars.
 
         The body runs as the HF model's own forward would (DeepSpeed ZeRO 1-2 needs no forward hooks); the LM
-        head and cross-entropy go through :func:`tokenscale.lmloss.linear_cross_entropy`."""
+        head and cross-entropy go through :func:`tokenscale.training.loss.linear_cross_entropy`."""
         return self._loss_on(ids[:, :-1], ids[:, 1:])
 
     def _loss_on(self, inp: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -715,7 +715,7 @@ class Trainer:
         return loss_val, lr, gn, stop
 
     def _throughput(self, tokens: int, seconds: float) -> dict:
-        """tokens/s, achieved model FLOP/s and MFU (:mod:`tokenscale.throughput`) over all ranks."""
+        """tokens/s, achieved model FLOP/s and MFU (:mod:`tokenscale.training.throughput`) over all ranks."""
         tps = tokens / max(seconds, 1e-9)
         return {"tokens_per_s": tps, "flops_per_s": achieved_flops(tps, self.stats.model_flops_per_token),
                 "mfu": mfu(tps, self.stats.model_flops_per_token, self.peak * self.dist.world)}
