@@ -49,6 +49,20 @@ def test_default_selections_are_the_schema_default():
     assert built == an.DEFAULT_SELECTIONS
 
 
+def test_option_defaults_are_read_from_the_schema_with_todays_values():
+    """The schema is the one source of the analysis defaults (issue #32); the numbers are the ones options used to
+    repeat."""
+    o = an.AnalysisOptions()
+    assert (o.n_bins, o.n_boot, o.seed, o.transient, o.selection) == (40, 200, 0, "dpeak", "quality")
+    assert [(k, getattr(o, k)) for k in ("n_bins", "n_boot", "seed", "transient", "selection")] == [
+        (k, schema_default(f"analysis.{k}")) for k in ("n_bins", "n_boot", "seed", "transient", "selection")]
+    assert o.selections == an.DEFAULT_SELECTIONS == {
+        "all": an.Selection("all"),
+        "quality": an.Selection("quality", min_delta=0.2, min_r2=0.3),
+        "delta_weighted": an.Selection("delta_weighted", min_delta=0.0, weight="delta")}
+    assert an.Selection("x").weight == "count"
+
+
 def test_weighted_selection_bootstraps_tokens():
     L, fit = _planted_with_noise(1.8, 0.1, n=6000, seed=5)
     res = an.analyze(L, fit, n_boot=20, transient="none", n_bins=20, selection="delta_weighted")

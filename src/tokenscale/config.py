@@ -4,6 +4,10 @@ The schema (``config.schema.yaml`` in this package; the workflow validates again
 every key a type, a description and a default, and rejects unknown keys. :func:`load_config` and
 :func:`validate_config` fill defaults and turn the first schema violation into one readable line that names
 the key, e.g. ``config: unknown key 'runs[0].lrr' (allowed: axis, batch_size, ...)``.
+
+A study's own config section (``synthetic``, ``reshape``, ...) is checked by the study: it registers hooks with
+:func:`register_section` (its ``spec`` module; :mod:`tokenscale.studies` lists them), and this module imports no
+study. The hooks run at fixed points of :func:`validate_config`, in registration order.
 """
 
 from __future__ import annotations
@@ -11,16 +15,19 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import importlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import numpy as np
 import yaml
 
 from tokenscale import TokenscaleError
+from tokenscale.training.model import resolve_arch  # torch-free at import (it imports torch lazily)
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -52,17 +59,17 @@ def schema_default(key: str) -> Any:
     return copy.deepcopy(node["default"])
 
 
-def _fill_defaults(instance: Any, schema: dict) -> None:
+def fill_defaults(instance: Any, schema: dict) -> None:
     """Insert schema defaults into ``instance`` in place (recursively, objects and arrays)."""
     if isinstance(instance, dict) and schema.get("type") == "object":
         for key, sub in schema.get("properties", {}).items():
             if key not in instance and "default" in sub:
                 instance[key] = copy.deepcopy(sub["default"])
             if key in instance:
-                _fill_defaults(instance[key], sub)
+                fill_defaults(instance[key], sub)
     elif isinstance(instance, list) and "items" in schema:
         for item in instance:
-            _fill_defaults(item, schema["items"])
+            fill_defaults(item, schema["items"])
 
 
 def _path_str(path) -> str:
@@ -107,7 +114,7 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
     if not isinstance(cfg, dict):
         raise TokenscaleError(f"config: top level must be a mapping, got {type(cfg).__name__}")
     schema = load_schema()
-    _fill_defaults(cfg, schema)
+    fill_defaults(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
@@ -119,23 +126,84 @@ def validate_config(cfg: dict | None, *, cross_run: bool = True) -> dict:
     cfg["runs"] += expand_sweeps(cfg["sweeps"], schema["properties"]["runs"]["items"])
     for r in cfg["runs"]:
         r["seed"] += cfg["seed_offset"]
-    dup = _duplicate_names(cfg["runs"])
+    dup = duplicate_names(cfg["runs"])
     if dup:
         raise TokenscaleError(f"config: runs has duplicate name(s): {', '.join(dup)}")
-    from tokenscale.training.model import resolve_arch  # imports torch lazily only
-
+    sections = registered_sections()
     if cross_run:
-        _check_synthetic(cfg)
+        for section in sections:
+            if section.check is not None:
+                section.check(cfg)
     for i, r in enumerate(cfg["runs"]):
         try:
             resolve_arch(r["model"], run_seq_len(cfg, r) if cross_run else cfg["data"]["seq_len"])
         except TokenscaleError as e:
             raise TokenscaleError(f"config: runs[{i}].{e}") from None
     _branch_sweeps(cfg)
-    cfg["runs"] += _reshape_runs(cfg, schema["properties"]["runs"]["items"])
+    for section in sections:
+        if section.expand_runs is not None:
+            cfg["runs"] += section.expand_runs(cfg, schema["properties"]["runs"]["items"])
     if cross_run:
         _check_branches(cfg)
     return cfg
+
+
+# --------------------------------------------------------------------------------------------- study sections
+@dataclass(frozen=True)
+class Section:
+    """A study's hooks on its config section (see :func:`register_section`)."""
+
+    name: str
+    check: Callable[[dict], None] | None = None
+    expand_runs: Callable[[dict, dict], list[dict]] | None = None
+
+
+_SECTIONS: dict[str, Section] = {}
+STUDIES_MODULE = "tokenscale.studies"  # lists the studies; importing it registers each one's hooks
+
+
+def register_section(name: str, *, check: Callable[[dict], None] | None = None,
+                     expand_runs: Callable[[dict, dict], list[dict]] | None = None) -> None:
+    """Register a study's hooks on its config section ``name`` (a key of the schema).
+
+    ``check(cfg)`` runs on a whole config (not for one run taken out of one: ``cross_run=False``) after sweeps are
+    expanded and before models are resolved, and raises :class:`TokenscaleError` naming a bad value;
+    ``expand_runs(cfg, run_schema)`` runs after branch sweeps and returns the runs the section adds (defaults
+    filled), which may also edit the runs they continue (e.g. add a snapshot). Registering a name again
+    replaces its hooks and keeps its place."""
+    if name not in _schema()["properties"]:
+        raise TokenscaleError(f"config: no schema section {name!r} to register")
+    _SECTIONS[name] = Section(name, check, expand_runs)
+
+
+def registered_sections() -> tuple[Section, ...]:
+    """The registered study sections in registration order (the study list is imported first, once)."""
+    load_studies()
+    return tuple(_SECTIONS.values())
+
+
+@functools.lru_cache(maxsize=1)
+def load_studies() -> None:
+    """Import the study list (:data:`STUDIES_MODULE`) once, so that every study has registered its hooks: any caller
+    of :func:`validate_config` sees the same checks and runs. Named, not imported here: the studies import config."""
+    importlib.import_module(STUDIES_MODULE)
+
+
+def section_entry(section: str, entry: dict) -> dict:
+    """One entry of an array section (e.g. a job's ``--experiment``) on its own: defaults filled, checked against
+    the section's item schema."""
+    item = load_schema()["properties"][section]["items"]
+    entry = copy.deepcopy(entry)
+    fill_defaults(entry, item)
+    errors = sorted(jsonschema.Draft202012Validator(item).iter_errors(entry), key=lambda e: len(e.absolute_path))
+    if errors:
+        raise TokenscaleError(f"config: {section} entry: " + _one_line(errors[0]).removeprefix("config: "))
+    return entry
+
+
+def reshape_entry(ex: dict) -> dict:
+    """One ``reshape`` entry on its own (kept for callers; :func:`tokenscale.reshaping.spec.reshape_entry`)."""
+    return section_entry("reshape", ex)
 
 
 # --------------------------------------------------------------------------------------------- sweeps
@@ -210,8 +278,6 @@ def _grid_keys(sweep: dict) -> list[str]:
 
 
 def _grid_runs(sweep: dict, grid: dict) -> list[dict]:
-    import itertools
-
     keys = list(grid)
     for key in keys:
         if key.split(".")[0] in ("name", "axis", "sweep"):
@@ -227,7 +293,7 @@ def _grid_runs(sweep: dict, grid: dict) -> list[dict]:
     return runs
 
 
-def _duplicate_names(runs: list[dict]) -> list[str]:
+def duplicate_names(runs: list[dict]) -> list[str]:
     """Run names used more than once, sorted."""
     names = [r["name"] for r in runs]
     return sorted({n for n in names if names.count(n) > 1})
@@ -244,7 +310,7 @@ def expand_sweeps(sweeps: list[dict], run_schema: dict) -> list[dict]:
         if sweep.get("branch_from") is not None and any(k.split(".")[0] == "branch" for k in _grid_keys(sweep)):
             raise TokenscaleError(f"config: sweeps[{i}].grid: branch is set by branch_from")
         for run in sweep_runs(sweep):
-            _fill_defaults(run, run_schema)
+            fill_defaults(run, run_schema)
             errors = sorted(validator.iter_errors(run), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
             if errors:
                 raise TokenscaleError(f"config: sweeps[{i}] run {run['name']}: " + _one_line(errors[0]).removeprefix("config: "))
@@ -263,31 +329,6 @@ def run_seq_len(cfg: dict, run: dict) -> int:
         if e["name"] == run["synthetic"]:
             return e["seq_len"]
     return cfg["data"]["seq_len"]  # (a train job's one-run spec carries the run's own seq_len as data.seq_len)
-
-
-def _check_synthetic(cfg: dict) -> None:
-    """Every ``synthetic`` entry generates (one line naming the bad value otherwise); every run's ``synthetic``
-    names one, and such runs take their validation loss from the per-token evaluation."""
-    from tokenscale.synthetic.arithmetic import spec_of
-
-    for i, e in enumerate(cfg["synthetic"]):
-        try:
-            spec_of(e)
-        except TokenscaleError as err:
-            raise TokenscaleError(f"config: synthetic[{i}] ({e['name']}): {err}") from None
-    dup = _duplicate_names(cfg["synthetic"])
-    if dup:
-        raise TokenscaleError(f"config: synthetic has duplicate name(s): {', '.join(dup)}")
-    names = {e["name"] for e in cfg["synthetic"]}
-    for r in cfg["runs"]:
-        if r["synthetic"] is None:
-            continue
-        if r["synthetic"] not in names:
-            raise TokenscaleError(f"config: run {r['name']}: synthetic {r['synthetic']!r} is not a synthetic dataset of "
-                                  f"this config ({', '.join(sorted(names)) or 'none'})")
-        if r["in_loop_validation"]:
-            raise TokenscaleError(f"config: run {r['name']}: a synthetic run needs in_loop_validation: false (only the "
-                                  "answer token is scored, by the per-token evaluation)")
 
 
 def _branch_sweeps(cfg: dict) -> None:
@@ -313,65 +354,6 @@ def _branch_sweeps(cfg: dict) -> None:
             run["branch"] = {"from": trunk_name, "step": start}
             steps.add(start)
         trunk["snapshots"] = sorted(steps)
-
-
-# --------------------------------------------------------------------------------------------- reshaping arms
-def reshape_entry(ex: dict) -> dict:
-    """One ``reshape`` entry on its own (a job's ``--experiment``): defaults filled, checked against its schema."""
-    item = load_schema()["properties"]["reshape"]["items"]
-    ex = copy.deepcopy(ex)
-    _fill_defaults(ex, item)
-    errors = sorted(jsonschema.Draft202012Validator(item).iter_errors(ex), key=lambda e: len(e.absolute_path))
-    if errors:
-        raise TokenscaleError("config: reshape entry: " + _one_line(errors[0]).removeprefix("config: "))
-    return ex
-
-
-def _reshape_runs(cfg: dict, run_schema: dict) -> list[dict]:
-    """Each ``reshape`` experiment's continuation runs ``{name}-{arm}-s{seed}`` (and ``{name}-original``): the
-    reference's recipe, branched from its snapshot at the window start (added to its snapshots), ending at the
-    window end, with the reference's warmup in steps. Bad experiments are refused in one line here."""
-    from tokenscale.reshaping.compute import bucket_weights, candidate_first_step, candidate_steps
-
-    runs = {r["name"]: r for r in cfg["runs"]}
-    out = []
-    for i, ex in enumerate(cfg["reshape"]):
-        where = f"config: reshape[{i}] ({ex['name']})"
-        ref = runs.get(ex["reference"])
-        if ref is None or ref["axis"] != "T" or ref["reshape"] is not None:
-            raise TokenscaleError(f"{where}: reference {ex['reference']!r} is not a T run of this config")
-        total = _total_steps(ref, run_seq_len(cfg, ref))
-        s_a, s_b = ex["window"]
-        if not 1 <= s_a < s_b <= total:
-            raise TokenscaleError(f"{where}: window {ex['window']} is not within the reference's steps 1..{total} "
-                                  f"with start < end")
-        first = ex["candidate_from_step"] if ex["candidate_from_step"] is not None else max(1, s_a // 10)
-        n_ckpt = len(candidate_steps(RunConfig._of_valid(ref, run_seq_len(cfg, ref)), ex))
-        if first > s_a or n_ckpt < 5:
-            raise TokenscaleError(f"{where}: candidate_from_step {first} leaves {n_ckpt} reference checkpoints "
-                                  f"(need >= 5 from a step <= the window start {s_a})")
-        if ex["candidates"] < ex["buckets"]:
-            raise TokenscaleError(f"{where}: {ex['candidates']} candidate samples for {ex['buckets']} buckets "
-                                  "(need at least one sample per bucket)")
-        bucket_weights(ex["weights"], ex["buckets"], where=where)
-        schedule = {**ref["schedule"], "warmup_steps": warmup_steps(ref["schedule"], total)}
-        base = {k: v for k, v in ref.items() if k not in ("name", "snapshots", "sweep")}
-        arms = [(arm, seed) for arm in ("reshaped", "uniform") for seed in ex["seeds"]]
-        arms += [("original", ref["seed"])] if ex["original_arm"] else []
-        for arm, seed in arms:
-            run = {**copy.deepcopy(base), "name": f"{ex['name']}-{arm}" + (f"-s{seed}" if arm != "original" else ""),
-                   "tokens": s_b * ref["batch_size"] * run_seq_len(cfg, ref), "schedule": schedule, "single_pass": False,
-                   "checkpoints": {"count": ex["checkpoints"], "first_step": s_a + 1}, "in_loop_validation": False,
-                   "branch": {"from": ref["name"], "step": s_a}, "threads": ex["threads"] or ref["threads"],
-                   "reshape": {"experiment": ex["name"], "arm": arm,
-                               "data_seed": seed + (cfg["seed_offset"] if arm != "original" else 0)}}
-            _fill_defaults(run, run_schema)
-            out.append(run)
-        ref["snapshots"] = sorted(set(ref["snapshots"]) | {s_a})
-    dup = _duplicate_names(cfg["runs"] + out)
-    if dup:
-        raise TokenscaleError(f"config: reshape run name(s) {', '.join(dup)} clash with other runs")
-    return out
 
 
 def _check_branches(cfg: dict) -> None:
@@ -556,8 +538,6 @@ class RunConfig:
 
     def branch_key(self) -> dict:
         """What a trunk and its branch must share for the branch to continue the same training."""
-        from tokenscale.training.model import resolve_arch  # imports torch lazily only
-
         arch = {k: v for k, v in resolve_arch(self.model, self.seq_len).items() if k != "preset"}
         perf = {k: v for k, v in self.perf.items() if k not in ("peak_tflops", "prefetch")}  # no effect on numbers
         return {"arch": arch, "seed": self.seed, "batch_size": self.batch_size, "seq_len": self.seq_len, "lr": self.lr,
@@ -571,6 +551,11 @@ def checkpoint_steps(total_steps: int, count: int, first_step: int = 1) -> list[
     steps = np.unique(np.round(np.geomspace(first, total_steps, count)).astype(np.int64))
     steps = sorted(set(int(s) for s in steps) | {int(total_steps)})
     return steps
+
+
+def run_config(cfg: dict, run: dict) -> RunConfig:
+    """The typed view of one run entry of a validated config (or of one being validated), not validated again."""
+    return RunConfig._of_valid(run, run_seq_len(cfg, run))
 
 
 def run_configs(cfg: dict) -> dict[str, RunConfig]:

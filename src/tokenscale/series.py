@@ -15,17 +15,19 @@ Each (token set, source, checkpoint) is evaluated once, whichever series use it:
 ``evals/{token set}/{source}/`` in blocks of ``eval.checkpoints_per_job`` of the source's checkpoints, and a
 series reads the files of its members from there.
 
-Each kind of series is one builder in :data:`BUILDERS` (config -> series). Today's kinds:
+Each kind of series is one builder in :data:`BUILDERS` (config -> series). ``run`` and ``external`` are built in;
+a study registers its kinds with :func:`register_builder` from its ``spec`` module (:mod:`tokenscale.studies` lists
+them), and this module imports no study. Today's kinds:
 
 * ``run`` -- a training run's own checkpoints on the T axis, on the shared validation token set (a synthetic run:
   on its dataset's validation examples, whose answers are the tokens);
 * ``external`` -- an external folder's checkpoints, on its own token set;
 * ``candidates`` -- a reshape experiment's candidate training samples (a token set of their own) at the reference
-  run's checkpoints around the target window (:mod:`tokenscale.reshaping.compute`);
+  run's checkpoints around the target window (:mod:`tokenscale.reshaping.spec`);
 * ``continuation`` -- a reshape experiment's continuation arm on the shared validation token set: the reference's
   checkpoints up to the window start, then the arm's own (the arms' learning-time spectra are compared in the
   experiment's report, not analysed one by one);
-* ``frontier`` -- a D or M sweep's frontier (:mod:`tokenscale.frontiers.compute`): the best recipe's final checkpoint per
+* ``frontier`` -- a D or M sweep's frontier (:mod:`tokenscale.frontiers.spec`): the best recipe's final checkpoint per
   token budget or model size, on the shared validation token set, fitted on tokens seen (D) or on the models'
   non-embedding FLOPs/token (M). Deferred: the choice needs the runs' validation losses.
 
@@ -42,6 +44,7 @@ run defines each frontier point). A new kind is one builder (and, if deferred, o
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -49,8 +52,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from tokenscale import TokenscaleError
+from tokenscale.atomic import write_json
+from tokenscale.config import config_hash, load_studies, run_configs
 
-__all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "build_workflow", "discover_checkpoints",
+__all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "register_builder", "build_workflow", "discover_checkpoints",
            "step_from_name", "eval_blocks", "block_of", "resolve", "resolve_manifest", "series_spec",
            "parse_series_spec", "read_manifest", "read_manifest_data", "write_manifest", "seed_groups", "SEED_FREE_KEYS"]
 
@@ -165,8 +170,6 @@ VALID_TOKENS = "valid"  # the token set of the prepared validation sequences, sh
 
 def _run_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each T-axis training run's own checkpoints on the shared validation token set (every run is a source)."""
-    from tokenscale.config import run_configs
-
     wf.add(token_sets=[TokenSet(VALID_TOKENS, f"{cfg['results']}/data/valid_tokens.h5", f"{cfg['results']}/data")])
     wf.add(token_sets=[TokenSet(e["name"], f"{cfg['results']}/synthetic/{e['name']}/valid_tokens.h5",
                                 f"{cfg['results']}/synthetic/{e['name']}")
@@ -189,78 +192,26 @@ def _external_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
         yield Series(name, "external", name, tuple((name, s) for s, _ in ckpts), (name,), "external")
 
 
-def _frontier_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
-    """One frontier series per D or M sweep, over the sweep's runs (registered as sources by ``_run_series``)."""
-    from tokenscale.config import config_hash, run_configs
-    from tokenscale.frontiers.compute import AXES, frontier_options
+Builder = Callable[[dict, Workflow], Iterable[Series]]
 
-    runs = run_configs(cfg)
-    for sweep in cfg["sweeps"]:
-        if sweep["axis"] not in AXES:
-            continue
-        members = sorted(name for name, r in runs.items() if r.sweep == sweep["name"])
-        groups = {name: _group_value(runs[name], sweep["axis"]) for name in members}
-        if len(set(groups.values())) < 4:
-            raise TokenscaleError(f"sweep {sweep['name']}: a frontier needs at least 4 distinct "
-                                  f"{AXES[sweep['axis']][1]} values (4 sigmoid parameters per token), got "
-                                  f"{len(set(groups.values()))}")
-        inputs = tuple(f"{cfg['results']}/runs/{name}/val_loss.csv" for name in members)
-        yield Series(sweep["name"], "frontier", VALID_TOKENS, None, tuple(members),
-                     config_hash=config_hash([runs[n].hash for n in members]), inputs=inputs,
-                     resolver="tokenscale.frontiers.compute:resolve", axis=AXES[sweep["axis"]][0],
-                     options=frontier_options(sweep["axis"], groups))
-
-
-def _group_value(run, axis: str) -> float:
-    """A sweep run's frontier group: its token budget (D) or its model's non-embedding FLOPs/token (M)."""
-    from tokenscale.training.model import nonembedding_flops_per_token, resolve_arch
-
-    if axis == "D":
-        return float(run.tokens)
-    return float(nonembedding_flops_per_token(resolve_arch(run.model, run.seq_len), run.seq_len))
-
-
-def _reshape_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
-    """Each reshape experiment's candidate tokens (training samples) at the reference's checkpoints around the
-    window: a token set of its own and a source that is the reference's checkpoints from ``candidate_from_step``."""
-    from tokenscale.config import run_configs
-    from tokenscale.reshaping.compute import candidate_steps
-
-    runs = run_configs(cfg)
-    for ex in cfg["reshape"]:
-        ref, steps = wf.sources[ex["reference"]], candidate_steps(runs[ex["reference"]], ex)
-        src = Source(f"{ex['reference']}.from{steps[0]}", tuple((s, ref.checkpoint(s)) for s in steps), ref.ready)
-        wf.add(sources=[src], token_sets=[TokenSet(ex["name"], f"{cfg['results']}/reshape/{ex['name']}/candidates.h5",
-                                                    f"{cfg['results']}/data")])
-        yield Series(f"{ex['name']}-candidates", "candidates", ex["name"], tuple((src.name, s) for s in steps),
-                     (src.name,), "reshape")
-
-
-def _continuation_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
-    """Each reshape arm's validation-token trajectories: the reference's checkpoints up to the window start (the
-    state the arm continues from), then the arm's checkpoints over the window; named like the arm's run."""
-    from tokenscale.config import run_configs
-
-    for name, run in run_configs(cfg).items():
-        if run.reshape is None:
-            continue
-        ref, s_a = run.branch["from"], run.branch["step"]
-        head = tuple((ref, s) for s in wf.sources[ref].steps if s <= s_a)
-        tail = tuple((name, s) for s in wf.sources[name].steps)
-        yield Series(name, "continuation", VALID_TOKENS, head + tail, (ref, name), run.hash)
-
-
-# kind -> builder: every series of that kind in a validated config (registering its sources and token sets)
-BUILDERS: dict[str, Callable[[dict, Workflow], Iterable[Series]]] = {
+# kind -> builder: every series of that kind in a validated config (registering its sources and token sets), in
+# the order they are built (a builder may use the sources of the kinds before it): the built-in kinds, then the
+# studies' (registered by tokenscale.studies)
+BUILDERS: dict[str, Builder] = {
     "run": _run_series,
     "external": _external_series,
-    "frontier": _frontier_series,
-    "candidates": _reshape_series,
-    "continuation": _continuation_series,
 }
+
+
+def register_builder(kind: str, build: Builder) -> None:
+    """Register the builder of a series kind (built after those registered before it; a kind registered again keeps
+    its place)."""
+    BUILDERS[kind] = build
+
 
 def build_workflow(cfg: dict) -> Workflow:
     """Sources, token sets and series of a validated config (series names unique across kinds)."""
+    load_studies()
     wf = Workflow()
     for kind, build in BUILDERS.items():
         for s in build(cfg, wf):
@@ -285,8 +236,6 @@ def seed_groups(cfg: dict) -> dict[str, tuple[str, ...]]:
     """T-axis runs that differ only by ``seed`` (paper Fig. 2, hypothesis A), by group name: the name of the member
     with the lowest seed. Members are ordered by seed, one run per seed (of runs with the same recipe and seed, e.g.
     a rerun under another name, the first by name); groups of one seed are left out."""
-    from tokenscale.config import config_hash, run_configs
-
     by_recipe: dict[str, dict[int, str]] = {}
     for run in sorted(run_configs(cfg).values(), key=lambda r: r.name):
         if run.axis != "T" or run.reshape is not None:
@@ -319,8 +268,6 @@ def block_of(source: Source, step: int, per_job: int) -> int:
 # ------------------------------------------------------------------------------------------------ manifests
 def load_resolver(spec: str) -> Callable[[Series, dict, Sequence[str]], Sequence[tuple[str, int]]]:
     """The function named by ``"package.module:function"``."""
-    import importlib
-
     module, _, func = spec.partition(":")
     try:
         return getattr(importlib.import_module(module), func)
@@ -374,8 +321,6 @@ def parse_series_spec(text: str) -> tuple[Series, dict[str, Source]]:
 
 def write_manifest(path: str | Path, series: Series, members: Sequence[tuple[str, int]],
                    extra: dict | None = None) -> Path:
-    from tokenscale.atomic import write_json
-
     return write_json(path, {"format": MANIFEST_FORMAT, "series": series.name, "kind": series.kind,
                              "token_set": series.token_set, "members": [list(m) for m in members], **(extra or {})})
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from tokenscale import TokenscaleError
-from tokenscale.config import validate_config
+from tokenscale.config import config_hash, validate_config
 
 
 def check_config(config: dict) -> dict:
@@ -20,18 +24,13 @@ def check_config(config: dict) -> dict:
 def workflow_config_hash(cfg: dict) -> str:
     """The config hash a results tree records (provenance.json): the validated config without where it writes
     (``results``) and what it is compared with (``reference``)."""
-    from tokenscale.config import config_hash
-
     return config_hash({k: v for k, v in cfg.items() if k not in ("results", "reference")})
 
 
 def workflow_config(*configfiles: str) -> dict:
     """The validated config the Snakefile sees for ``snakemake --configfile A B ...``: its own
     ``config/config.yaml`` first, each file merged on top the way Snakemake merges (nested mappings key by key)."""
-    from pathlib import Path
-
-    import yaml
-    from snakemake.utils import update_config
+    from snakemake.utils import update_config  # heavy: only the Snakefile side needs it
 
     repo = Path(__file__).resolve().parents[2]
     cfg: dict = {}

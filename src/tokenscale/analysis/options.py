@@ -17,6 +17,9 @@ The default, ``quality`` (Δ ≥ 0.2 nats, R² ≥ 0.3), was chosen on planted s
 checkpoints over 3.3 decades; β ∈ {1.5, 1.8, 2.0}; 10 % or 30 % pure-noise rows, σ = 0.2; 20k descending tokens
 with Δ ∈ [0.5, 6] nats and noise σ ∈ [0.05, 0.3]; real fits): ``quality`` recovered β within 1.4 % in all 12
 sets, ``delta_weighted`` within 5.2 %, ``all`` was 6-65 % low (tests/test_analysis_selection.py keeps one case).
+
+The defaults of the options the config sets (``analysis.*``: bins, bootstrap, seed, transient, the selections and
+the main one) are read from the config schema, their one source.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenscale import TokenscaleError
+from tokenscale.config import load_schema, schema_default
 
-__all__ = ["AnalysisOptions", "Selection", "DEFAULT_SELECTIONS", "selection_weights", "ANALYSIS_USES", "analysis_slice"]
+__all__ = ["AnalysisOptions", "Selection", "DEFAULT_SELECTIONS", "selections_of", "selection_weights", "ANALYSIS_USES", "analysis_slice"]
 
-WEIGHTS = ("count", "delta")
+_SELECTION_SCHEMA = load_schema()["properties"]["analysis"]["properties"]["selections"]["additionalProperties"]
+WEIGHTS = tuple(_SELECTION_SCHEMA["properties"]["weight"]["enum"])  # ("count", "delta")
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Selection:
     name: str
     min_delta: float | None = None
     min_r2: float | None = None
-    weight: str = "count"
+    weight: str = _SELECTION_SCHEMA["properties"]["weight"]["default"]  # "count"
 
     def __post_init__(self) -> None:
         if self.weight not in WEIGHTS:
@@ -65,24 +70,26 @@ class Selection:
         return ", ".join(p for p in parts if p) or "every valid fit"
 
 
-DEFAULT_SELECTIONS = {
-    "all": Selection("all"),
-    "quality": Selection("quality", min_delta=0.2, min_r2=0.3),  # the default (module docstring)
-    "delta_weighted": Selection("delta_weighted", min_delta=0.0, weight="delta"),
-}
+def selections_of(section: dict) -> dict[str, Selection]:
+    """The :class:`Selection` of each entry of a config's ``analysis.selections``, by name, in order."""
+    return {n: Selection.from_dict(n, d) for n, d in section.items()}
+
+
+# all (every valid fit), quality (Δ ≥ 0.2, R² ≥ 0.3: the default, module docstring), delta_weighted (Δ ≥ 0, Δ-weighted)
+DEFAULT_SELECTIONS = selections_of(schema_default("analysis.selections"))
 
 
 @dataclass(frozen=True)
 class AnalysisOptions:
     """Every option of :func:`tokenscale.analysis.analyze` (definitions in the package docstring)."""
 
-    n_bins: int = 40
-    transient: object = "dpeak"
+    n_bins: int = schema_default("analysis.n_bins")
+    transient: object = schema_default("analysis.transient")
     smoothing: str = "none"
     savgol_window: int = 5
     savgol_polyorder: int = 2
-    n_boot: int = 200
-    seed: int = 0
+    n_boot: int = schema_default("analysis.n_boot")
+    seed: int = schema_default("analysis.seed")
     grid_points: int = 256
     n_groups: int = 100
     min_bin_count: int = 20
@@ -92,7 +99,7 @@ class AnalysisOptions:
     chunk_elems: int = 1 << 21
     n_samples: int = 120
     n_scatter: int = 20000
-    selection: str = "quality"
+    selection: str = schema_default("analysis.selection")
     selections: dict = field(default_factory=lambda: dict(DEFAULT_SELECTIONS))
 
     def __post_init__(self) -> None:
@@ -106,7 +113,7 @@ class AnalysisOptions:
     @classmethod
     def from_config(cls, section: dict, **overrides) -> AnalysisOptions:
         """From the config's (validated, defaults-filled) ``analysis`` section."""
-        sels = {n: Selection.from_dict(n, d) for n, d in section["selections"].items()}
+        sels = selections_of(section["selections"])
         keys = ("n_bins", "n_boot", "seed", "transient", "selection")
         return cls(**{k: section[k] for k in keys}, selections=sels, **overrides)
 

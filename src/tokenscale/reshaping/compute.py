@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenscale import TokenscaleError
+from tokenscale.reshaping.spec import bucket_weights, candidate_first_step, candidate_steps
 
 __all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "score_samples", "assign_buckets",
            "sample_weights", "pool_weights", "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics",
@@ -57,33 +58,6 @@ SCORES_FIELDS = ("sample_index", "score", "bucket", "weight", "n_in_window")
 
 
 # ----------------------------------------------------------------------------- scores and buckets
-def candidate_first_step(ex: dict) -> int:
-    """First reference step the candidates are evaluated at: ``candidate_from_step``, default window start / 10."""
-    return ex["candidate_from_step"] if ex["candidate_from_step"] is not None else max(1, ex["window"][0] // 10)
-
-
-def candidate_steps(reference, ex: dict) -> list[int]:
-    """The ``reference`` run's (a RunConfig) checkpoint steps the experiment's candidates are evaluated at."""
-    first = candidate_first_step(ex)
-    return [s for s in reference.checkpoint_steps() if s >= first]
-
-
-def bucket_weights(spec, buckets: int, *, where: str = "reshape") -> np.ndarray:
-    """(B,) weights from a list of B numbers or ``{"ramp": [lo, hi]}``; refuses negative or all-zero weights."""
-    if isinstance(spec, dict):
-        lo, hi = spec["ramp"]
-        w = np.linspace(float(lo), float(hi), buckets)
-    else:
-        w = np.asarray(spec, dtype=np.float64)
-        if w.shape != (buckets,):
-            raise TokenscaleError(f"{where}: weights has {w.size} entries for {buckets} buckets")
-    if not np.all(np.isfinite(w)) or (w < 0).any():
-        raise TokenscaleError(f"{where}: bucket weights {w.round(4).tolist()} must be finite and non-negative")
-    if w.sum() <= 0:
-        raise TokenscaleError(f"{where}: bucket weights {w.round(4).tolist()} give a zero total weight")
-    return w
-
-
 def score_samples(tau: np.ndarray, valid: np.ndarray, seq_len: int, window_x: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """``(score (S,), n_in_window (S,))``: the fraction (count) of each sample's T tokens that are selected
     (``valid``) with τ inside ``window_x`` (inclusive); ``tau``/``valid`` are (S·T,) row-major over (S, T)."""
