@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tokenscale import TokenscaleError
-from tokenscale.figures import C_EMP, _save
+from tokenscale.plotting import C_EMP, save_figure
 
 __all__ = ["ALIGNMENT_FIGURE_NAME", "plot_alignment", "plot_seed_agreement"]
 
@@ -90,7 +90,7 @@ def plot_alignment(table: dict, out_dir, *, axis_label: str = "training step") -
         _panel(ax, table.get(key), title, log, ylabel, xlabels[key], float(table.get("confidence", 0.95)))
     fig.suptitle(f"learning time τ by token property ({table.get('n_valid')} of {table.get('n_tokens')} tokens)",
                  fontsize=11)
-    png = Path(_save(fig, out, ALIGNMENT_FIGURE_NAME))
+    png = Path(save_figure(fig, out, ALIGNMENT_FIGURE_NAME))
     return [png, png.with_suffix(".svg")]
 
 
@@ -128,5 +128,5 @@ def plot_seed_agreement(tau_a, tau_b, stats: dict, out_path, *, valid=None, labe
     mad = _num(stats.get("median_abs_diff"))
     ax.set_title(f"{_ci_text(stats.get('spearman') or {})}\nmedian |Δτ| = {mad:.3g}, "
                  f"IQR(Δτ) = {_num(stats.get('diff_iqr')):.3g}", fontsize=9)
-    png = Path(_save(fig, out.parent, name))
+    png = Path(save_figure(fig, out.parent, name))
     return [png, png.with_suffix(".svg")]

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from tokenscale.figures import C_EMP, _save
+from tokenscale.plotting import C_EMP, save_figure
 
 __all__ = ["RESHAPE_FIGURE_NAME", "plot_reshape"]
 
@@ -143,5 +143,5 @@ def plot_reshape(d: dict, outdir: str | Path) -> list[Path]:
     _panel_shift(axes["F"], d)
     fig.suptitle(f"Reshaping with learning times: {d['experiment']} (reference {d['reference']}, "
                  f"window {d['window'][0]}–{d['window'][1]})", fontsize=10)
-    png = Path(_save(fig, outdir, RESHAPE_FIGURE_NAME))
+    png = Path(save_figure(fig, outdir, RESHAPE_FIGURE_NAME))
     return [png, png.with_suffix(".svg")]

@@ -1,6 +1,6 @@
 """Figures of a synthetic modular-arithmetic (Mano) run (:mod:`tokenscale.synthetic.arithmetic`; paper App. A.3, Fig. 8–10).
 
-PNG + SVG each, matplotlib object API (no pyplot), written with :func:`tokenscale.figures._save`. The functions
+PNG + SVG each, matplotlib object API (no pyplot), written with :func:`tokenscale.plotting.save_figure`. The functions
 take plain numpy arrays and dicts (no file reading); each returns the written ``[png, svg]`` paths.
 
 * ``fig08_levels`` – Fig. 8: per difficulty level ``L``, the mean answer-token loss and the answer accuracy
@@ -27,7 +27,7 @@ from matplotlib import cm, colormaps, colors
 from matplotlib.figure import Figure
 
 from tokenscale import TokenscaleError
-from tokenscale.figures import _save
+from tokenscale.plotting import save_figure
 from tokenscale.io.fits import logistic
 
 __all__ = ["SYNTHETIC_FIGURE_NAMES", "plot_levels", "plot_level_trajectories", "plot_params_vs_tau"]
@@ -99,7 +99,7 @@ def plot_levels(steps, levels, loss, accuracy, outdir, *, title: str, baseline: 
     ax_l.legend(fontsize=7, ncol=2, title="level", title_fontsize=7)
     ax_a.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{title}: learning order across difficulty levels", fontsize=11)
-    return _paths(_save(fig, _outdir(outdir), "fig08_levels"))
+    return _paths(save_figure(fig, _outdir(outdir), "fig08_levels"))
 
 
 def _fit_arrays(fits: dict, n: int) -> tuple[dict, np.ndarray]:
@@ -172,7 +172,7 @@ def plot_level_trajectories(x_steps, losses, levels, fits, outdir, *, per_level:
     axs[0].legend(fontsize=6, loc="lower left")
     fig.suptitle("answer-token loss trajectories by difficulty level (dots), sigmoid fits (dashed), "
                  "level mean (green)", fontsize=10)
-    return _paths(_save(fig, _outdir(outdir), "fig09_level_trajectories"))
+    return _paths(save_figure(fig, _outdir(outdir), "fig09_level_trajectories"))
 
 
 def plot_params_vs_tau(tau_steps, delta, lam, levels, outdir) -> list[Path]:
@@ -199,4 +199,4 @@ def plot_params_vs_tau(tau_steps, delta, lam, levels, outdir) -> list[Path]:
     cb = fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=list(axs), pad=0.01)
     cb.set_label("difficulty level L")
     fig.suptitle(f"token sigmoid parameters vs learning time ({int(ok.sum())} of {n} tokens selected)", fontsize=11)
-    return _paths(_save(fig, _outdir(outdir), "fig10_params_vs_tau"))
+    return _paths(save_figure(fig, _outdir(outdir), "fig10_params_vs_tau"))
