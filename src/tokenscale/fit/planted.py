@@ -101,68 +101,16 @@ def planted_trajectories(
     n = int(n)
     if n < 0:
         raise TokenscaleError(f"n must be >= 0, got {n}")
-    a = default_step_axis() if axis is None else np.asarray(axis, dtype=np.float64)
-    if a.ndim != 1 or a.size < 2 or not np.all(np.diff(a) > 0):
-        raise TokenscaleError(f"axis must be a strictly increasing 1-D array, got shape {a.shape}")
-    if transform == "log10":
-        if a[0] <= 0:
-            raise TokenscaleError(f"axis must be positive for transform='log10', got axis[0]={a[0]}")
-        x = np.log10(a)
-    elif transform == "linear":
-        x = a.copy()
-    else:
-        raise TokenscaleError(f"unknown transform {transform!r} (expected 'log10' or 'linear')")
-    fr = np.array([frac_learned, frac_unlearned, frac_ascending], dtype=np.float64)
-    if np.any(fr < 0) or fr.sum() > 1:
-        raise TokenscaleError(f"mixture fractions must be >= 0 and sum to <= 1, got {fr.tolist()}")
-
+    x = _transformed_axis(axis, transform)
+    fr = _mixture(frac_learned, frac_unlearned, frac_ascending)
     x_min, x_max = float(x[0]), float(x[-1])
-    span = x_max - x_min
-
-    def loguniform(lo_hi, size):
-        lo, hi = lo_hi
-        return np.exp(rng.uniform(np.log(lo), np.log(hi), size))
-
-    u = rng.random(n)
-    kind = np.zeros(n, dtype=np.int8)
-    c1, c2, c3 = np.cumsum(fr)
-    kind[u < c1] = 1
-    kind[(u >= c1) & (u < c2)] = 2
-    kind[(u >= c2) & (u < c3)] = 3
-
-    lam = loguniform(lam_range, n)
-    delta = loguniform(delta_range, n)
-    post = loguniform(post_range, n)
-
-    # learning times inside the window (descending and ascending rows)
-    if tau_dist == "powerlaw":
-        # density over transformed x proportional to exp((1 - alpha) * ln(10) * x) for log10,
-        # i.e. a**-alpha in original units; inverse-CDF sampling on [x_min, x_max].
-        if transform == "log10":
-            beta = (1.0 - alpha) * np.log(10.0)
-        else:
-            beta = -alpha / max(abs(x_max), abs(x_min), 1e-12) * 3.0
-        v = rng.random(n)
-        if abs(beta) < 1e-12:
-            tau = x_min + v * span
-        else:
-            tau = x_min + np.log1p(v * np.expm1(beta * span)) / beta
-    elif tau_dist == "uniform":
-        tau = rng.uniform(x_min, x_max, n)
-    else:
-        raise TokenscaleError(f"unknown tau_dist {tau_dist!r} (expected 'powerlaw' or 'uniform')")
-
-    # learned rows: descent centred before the window, at most ~half visible
-    m = kind == 1
-    tau[m] = x_min - rng.uniform(0.0, 0.15, m.sum()) * span
-    # unlearned rows: no event
-    m = kind == 2
-    delta[m] = 0.0
-    # ascending rows: forgetting-like, smaller amplitude
-    m = kind == 3
-    delta[m] = -np.minimum(delta[m], 2.0)
-
-    sd = np.full(n, float(noise)) if np.isscalar(noise) else loguniform(noise, n)
+    kind = _draw_kinds(rng, n, fr)
+    lam = _loguniform(rng, lam_range, n)
+    delta = _loguniform(rng, delta_range, n)
+    post = _loguniform(rng, post_range, n)
+    tau = _draw_tau(rng, n, x_min, x_max, tau_dist=tau_dist, alpha=alpha, transform=transform)
+    _plant_kinds(rng, kind, tau, delta, x_min, x_max - x_min)
+    sd = np.full(n, float(noise)) if np.isscalar(noise) else _loguniform(rng, noise, n)
     clean = sigmoid_curve(x, tau, lam, delta, post)
     losses = (clean + sd[:, None] * rng.standard_normal((n, x.size))).astype(dtype, copy=False)
     tau_orig = 10.0**tau if transform == "log10" else tau.copy()
@@ -178,3 +126,75 @@ def planted_trajectories(
         "x": x,
     }
     return losses, truth
+
+
+def _transformed_axis(axis: np.ndarray | None, transform: str) -> np.ndarray:
+    """The (K,) axis on which eq. (1) is planted: ``log10`` of the original axis, or the axis itself."""
+    a = default_step_axis() if axis is None else np.asarray(axis, dtype=np.float64)
+    if a.ndim != 1 or a.size < 2 or not np.all(np.diff(a) > 0):
+        raise TokenscaleError(f"axis must be a strictly increasing 1-D array, got shape {a.shape}")
+    if transform == "log10":
+        if a[0] <= 0:
+            raise TokenscaleError(f"axis must be positive for transform='log10', got axis[0]={a[0]}")
+        return np.log10(a)
+    if transform == "linear":
+        return a.copy()
+    raise TokenscaleError(f"unknown transform {transform!r} (expected 'log10' or 'linear')")
+
+
+def _mixture(frac_learned: float, frac_unlearned: float, frac_ascending: float) -> np.ndarray:
+    """The checked mixture fractions of the ``learned``, ``unlearned`` and ``ascending`` kinds."""
+    fr = np.array([frac_learned, frac_unlearned, frac_ascending], dtype=np.float64)
+    if np.any(fr < 0) or fr.sum() > 1:
+        raise TokenscaleError(f"mixture fractions must be >= 0 and sum to <= 1, got {fr.tolist()}")
+    return fr
+
+
+def _loguniform(rng: np.random.Generator, lo_hi, size: int) -> np.ndarray:
+    lo, hi = lo_hi
+    return np.exp(rng.uniform(np.log(lo), np.log(hi), size))
+
+
+def _draw_kinds(rng: np.random.Generator, n: int, fr: np.ndarray) -> np.ndarray:
+    """(n,) int8 codes into :data:`KIND_NAMES`, each row's kind drawn with the mixture fractions ``fr``."""
+    u = rng.random(n)
+    kind = np.zeros(n, dtype=np.int8)
+    c1, c2, c3 = np.cumsum(fr)
+    kind[u < c1] = 1
+    kind[(u >= c1) & (u < c2)] = 2
+    kind[(u >= c2) & (u < c3)] = 3
+    return kind
+
+
+def _draw_tau(rng: np.random.Generator, n: int, x_min: float, x_max: float, *, tau_dist: str, alpha: float,
+              transform: str) -> np.ndarray:
+    """(n,) learning times inside the window ``[x_min, x_max]`` (those of the descending and ascending rows)."""
+    span = x_max - x_min
+    if tau_dist == "powerlaw":
+        # density over transformed x proportional to exp((1 - alpha) * ln(10) * x) for log10,
+        # i.e. a**-alpha in original units; inverse-CDF sampling on [x_min, x_max].
+        if transform == "log10":
+            beta = (1.0 - alpha) * np.log(10.0)
+        else:
+            beta = -alpha / max(abs(x_max), abs(x_min), 1e-12) * 3.0
+        v = rng.random(n)
+        if abs(beta) < 1e-12:
+            return x_min + v * span
+        return x_min + np.log1p(v * np.expm1(beta * span)) / beta
+    if tau_dist == "uniform":
+        return rng.uniform(x_min, x_max, n)
+    raise TokenscaleError(f"unknown tau_dist {tau_dist!r} (expected 'powerlaw' or 'uniform')")
+
+
+def _plant_kinds(rng: np.random.Generator, kind: np.ndarray, tau: np.ndarray, delta: np.ndarray, x_min: float,
+                 span: float) -> None:
+    """Overwrite ``tau`` / ``delta`` in place for the learned, unlearned and ascending rows."""
+    # learned rows: descent centred before the window, at most ~half visible
+    m = kind == 1
+    tau[m] = x_min - rng.uniform(0.0, 0.15, m.sum()) * span
+    # unlearned rows: no event
+    m = kind == 2
+    delta[m] = 0.0
+    # ascending rows: forgetting-like, smaller amplitude
+    m = kind == 3
+    delta[m] = -np.minimum(delta[m], 2.0)
