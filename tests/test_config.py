@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import yaml
 import pytest
@@ -315,3 +316,62 @@ def test_every_analysis_option_reaches_a_rule():
 
     used = {k for keys in ANALYSIS_USES.values() for k in keys} | {"dependency_sequences"}  # rule dependency's
     assert used == set(load_schema()["properties"]["analysis"]["properties"])
+
+
+# ----------------------------------------------------------------------------- study sections (issue #32)
+STUDY_PACKAGES = ("alignment", "frontiers", "reshaping", "synthetic", "seeds", "training", "evaluation", "reproduction")
+
+
+def _tokenscale_imports(module: str) -> set[str]:
+    """Every tokenscale module a source file imports, at any level."""
+    import ast
+
+    import tokenscale
+
+    path = Path(tokenscale.__file__).parent / (module.replace(".", "/") + ".py")
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tokenscale"):
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("tokenscale")}
+    return out
+
+
+@pytest.mark.parametrize("module", ["config", "series"])
+def test_config_and_series_import_no_study(module):
+    """Dependencies point down: studies register with config and series, which import none of them
+    (``training.model``, a leaf that resolves model shapes, is not a study)."""
+    studies = {m for m in _tokenscale_imports(module) if m.split(".")[1:2] and m.split(".")[1] in STUDY_PACKAGES}
+    assert not studies - {"tokenscale.training.model", "tokenscale.training.model.resolve_arch"}
+
+
+def test_studies_register_their_sections_and_series_kinds_in_a_fixed_order():
+    """The order is part of the result (the config hash, the DAG): synthetic is checked, reshape adds runs; the
+    study series kinds come after the built-in ones."""
+    from tokenscale import config, series
+    from tokenscale.reshaping.spec import reshape_runs
+    from tokenscale.synthetic.spec import check_synthetic
+
+    sections = config.registered_sections()
+    assert [(s.name, s.check, s.expand_runs) for s in sections] == [("synthetic", check_synthetic, None),
+                                                                    ("reshape", None, reshape_runs)]
+    kinds = [k for k in series.BUILDERS if k in ("run", "external", "frontier", "candidates", "continuation")]
+    assert kinds == ["run", "external", "frontier", "candidates", "continuation"]
+
+
+def test_register_section_refuses_a_key_the_schema_lacks():
+    from tokenscale.config import register_section
+
+    with pytest.raises(TokenscaleError, match="no schema section 'nope'"):
+        register_section("nope", check=lambda cfg: None)
+
+
+def test_reshape_entry_is_the_same_from_config_and_from_the_study():
+    from tokenscale.config import reshape_entry
+    from tokenscale.reshaping import spec
+
+    ex = {"name": "rx", "reference": "tiny", "window": [5, 20]}
+    assert reshape_entry(ex) == spec.reshape_entry(ex)
+    with pytest.raises(TokenscaleError, match=r"config: reshape entry: .*buckets"):
+        spec.reshape_entry({**ex, "buckets": "many"})

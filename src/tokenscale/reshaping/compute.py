@@ -47,8 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenscale import TokenscaleError
+from tokenscale import TokenscaleError, atomic
+from tokenscale.analysis.options import AnalysisOptions
+from tokenscale.frontiers.compute import read_curve
 from tokenscale.reshaping.spec import bucket_weights, candidate_first_step, candidate_steps
+from tokenscale.training.sampler import WeightedSampler
 
 __all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "score_samples", "assign_buckets",
            "sample_weights", "pool_weights", "build_candidate_set", "write_scores", "read_scores", "bucket_curves", "arm_metrics",
@@ -120,8 +123,6 @@ def build_candidate_set(data_dir: str | Path, out_path: str | Path, *, n: int, s
 
 # ----------------------------------------------------------------------------- scores file
 def write_scores(path: str | Path, sample_index, score, bucket, weight, n_in_window) -> None:
-    from tokenscale import atomic
-
     rows = zip(np.asarray(sample_index).tolist(), np.asarray(score).tolist(), np.asarray(bucket).tolist(),
                np.asarray(weight).tolist(), np.asarray(n_in_window).tolist())
     lines = [",".join(SCORES_FIELDS)] + [f"{i},{s:.6g},{b},{w:.6g},{k}" for i, s, b, w, k in rows]
@@ -301,8 +302,6 @@ def _clean(v):
 
 # ----------------------------------------------------------------------------- stages the workflow runs
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from tokenscale import atomic
-
     with atomic.atomic_output(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr)
 
@@ -310,7 +309,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 def _selected_tau(fits_path, tokens_path, analysis: dict):
     """(token set dict, fit, tau (N,), valid (N,)) with the spectrum's main token selection."""
     from tokenscale.alignment.compute import selected_tau
-    from tokenscale.analysis.options import AnalysisOptions
     from tokenscale.io import read_token_set
     from tokenscale.io.fits import load_fits
 
@@ -347,16 +345,12 @@ def compute_scores(ex: dict, *, fits, tokens, train_data, analysis: dict, out_di
                "bucket_weights": wb.tolist(), "bucket_size": np.bincount(bucket, minlength=B).tolist(),
                "bucket_mean_score": [float(score[bucket == b].mean()) for b in range(B)],
                "bucket_share_reshaped": [float(w[bucket == b].sum() / w.sum()) for b in range(B)]}
-    from tokenscale import atomic
-
     atomic.write_json(out / "scores.json", summary)
     return summary
 
 
 def pool_draws(weights_path, data_seed: int, start: int, count: int) -> np.ndarray:
     """The training-sample indices a pool arm draws at positions ``[start, start + count)`` (its sampler's)."""
-    from tokenscale.training.sampler import WeightedSampler
-
     return WeightedSampler(np.load(weights_path), data_seed).indices(start, count)
 
 
@@ -405,7 +399,6 @@ def _arm_tau(arms: list[dict], valid_tokens, analysis: dict, window) -> tuple[di
     the arms' continuation fit tables (every validation token, the analysis selection)."""
     from tokenscale.alignment.compute import selected_tau
     from tokenscale.analysis.numerics import to_x
-    from tokenscale.analysis.options import AnalysisOptions
     from tokenscale.io import read_token_set
     from tokenscale.io.fits import load_fits
 
@@ -441,10 +434,8 @@ def make_report(ex: dict, *, batch_size: int, scores_dir, fits, tokens, trajecto
     """Stages 4–6: ``out`` (report.json) and Fig. 6 A–F in ``figures``. ``arms``: dicts with ``run``, ``arm``,
     ``data_seed``, ``val_loss`` (csv), ``log`` (log.jsonl), for pool arms ``weights`` (npy) and, for step 6
     (with ``valid_tokens``, the validation token set), ``fits``: the arm's continuation fit table."""
-    from tokenscale import atomic
     from tokenscale.analysis.numerics import to_orig
     from tokenscale.reshaping.figures import plot_reshape
-    from tokenscale.frontiers.compute import read_curve
     from tokenscale.io import read_run_trajectories
 
     s_a, s_b = ex["window"]
