@@ -9,8 +9,10 @@ import pytest
 
 from tokenscale import TokenscaleError
 from tokenscale.config import validate_config
-from tokenscale.data import (EOS, TOKENIZER_META, TrainTokens, _builtin_documents, _encode_docs, _encode_fast, _fill,
-                             build_corpus, build_token_set, builtin_documents, load_tokenizer, train_tokenizer)
+from tokenscale.data import (EOS, TOKENIZER_META, TrainTokens, build_corpus, build_token_set, builtin_documents,
+                             load_tokenizer, train_tokenizer)
+from tokenscale.data.corpus import _builtin_documents, _fill
+from tokenscale.data.tokenizer import _encode_docs, _encode_fast
 
 from conftest import TINY_DATA, run_cli, tiny_config, write_config
 

@@ -15,6 +15,8 @@ import pytest
 
 from tokenscale import TokenscaleError, __version__
 from tokenscale import io as tio
+from tokenscale.io import evaluations as tio_evals
+from tokenscale.io import trajectories as tio_traj
 
 DOMAINS = ["web", "code", "math"]
 
@@ -114,8 +116,8 @@ def test_token_set_errors(tmp_path, damage):
 def test_shards_roundtrip(setup, monkeypatch):
     tmp, ts, data, N, paths, cols = setup
     # small chunks/blocks so the multi-block streaming path is exercised
-    monkeypatch.setattr(tio, "CHUNK_ROWS", 4)
-    monkeypatch.setattr(tio, "_BLOCK_BYTES", 4 * 4 * 4 * 2)  # 2 chunks per block
+    monkeypatch.setattr(tio_traj, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(tio_traj, "_BLOCK_BYTES", 4 * 4 * 4 * 2)  # 2 chunks per block
     outs = [tmp / f"traj_{i}.h5" for i in range(3)]
     tio.write_trajectory_shards(paths, ts, outs, attrs={"model": "tiny", "extra": {"a": 1}})
     assert all(o.exists() for o in outs)
@@ -224,17 +226,17 @@ def test_killed_writer_leaves_nothing_readable(setup, monkeypatch):
     one_line_naming(e, out)
 
     # an exception mid-write (e.g. disk full) -> no final file, tmp cleaned up
-    real = tio._shard_attrs
+    real = tio_traj._shard_attrs
 
     def boom(*a, **k):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(tio, "_shard_attrs", boom)
+    monkeypatch.setattr(tio_traj, "_shard_attrs", boom)
     with pytest.raises(OSError):
         tio.write_trajectory_shards(paths, ts, [out], attrs={})
     assert not out.exists()
     assert sorted(x.name for x in tmp.glob("traj.h5*")) == ["traj.h5.tmp"]  # only the old leftover
-    monkeypatch.setattr(tio, "_shard_attrs", real)
+    monkeypatch.setattr(tio_traj, "_shard_attrs", real)
 
     # a rerun succeeds regardless of leftovers
     tmp_file.write_bytes(b"junk")
@@ -400,7 +402,7 @@ def test_eval_file_without_checksum_or_mean_is_readable(setup):
 
 def test_eval_verification_is_blockwise(setup, monkeypatch):
     tmp, ts, data, N, paths, cols = setup
-    monkeypatch.setattr(tio, "_VERIFY_BYTES", 4 * 5)  # 5 values per block: many blocks, a short last one
+    monkeypatch.setattr(tio_evals, "_VERIFY_BYTES", 4 * 5)  # 5 values per block: many blocks, a short last one
     loss, attrs = tio.read_eval_losses(paths[0])
     np.testing.assert_array_equal(loss, cols[100])
     with h5py.File(paths[0], "r+") as f:
@@ -415,9 +417,10 @@ def test_shard_checksum_independent_of_blocks(setup, monkeypatch):
     ranges = tio.shard_ranges(N, 2)
     a = [tmp / "a0.h5", tmp / "a1.h5"]
     tio.write_trajectory_shards(paths, ts, a, attrs={})
-    monkeypatch.setattr(tio, "CHUNK_ROWS", 4)
-    monkeypatch.setattr(tio, "_BLOCK_BYTES", 4 * 4 * 4 * 2)
-    monkeypatch.setattr(tio, "_VERIFY_BYTES", 4 * 4 * 4 * 3)
+    monkeypatch.setattr(tio_traj, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(tio_traj, "_BLOCK_BYTES", 4 * 4 * 4 * 2)
+    monkeypatch.setattr(tio_evals, "_VERIFY_BYTES", 4 * 4 * 4 * 3)
+    monkeypatch.setattr(tio_traj, "_VERIFY_BYTES", 4 * 4 * 4 * 3)
     b = [tmp / "b0.h5", tmp / "b1.h5"]
     tio.write_trajectory_shards(paths, ts, b, attrs={})
     for i, (lo, hi) in enumerate(ranges):
@@ -436,8 +439,9 @@ def test_shard_checksum_independent_of_blocks(setup, monkeypatch):
 ])
 def test_corrupt_shard_numbers_rejected(setup, damage, message, monkeypatch):
     tmp, ts, data, N, paths, cols = setup
-    monkeypatch.setattr(tio, "CHUNK_ROWS", 4)
-    monkeypatch.setattr(tio, "_VERIFY_BYTES", 4 * 4 * 4 * 2)  # verified in several blocks
+    monkeypatch.setattr(tio_traj, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(tio_evals, "_VERIFY_BYTES", 4 * 4 * 4 * 2)
+    monkeypatch.setattr(tio_traj, "_VERIFY_BYTES", 4 * 4 * 4 * 2)  # verified in several blocks
     out = tmp / "traj.h5"
     tio.write_trajectory_shards(paths, ts, [out], attrs={})
     with h5py.File(out, "r+") as f:

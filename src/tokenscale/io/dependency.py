@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 
 from tokenscale import TokenscaleError
-from tokenscale import io as tio
 from tokenscale.atomic import atomic_output
+from tokenscale.io._h5 import _attr_value, _reading
 
 __all__ = ["FORMAT", "write_dependency", "read_dependency"]
 
@@ -41,12 +41,12 @@ def read_dependency(path: os.PathLike | str) -> dict:
     """Read a file of :func:`compute_dependency`: ``{"dependency_length" (N,), "log_prob" (C, N), "contexts"
     (C,), "attrs", "path"}``.  A missing, corrupt or foreign file raises a one-line TokenscaleError."""
     p = Path(path)
-    with tio._reading(p, "dependency") as f:
-        fmt = tio._attr_value(f.attrs.get("format", ""))
+    with _reading(p, "dependency") as f:
+        fmt = _attr_value(f.attrs.get("format", ""))
         if fmt != FORMAT:
             raise TokenscaleError(f"{p}: not a dependency file (format {fmt!r}, expected {FORMAT!r})")
         out = {name: f[name][()] for name in ("dependency_length", "log_prob", "contexts")}
-        out["attrs"] = {k: tio._attr_value(v) for k, v in f.attrs.items()}
+        out["attrs"] = {k: _attr_value(v) for k, v in f.attrs.items()}
     C, N = out["contexts"].shape[0], out["dependency_length"].shape[0]
     if out["log_prob"].shape != (C, N):
         raise TokenscaleError(f"{p}: not a valid dependency file (log_prob shape {out['log_prob'].shape} != {(C, N)})")

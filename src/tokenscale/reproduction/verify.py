@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenscale import TokenscaleError
+from tokenscale.io.checksum import sha256_file
 
 REFERENCE_FORMAT = "tokenscale-reference/1"
 TOLERANCE_FORMAT = "tokenscale-tolerances/1"
@@ -135,10 +136,6 @@ def headline_numbers(results: Path) -> dict[str, dict[str, float | None]]:
 
 
 # -------------------------------------------------------------------------------------------------- provenance
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def lock_hash(lock: Path) -> str:
     """sha256 of the lock file's bytes and the running Python's version (the lock is per Python minor)."""
     if not lock.is_file():
