@@ -13,7 +13,7 @@ import yaml
 
 from tokenscale import TokenscaleError
 from tokenscale.analysis.tail import fit_truncated_power_law
-from tokenscale.cli import _fit_columns
+from tokenscale.analysis.stage import fit_columns
 from tokenscale.fit import fit_sigmoids
 from tokenscale.fit.window import MIN_POINTS, RULES, context_free_entropy, fit_start, fit_window, target_counts
 
@@ -97,10 +97,10 @@ def test_fit_columns_selects_the_fitted_checkpoints_and_rejects_another_axis():
     losses = np.arange(12.0).reshape(2, 6)
     axis = {"step": np.array([1, 2, 4, 8, 16, 32])}
     fit = SimpleNamespace(axis_orig=np.array([4.0, 8.0, 16.0, 32.0]))
-    np.testing.assert_array_equal(_fit_columns(losses, axis, fit, "f.h5"), losses[:, 2:])
+    np.testing.assert_array_equal(fit_columns(losses, axis, fit, "f.h5"), losses[:, 2:])
     fit.axis_orig = np.array([4.0, 8.0, 16.0, 33.0])
     with pytest.raises(TokenscaleError, match="is not the end of the trajectories' axis"):
-        _fit_columns(losses, axis, fit, "f.h5")
+        fit_columns(losses, axis, fit, "f.h5")
 
 
 # --- the evidence: a planted population with a marginal stage before every token's own event -----------------

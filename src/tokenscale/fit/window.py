@@ -25,13 +25,16 @@ would remain. The rule reads the mean loss only, so every shard of a series gets
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
 from tokenscale import TokenscaleError
 
-__all__ = ["RULES", "MIN_POINTS", "target_counts", "context_free_entropy", "fit_start", "fit_window"]
+__all__ = ["RULES", "MIN_POINTS", "target_counts", "context_free_entropy", "fit_start", "fit_window",
+           "read_window_start"]
 
 RULES = ("unigram", "first")
 MIN_POINTS = 8  # checkpoints the fits need after the start (4 parameters, and a plateau on each side)
@@ -121,3 +124,14 @@ def fit_window(rule: str, losses, axis, *, counts=None, target_ids=None) -> dict
             k, note = fit_start(mean, h1)
     return {"rule": rule, "start_index": k, "start": float(a[k]), "h_unigram": h1, "n_rows": int(rows.sum()),
             "mean_loss": mean.tolist(), "axis": a.tolist(), "note": note}
+
+
+def read_window_start(path, axis) -> int:
+    """First checkpoint index of the fits from a fit window file (``tokenscale fit-window``), checked against the
+    axis of the shard it is applied to."""
+    w = json.loads(Path(path).read_text())
+    k0 = int(w["start_index"])
+    if not np.array_equal(np.asarray(w["axis"], dtype=np.float64), axis):
+        raise TokenscaleError(f"{path}: fit window of another axis ({len(w['axis'])} points, the shard has {axis.size}); "
+                              f"rerun its fit_window job")
+    return k0

@@ -1,0 +1,39 @@
+"""The analyze stage: a series' trajectory shards and fit table -> analysis file (HDF5) + summary.json
+(spectrum, shared pulse, reconstruction, power law; :mod:`tokenscale.analysis.pipeline`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tokenscale import TokenscaleError
+from tokenscale.analysis import AnalysisOptions, analyze, write_analysis, write_summary
+from tokenscale.config import validate_config
+from tokenscale.io import read_run_trajectories
+from tokenscale.io.fits import load_fits
+
+
+def fit_columns(losses, axis: dict, fit, fits_path):
+    """The trajectory columns the fits were made on: the checkpoints from the fit window's start on (the fit's axis is
+    the end of one of the shards' axes)."""
+    fa = np.asarray(fit.axis_orig, dtype=np.float64)
+    k0 = losses.shape[1] - fa.size
+    if k0 < 0 or not any(np.array_equal(np.asarray(a, dtype=np.float64)[k0:], fa) for a in axis.values()):
+        raise TokenscaleError(f"{fits_path}: the fits' axis ({fa.size} points) is not the end of the trajectories' "
+                              f"axis ({losses.shape[1]} points); rerun the fit rules")
+    return losses[:, k0:]
+
+
+def run_analysis(*, trajectories: list, fits, run: str, options: dict, analysis, summary):
+    """Analyse one series (options: the config's analysis section, schema defaults fill the rest) and write its
+    analysis file and summary.json; returns (result, options)."""
+    opts = AnalysisOptions.from_config(validate_config({"analysis": options})["analysis"])
+    losses, axis, meta = read_run_trajectories(trajectories)
+    fit = load_fits(fits)
+    if len(fit) != losses.shape[0]:
+        raise TokenscaleError(f"{fits}: {len(fit)} fits but {losses.shape[0]} trajectories; rerun the fit rules")
+    losses = fit_columns(losses, axis, fit, fits)
+    res = analyze(losses, fit, opts)
+    extra = {"run": run, "config_sha256": meta["attrs"].get("config_sha256", "")}
+    write_analysis(res, analysis, extra=extra)
+    write_summary(res, summary, extra=extra)
+    return res, opts

@@ -1,0 +1,70 @@
+"""Data commands: ``prepare-data`` (corpus, tokenizer, token files), ``external-tokens`` (the token set of an
+external checkpoint series) and ``series-manifest`` (the checkpoints of a deferred series)."""
+
+from __future__ import annotations
+
+import sys
+
+from tokenscale import TokenscaleError
+from tokenscale.cli.common import add_config, command, load_config, positive_int
+
+
+def register(sub) -> None:
+    _prepare_data(sub)
+    _external_tokens(sub)
+    _series_manifest(sub)
+
+
+def _prepare_data(sub) -> None:
+    def run(args) -> int:
+        from tokenscale.data.stage import prepare_data
+
+        prepare_data(load_config(args)["data"], args.out, args.stage)
+        return 0
+
+    p = command(sub, "prepare-data", run, "build corpus + split, train the BPE tokenizer, write token files",
+                "Each stage reads the previous one's output from --out; the workflow runs them as three rules.")
+    add_config(p)
+    p.add_argument("--out", required=True, help="data folder (corpus/, tokenizer/, train_tokens.bin, valid_tokens.h5)")
+    p.add_argument("--stage", choices=["corpus", "tokenizer", "tokens", "all"], default="all",
+                   help="which stage to run (all = the three in order)")
+
+
+def _external_tokens(sub) -> None:
+    def run(args) -> int:
+        from tokenscale.data.stage import external_tokens
+
+        external_tokens(series=args.series, docs=args.docs, out=args.out, seq_len=args.seq_len, n_seqs=args.n_seqs,
+                        tokenizer=args.tokenizer)
+        return 0
+
+    p = command(sub, "external-tokens", run,
+                "token set for an external checkpoint series, with its own tokenizer",
+                "The validation documents are tokenized with the series' tokenizer and cut into sequences.")
+    p.add_argument("--series", required=True, help="folder of step-numbered checkpoints")
+    p.add_argument("--tokenizer", default="", help="tokenizer folder or tokenizer.json (default: first checkpoint)")
+    p.add_argument("--docs", required=True, help="validation documents (corpus/valid.jsonl)")
+    p.add_argument("--seq-len", type=positive_int, required=True, help="tokens per sequence")
+    p.add_argument("--n-seqs", type=positive_int, required=True, help="number of sequences in the token set")
+    p.add_argument("--out", required=True, help="output token set HDF5")
+
+
+def _series_manifest(sub) -> None:
+    def run(args) -> int:
+        from tokenscale.series import parse_series_spec, resolve_manifest, write_manifest
+
+        try:
+            series, sources = parse_series_spec(args.spec)
+        except (ValueError, KeyError, TypeError) as e:
+            raise TokenscaleError(f"--spec is not a series spec: {e}") from None
+        members, extra = resolve_manifest(series, sources, args.inputs)
+        write_manifest(args.out, series, members, extra)
+        print(f"series-manifest: {series.name}: {len(members)} checkpoints -> {args.out}", file=sys.stderr)
+        return 0
+
+    p = command(sub, "series-manifest", run, "choose the checkpoints of a deferred series",
+                "A series whose members depend on training results (e.g. a frontier) is resolved by its resolver "
+                "function once those results exist; the members are written to a manifest (docs/architecture.md).")
+    p.add_argument("--spec", required=True, help="JSON of the series and its sources (what the workflow passes)")
+    p.add_argument("--inputs", nargs="*", default=[], help="the files the resolver reads (training results)")
+    p.add_argument("--out", required=True, help="output manifest JSON")
