@@ -41,9 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokenscale import TokenscaleError, atomic
-from tokenscale.analysis.options import AnalysisOptions
-from tokenscale.frontiers.compute import read_curve
+from tokenscale import TokenscaleError
 
 __all__ = ["BOS", "CHUNK", "DISTRIBUTIONS", "EQ", "OPS", "PAD", "SPLITS", "SyntheticSpec", "evaluate_prefix",
            "expression_hash", "generate", "level_baseline", "level_probs", "overlap", "prepare", "spec_of", "vocab",
@@ -315,6 +313,7 @@ def prepare(entry: dict, out_dir) -> dict:
     import json
     from pathlib import Path
 
+    from tokenscale import atomic
     from tokenscale.data import tokenizer_sha256
 
     spec, seed, out = spec_of(entry), int(entry["seed"]), Path(out_dir)
@@ -347,6 +346,8 @@ def write_levels(path, rows: list[dict]) -> None:
     """levels.csv: per checkpoint step and level, the examples, mean answer loss and answer accuracy."""
     import csv
     import io
+
+    from tokenscale import atomic
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LEVEL_FIELDS, lineterminator="\n")
@@ -394,6 +395,7 @@ def _fit_params(fits_path, analysis: dict) -> tuple[dict, np.ndarray, object]:
     """({tau, lam, delta, post} (N,) on the fit axis, selected (N,), fit) of a series' fit table; ``selected``
     is the analysis' token selection (the one p(τ) uses: noise rows and τ outside the window excluded)."""
     from tokenscale.alignment.compute import selected_rows
+    from tokenscale.analysis.options import AnalysisOptions
     from tokenscale.io.fits import load_fits
 
     fit = load_fits(fits_path)
@@ -424,9 +426,11 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     aggregate validation loss (step axis, the analysis' transient rule), the decomposition's headline numbers."""
     import json
 
+    from tokenscale import atomic
     from tokenscale.analysis.numerics import jsonable
     from tokenscale.synthetic.shape import shape_test
     from tokenscale.synthetic.figures import plot_level_trajectories, plot_levels, plot_params_vs_tau
+    from tokenscale.frontiers.compute import read_curve
     from tokenscale.io import read_run_trajectories
 
     steps, levels, loss, acc = read_levels(levels_csv)
