@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from tokenscale import TokenscaleError
+from tokenscale.atomic import write_text
 
 __all__ = ["AXES", "Curve", "FrontierPoint", "read_curve", "frontier_points", "envelope", "resolve",
            "frontier_options", "check_mean_loss", "write_frontier_csv", "read_frontier_csv"]
@@ -165,8 +166,6 @@ def check_mean_loss(table: Sequence[dict], mean_loss: np.ndarray, where: str, to
 
 
 def write_frontier_csv(path: str | Path, table: Sequence[dict]) -> Path:
-    from tokenscale.atomic import write_text
-
     lines = [",".join(FRONTIER_HEADER)]
     for row in table:
         lines.append(",".join(str(row[k]) for k in FRONTIER_HEADER))
