@@ -17,6 +17,7 @@ import transformers
 from tokenscale import TokenscaleError
 from tokenscale.evaluation import evaluate as ev
 from tokenscale import io as tio
+from tokenscale.io import evaluations as tio_evaluations
 from tokenscale.series import discover_checkpoints
 
 V = 300
@@ -299,16 +300,16 @@ def test_killed_eval_leaves_nothing_readable(tmp_path, monkeypatch):
     with pytest.raises(TokenscaleError, match="not found"):
         tio.read_eval_header(out)
     # crash during the write -> no final file, tmp removed
-    real = tio._to_attr
+    real = tio_evaluations._to_attr  # the eval writer's attribute converter, where it is looked up
 
     def boom(v):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(tio, "_to_attr", boom)
+    monkeypatch.setattr(tio_evaluations, "_to_attr", boom)
     with pytest.raises(OSError):
         ev.evaluate_checkpoint(d, ts, out)
     assert not out.exists() and not leftover.exists()
-    monkeypatch.setattr(tio, "_to_attr", real)
+    monkeypatch.setattr(tio_evaluations, "_to_attr", real)
     leftover.write_bytes(b"junk")
     ev.evaluate_checkpoint(d, ts, out)
     assert out.exists() and not leftover.exists()

@@ -304,21 +304,7 @@ def evaluate_checkpoint(
     ckpt = Path(ckpt_dir)
     out = Path(out_path)
     meta = _read_ckpt_json(ckpt) if ckpt.is_dir() else {}
-
-    def pick(key: str, arg: int | None) -> int | None:
-        if key in meta and meta[key] is not None:
-            v = int(meta[key])
-            if arg is not None and int(arg) != v:
-                raise TokenscaleError(f"{ckpt / 'tokenscale.json'}: {key}={v} conflicts with argument {key}={arg}")
-            return v
-        return None if arg is None else int(arg)
-
-    step_v = pick("step", step)
-    if step_v is None:
-        step_v = step_from_name(ckpt.name)
-    if step_v is None:
-        raise TokenscaleError(f"cannot tell the step of checkpoint {ckpt} (no tokenscale.json, no step argument)")
-    tokens_v = pick("tokens_seen", tokens_seen)
+    step_v, tokens_v = _step_and_tokens(ckpt, meta, step, tokens_seen)
     ts = tio.read_token_set(token_set_path)
     mask = ts.get(tio.SCORE_MASK)  # (S, T) bool or None: the positions that are the set's tokens
     ts_sha = tio.sha256_file(token_set_path)
@@ -334,11 +320,40 @@ def evaluate_checkpoint(
         losses = losses[mask]  # (n,) the scored positions, row-major
     if not np.all(np.isfinite(losses)):
         raise TokenscaleError(f"checkpoint {ckpt} produced non-finite losses on {token_set_path}")
+    attrs = {"step": int(step_v), "tokens_seen": int(tokens_v) if tokens_v is not None else -1,
+             **_model_attrs(ckpt, meta, model), "mean_loss": float(np.mean(losses, dtype=np.float64)),
+             **_token_set_attrs(token_set_path, ts, ts_sha, tok_sha),
+             **_run_attrs(dev, batch_size), "seconds": 0.0, "seconds_forward": float(t2 - t1)}
+    del model
+    attrs["seconds"] = float(time.perf_counter() - t0)
+    return tio.write_eval_file(out, losses, attrs)
+
+
+def _step_and_tokens(ckpt: Path, meta: dict, step: int | None, tokens_seen: int | None) -> tuple[int, int | None]:
+    """The checkpoint's step and tokens seen: from its metadata, else the arguments (a conflict is an error); the
+    step falls back to the directory name; tokens seen may stay None (unknown)."""
+
+    def pick(key: str, arg: int | None) -> int | None:
+        if key in meta and meta[key] is not None:
+            v = int(meta[key])
+            if arg is not None and int(arg) != v:
+                raise TokenscaleError(f"{ckpt / 'tokenscale.json'}: {key}={v} conflicts with argument {key}={arg}")
+            return v
+        return None if arg is None else int(arg)
+
+    step_v = pick("step", step)
+    if step_v is None:
+        step_v = step_from_name(ckpt.name)
+    if step_v is None:
+        raise TokenscaleError(f"cannot tell the step of checkpoint {ckpt} (no tokenscale.json, no step argument)")
+    return step_v, pick("tokens_seen", tokens_seen)
+
+
+def _model_attrs(ckpt: Path, meta: dict, model: Any) -> dict[str, Any]:
+    """Eval-file attributes naming the checkpoint and its model."""
     cfg = model.config
     n_params = int(sum(p.numel() for p in model.parameters()))
-    attrs: dict[str, Any] = {
-        "step": int(step_v),
-        "tokens_seen": int(tokens_v) if tokens_v is not None else -1,
+    return {
         "checkpoint": str(ckpt.resolve()),
         "run": str(meta.get("run") or _run_name(ckpt)),
         "model": f"{getattr(cfg, 'model_type', 'model')}-{n_params}",
@@ -346,24 +361,30 @@ def evaluate_checkpoint(
         "n_params": n_params,
         "config_sha256": str(meta.get("config_sha256", "")),
         "val_loss_logged": float(meta["val_loss"]) if meta.get("val_loss") is not None else float("nan"),
-        "mean_loss": float(np.mean(losses, dtype=np.float64)),
+    }
+
+
+def _token_set_attrs(token_set_path: os.PathLike | str, ts: dict, ts_sha: str, tok_sha: str) -> dict[str, Any]:
+    """Eval-file attributes naming the token set and the tokenizer."""
+    return {
         "token_set": str(Path(token_set_path).resolve()),
         "token_set_sha256": ts_sha,
         "token_set_attrs": ts["attrs"],
         "tokenizer_sha256": tok_sha,
         "n_seqs": int(ts["n_seqs"]),
         "seq_len": int(ts["seq_len"]),
+    }
+
+
+def _run_attrs(dev: torch.device, batch_size: int) -> dict[str, Any]:
+    """Eval-file attributes of the software and the device the evaluation ran on."""
+    return {
         "package_version": __version__,
         "torch_version": torch.__version__,
         "device": str(dev),
         "autocast_bf16": dev.type == "cuda",
         "batch_size": int(batch_size),
-        "seconds": 0.0,
-        "seconds_forward": float(t2 - t1),
     }
-    del model
-    attrs["seconds"] = float(time.perf_counter() - t0)
-    return tio.write_eval_file(out, losses, attrs)
 
 
 def scored_predictions(ckpt_dir: os.PathLike | str, token_set_path: os.PathLike | str, *, batch_size: int = 256,

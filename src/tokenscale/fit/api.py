@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -451,8 +452,6 @@ def fit_file(
     :func:`fit_sigmoids`.  Returns a summary dict (``n``, ``seconds``, ``status_counts``,
     ``category_counts``, ``out``).
     """
-    import time
-
     import h5py
 
     src = Path(trajectories)
@@ -461,49 +460,20 @@ def fit_file(
         raise TokenscaleError(f"{src}: trajectory file not found")
     block_rows = _positive_int("block_rows", block_rows)
     t0 = time.perf_counter()
-    status_counts = np.zeros(len(STATUS_NAMES), dtype=np.int64)
-    category_counts = np.zeros(len(CATEGORY_NAMES), dtype=np.int64)
+    counts = {"status": np.zeros(len(STATUS_NAMES), dtype=np.int64),
+              "category": np.zeros(len(CATEGORY_NAMES), dtype=np.int64)}
     try:
         fin = h5py.File(src, "r")
     except OSError as e:
         raise TokenscaleError(_one_line(f"{src}: cannot open trajectory file (truncated or corrupt?): {e}")) from None
     with fin:
-        try:
-            loss = fin["loss"]
-            if not isinstance(loss, h5py.Dataset) or loss.ndim != 2:
-                raise TokenscaleError(f"{src}: dataset 'loss' must be (n, K)")
-            n, k = (int(s) for s in loss.shape)
-            key = f"axis/{axis}"
-            if key not in fin:
-                raise TokenscaleError(f"{src}: no axis {axis!r} (dataset {key!r} missing)")
-            axis_vals = np.asarray(fin[key][()], dtype=np.float64)
-            token_index = fin["token_index"] if "token_index" in fin else None
-            if token_index is not None and token_index.shape != (n,):
-                raise TokenscaleError(f"{src}: token_index has shape {token_index.shape}, expected ({n},)")
-        except KeyError as e:
-            raise TokenscaleError(_one_line(f"{src}: not a trajectory file: {e}")) from None
+        loss, axis_vals, token_index = _shard_datasets(fin, src, axis)
+        n, k = (int(s) for s in loss.shape)
         fitter = _Fitter(k, axis_vals, **_fitter_options(options))
         user = {"trajectories": str(src), "axis_name": axis, **(attrs or {})}
 
-        def blocks():
-            for lo in range(0, n, block_rows):
-                hi = min(n, lo + block_rows)
-                try:
-                    y = loss[lo:hi]
-                    ti = None if token_index is None else np.asarray(token_index[lo:hi], dtype=np.int64)
-                except (OSError, ValueError) as e:
-                    raise TokenscaleError(_one_line(f"{src}: cannot read rows {lo}:{hi}: {e}")) from None
-                yield lo, hi, y, ti
-
         def write(f):
-            for lo, hi, y, ti in blocks():
-                cols = fitter.fit_rows(_check_numeric(y))
-                for name, v in cols.items():
-                    f[name][lo:hi] = v
-                if ti is not None:
-                    f["token_index"][lo:hi] = ti
-                status_counts[:] += np.bincount(cols["status"], minlength=len(STATUS_NAMES))[: len(STATUS_NAMES)]
-                category_counts[:] += np.bincount(cols["category"], minlength=len(CATEGORY_NAMES))[: len(CATEGORY_NAMES)]
+            _fill_fits(f, fitter, _shard_blocks(src, loss, token_index, block_rows), counts)
 
         write_fits_file(dst, n, fitter.make_fit(result_arrays(0), None), user,
                          with_token_index=token_index is not None, fill=write)
@@ -511,12 +481,58 @@ def fit_file(
     return {
         "n": n,
         "seconds": dt,
-        "status_counts": dict(zip(STATUS_NAMES, status_counts.tolist())),
-        "category_counts": dict(zip(CATEGORY_NAMES, category_counts.tolist())),
+        "status_counts": dict(zip(STATUS_NAMES, counts["status"].tolist())),
+        "category_counts": dict(zip(CATEGORY_NAMES, counts["category"].tolist())),
         "out": dst,
     }
 
 
+def _shard_datasets(fin, src: Path, axis: str):
+    """A trajectory shard's ``loss`` (n, K) dataset, its ``axis/<axis>`` values (float64) and its ``token_index``
+    dataset (or None), each checked; a one-line error for a file that is not a trajectory shard."""
+    import h5py
+
+    try:
+        loss = fin["loss"]
+        if not isinstance(loss, h5py.Dataset) or loss.ndim != 2:
+            raise TokenscaleError(f"{src}: dataset 'loss' must be (n, K)")
+        n = int(loss.shape[0])
+        key = f"axis/{axis}"
+        if key not in fin:
+            raise TokenscaleError(f"{src}: no axis {axis!r} (dataset {key!r} missing)")
+        axis_vals = np.asarray(fin[key][()], dtype=np.float64)
+        token_index = fin["token_index"] if "token_index" in fin else None
+        if token_index is not None and token_index.shape != (n,):
+            raise TokenscaleError(f"{src}: token_index has shape {token_index.shape}, expected ({n},)")
+    except KeyError as e:
+        raise TokenscaleError(_one_line(f"{src}: not a trajectory file: {e}")) from None
+    return loss, axis_vals, token_index
+
+
+def _shard_blocks(src: Path, loss, token_index, block_rows: int):
+    """Yield ``(lo, hi, losses, token_index or None)`` for consecutive row blocks of a shard."""
+    n = int(loss.shape[0])
+    for lo in range(0, n, block_rows):
+        hi = min(n, lo + block_rows)
+        try:
+            y = loss[lo:hi]
+            ti = None if token_index is None else np.asarray(token_index[lo:hi], dtype=np.int64)
+        except (OSError, ValueError) as e:
+            raise TokenscaleError(_one_line(f"{src}: cannot read rows {lo}:{hi}: {e}")) from None
+        yield lo, hi, y, ti
+
+
+def _fill_fits(f, fitter: "_Fitter", blocks, counts: dict) -> None:
+    """Fit each block and write its result columns (and token indices) into the open fits file ``f``; add its
+    status and category counts to ``counts``."""
+    for lo, hi, y, ti in blocks:
+        cols = fitter.fit_rows(_check_numeric(y))
+        for name, v in cols.items():
+            f[name][lo:hi] = v
+        if ti is not None:
+            f["token_index"][lo:hi] = ti
+        counts["status"][:] += np.bincount(cols["status"], minlength=len(STATUS_NAMES))[: len(STATUS_NAMES)]
+        counts["category"][:] += np.bincount(cols["category"], minlength=len(CATEGORY_NAMES))[: len(CATEGORY_NAMES)]
 
 
 def grid_init(

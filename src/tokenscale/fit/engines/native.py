@@ -37,7 +37,7 @@ __all__ = ["Box", "available", "load", "prep", "fit", "fit_chunk", "build_error"
 
 _SRC_DIR = Path(__file__).parent / "csrc"
 _SOURCES = ("fit_lm.c", "fit_lm_impl.h")
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 _BASE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"]
 _lock = threading.Lock()
 _state: dict = {}
@@ -165,6 +165,9 @@ def _declare(lib) -> None:
         fn = getattr(lib, f"tks_fit_{suffix}")
         fn.restype = ctypes.c_int
         fn.argtypes = [i64, ctypes.c_int, p, p, p, p, p, p, p, p, ctypes.POINTER(Box), p, p, p, p, p, p, p]
+        fn = getattr(lib, f"tks_lm_step_{suffix}")
+        fn.restype = ctypes.c_int
+        fn.argtypes = [i64, p, ctypes.POINTER(Box), p]
 
 
 def _kernel(name: str, dt: torch.dtype):
@@ -222,6 +225,21 @@ def fit(Yc: torch.Tensor, U: torch.Tensor, ybar: torch.Tensor, rng: torch.Tensor
         grid_tau.data_ptr(), grid_rho.data_ptr(), ctypes.byref(box), *(out[name].data_ptr() for name in names))
     if rc != 0:
         raise TokenscaleError(f"native fit kernel failed (code {rc}: out of memory for K={k})")
+
+
+def lm_step(cases: torch.Tensor, box: Box) -> torch.Tensor:
+    """The kernel's LM step alone (``tks_lm_step``), for the shared test table of tests/test_lm_step.py.
+
+    ``cases`` (n, 8) rows ``h00, h01, h11, b0, b1, mu, tau, rho`` (float32 or float64, CPU); returns (n, 6) rows
+    ``s0, s1`` (the damped step on the free coordinates), ``tau_n, rho_n`` (the step capped and projected onto
+    the box) and the damping after accepting / rejecting it."""
+    cases = cases.contiguous()
+    _check(cases.dtype, cases=cases)
+    if cases.ndim != 2 or cases.shape[1] != 8:
+        raise TokenscaleError(f"native lm_step: cases must be (n, 8), got {tuple(cases.shape)}")
+    out = torch.empty((cases.shape[0], 6), dtype=cases.dtype)
+    _kernel("lm_step", cases.dtype)(cases.shape[0], cases.data_ptr(), ctypes.byref(box), out.data_ptr())
+    return out
 
 
 def fit_chunk(Y: torch.Tensor, lo: int, hi: int, P, opts: dict, out: dict, ws: dict | None) -> dict:

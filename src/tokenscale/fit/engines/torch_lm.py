@@ -331,10 +331,10 @@ def lm(rows: dict, P: TorchProblem, ws: Workspace, out: dict, max_iter: int, tol
     step = 0
     while True:
         tau, rho, mu, it = X[_TAU], X[_RHO], X[_MU], X[_IT]
-        sse, b0, b1, h00, h01, h11 = st[_SSE], st[_B0], st[_B1], st[_H00], st[_H01], st[_H11]
+        sse, b0, b1 = st[_SSE], st[_B0], st[_B1]
         f0, f1 = _free_mask(tau, rho, b0, b1, P)
         # Gauss-Newton decrement: predicted SSE decrease of the undamped step on the free coordinates
-        g0, g1 = _solve2(h00, h01, h11, b0, b1, 0.0, f0, f1, P.eps)
+        g0, g1 = _solve2(st[_H00], st[_H01], st[_H11], b0, b1, 0.0, f0, f1, P.eps)
         dec = -(g0 * b0 + g1 * b1)
         conv = (dec <= tol * sse + X[_FLOOR]) | (mu > MU_MAX)
         if done is not None:
@@ -343,48 +343,66 @@ def lm(rows: dict, P: TorchProblem, ws: Workspace, out: dict, max_iter: int, tol
         fi = fin.nonzero()[:, 0]
         n_fin = fi.shape[0]
         if n_fin:
-            sel = idx[fi]
-            st_f = st[:, fi]
-            t_f, r_f = tau[fi], rho[fi]
-            # polish: the final undamped step, kept where it lowers the SSE
-            t_n, r_n = _capped_step(t_f, r_f, g0[fi], g1[fi], P)
-            sse_n, del_n, gb_n = _evaluate_sse(Yc[fi], t_n, r_n, X[_DMAX, fi], P, ws)
-            better = sse_n < st_f[_SSE]
-            out["tau"][sel] = torch.where(better, t_n, t_f)
-            out["rho"][sel] = torch.where(better, r_n, r_f)
-            out["sse"][sel] = torch.where(better, sse_n, st_f[_SSE])
-            out["delta"][sel] = torch.where(better, del_n, st_f[_DELTA])
-            out["gbar"][sel] = torch.where(better, gb_n, st_f[_GBAR])
-            out["status"][sel] = torch.where(conv[fi], 0, 1).to(torch.int8)
-            out["n_iter"][sel] = it[fi].to(torch.int32)
+            _finish(fi, conv, g0, g1, idx, Yc, X, st, P, ws, out)
             if n_fin == n:
                 return None
             keep = (~fin).nonzero()[:, 0]
             idx, Yc, X, st = idx[keep], Yc[keep], X[:, keep], st[:, keep]
             f0, f1 = f0[keep], f1[keep]
             n -= n_fin
-            tau, rho, mu, it = X[_TAU], X[_RHO], X[_MU], X[_IT]
-            sse, b0, b1, h00, h01, h11 = st[_SSE], st[_B0], st[_B1], st[_H00], st[_H01], st[_H11]
         if defer_after is not None and step >= defer_after:
             return {"idx": idx, "Yc": Yc, "X": X}
-        s0, s1 = _solve2(h00, h01, h11, b0, b1, mu, f0, f1, P.eps)
-        tau_n, rho_n = _capped_step(tau, rho, s0, s1, P)
-        st_n = _evaluate(Yc, tau_n, rho_n, X[_DMAX], P, ws)
-        acc = st_n[_SSE] < sse  # NaN-safe: NaN compares False
-        # a rejected step that does not move theta: nothing left to gain at this precision
-        done = ~acc & ((tau_n - tau).abs() <= 4 * P.eps * (1 + tau.abs())) & (
-            (rho_n - rho).abs() <= 4 * P.eps * (1 + rho.abs())
-        )
-        st = torch.where(acc, st_n, st)
-        X = torch.stack([
-            torch.where(acc, tau_n, tau),
-            torch.where(acc, rho_n, rho),
-            X[_DMAX],
-            X[_FLOOR],
-            torch.where(acc, (mu * MU_ACCEPT).clamp_min_(MU_MIN), (mu * MU_GROW).clamp_min_(MU_REJECT)),
-            it + 1.0,
-        ])
+        X, st, done = _damped_step(Yc, X, st, f0, f1, P, ws)
         step += 1
+
+
+def _finish(fi, conv, g0, g1, idx, Yc, X, st, P: TorchProblem, ws: Workspace, out: dict) -> None:
+    """Write the finished rows ``fi`` of the working set to ``out`` at their block rows, after the polish: the
+    final undamped step ``(g0, g1)``, kept where it lowers the SSE."""
+    sel = idx[fi]
+    st_f = st[:, fi]
+    t_f, r_f = X[_TAU, fi], X[_RHO, fi]
+    t_n, r_n = _capped_step(t_f, r_f, g0[fi], g1[fi], P)
+    sse_n, del_n, gb_n = _evaluate_sse(Yc[fi], t_n, r_n, X[_DMAX, fi], P, ws)
+    better = sse_n < st_f[_SSE]
+    out["tau"][sel] = torch.where(better, t_n, t_f)
+    out["rho"][sel] = torch.where(better, r_n, r_f)
+    out["sse"][sel] = torch.where(better, sse_n, st_f[_SSE])
+    out["delta"][sel] = torch.where(better, del_n, st_f[_DELTA])
+    out["gbar"][sel] = torch.where(better, gb_n, st_f[_GBAR])
+    out["status"][sel] = torch.where(conv[fi], 0, 1).to(torch.int8)
+    out["n_iter"][sel] = X[_IT, fi].to(torch.int32)
+
+
+def _next_mu(mu: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """The damping after a step: lowered (not below ``MU_MIN``) where it was accepted, raised (to at least
+    ``MU_REJECT``) where it was rejected."""
+    return torch.where(acc, (mu * MU_ACCEPT).clamp_min_(MU_MIN), (mu * MU_GROW).clamp_min_(MU_REJECT))
+
+
+def _damped_step(Yc, X, st, f0, f1, P: TorchProblem, ws: Workspace):
+    """One damped LM step of every row of the working set: the new state ``X``, evaluation ``st`` (the step's
+    where it lowered the SSE, else the old one) and the rows whose rejected step did not move theta."""
+    tau, rho, mu, it = X[_TAU], X[_RHO], X[_MU], X[_IT]
+    sse = st[_SSE]
+    s0, s1 = _solve2(st[_H00], st[_H01], st[_H11], st[_B0], st[_B1], mu, f0, f1, P.eps)
+    tau_n, rho_n = _capped_step(tau, rho, s0, s1, P)
+    st_n = _evaluate(Yc, tau_n, rho_n, X[_DMAX], P, ws)
+    acc = st_n[_SSE] < sse  # NaN-safe: NaN compares False
+    # a rejected step that does not move theta: nothing left to gain at this precision
+    done = ~acc & ((tau_n - tau).abs() <= 4 * P.eps * (1 + tau.abs())) & (
+        (rho_n - rho).abs() <= 4 * P.eps * (1 + rho.abs())
+    )
+    st = torch.where(acc, st_n, st)
+    X = torch.stack([
+        torch.where(acc, tau_n, tau),
+        torch.where(acc, rho_n, rho),
+        X[_DMAX],
+        X[_FLOOR],
+        _next_mu(mu, acc),
+        it + 1.0,
+    ])
+    return X, st, done
 
 
 def cat_rows(parts: list[dict]) -> dict:

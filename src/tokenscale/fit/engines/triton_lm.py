@@ -162,20 +162,44 @@ if triton is not None:
         return tn, rn
 
     @triton.jit
+    def _free_mask(tau, rho, b0, b1, tlo, thi, rlo, rhi):
+        # coordinates not pinned at a bound by a gradient pointing out of the box (torch_lm._free_mask)
+        f0 = ((tau <= tlo) & (b0 > 0)) | ((tau >= thi) & (b0 < 0))
+        f0 = f0 == 0
+        f1 = ((rho <= rlo) & (b1 > 0)) | ((rho >= rhi) & (b1 < 0))
+        f1 = f1 == 0
+        return f0, f1
+
+    @triton.jit
+    def _next_mu(mu, acc, rej, MU_ACCEPT: tl.constexpr, MU_MIN: tl.constexpr, MU_GROW: tl.constexpr,
+                 MU_REJECT: tl.constexpr):
+        # the damping after an accepted / rejected step; unchanged where neither (finished rows)
+        return tl.where(acc, tl.maximum(mu * MU_ACCEPT, MU_MIN), tl.where(rej, tl.maximum(mu * MU_GROW, MU_REJECT), mu))
+
+    @triton.jit
+    def _load_constants(S):
+        # S: the real-valued constants in the compute dtype (scalar kernel arguments would be float32)
+        return (tl.load(S + 0), tl.load(S + 1), tl.load(S + 2), tl.load(S + 3), tl.load(S + 4), tl.load(S + 5),
+                tl.load(S + 6), tl.load(S + 7))
+
+    @triton.jit
+    def _store_rows(dst, rmask, O_TAU, O_RHO, O_SSE, O_DELTA, O_GBAR, O_STATUS, O_NITER,
+                    o_tau, o_rho, o_sse, o_dlt, o_gb, o_st, o_it):
+        tl.store(O_TAU + dst, o_tau, mask=rmask)
+        tl.store(O_RHO + dst, o_rho, mask=rmask)
+        tl.store(O_SSE + dst, o_sse, mask=rmask)
+        tl.store(O_DELTA + dst, o_dlt, mask=rmask)
+        tl.store(O_GBAR + dst, o_gb, mask=rmask)
+        tl.store(O_STATUS + dst, o_st.to(tl.int8), mask=rmask)
+        tl.store(O_NITER + dst, o_it, mask=rmask)
+
+    @triton.jit
     def _lm_kernel(Y, ldy, T, TAU0, RHO0, DMAX, FLOOR, IDX, O_TAU, O_RHO, O_SSE, O_DELTA, O_GBAR, O_STATUS, O_NITER,
                    S, n, K, max_iter,
                    BM: tl.constexpr, KP: tl.constexpr, MU0: tl.constexpr, MU_REJECT: tl.constexpr,
                    MU_ACCEPT: tl.constexpr, MU_MIN: tl.constexpr, MU_GROW: tl.constexpr, MU_MAX: tl.constexpr,
                    CAP_TAU: tl.constexpr, CAP_RHO: tl.constexpr):
-        # S: the real-valued constants in the compute dtype (scalar kernel arguments would be float32)
-        inv_k = tl.load(S + 0)
-        tlo = tl.load(S + 1)
-        thi = tl.load(S + 2)
-        rlo = tl.load(S + 3)
-        rhi = tl.load(S + 4)
-        tol = tl.load(S + 5)
-        eps = tl.load(S + 6)
-        gvar_rel = tl.load(S + 7)
+        inv_k, tlo, thi, rlo, rhi, tol, eps, gvar_rel = _load_constants(S)
         pid = tl.program_id(0)
         rows = pid * BM + tl.arange(0, BM)
         rmask = rows < n
@@ -203,10 +227,7 @@ if triton is not None:
         o_it = it
         n_active = tl.sum(active.to(tl.int32), 0)
         while n_active > 0:
-            f0 = ((tau <= tlo) & (b0 > 0)) | ((tau >= thi) & (b0 < 0))
-            f0 = f0 == 0
-            f1 = ((rho <= rlo) & (b1 > 0)) | ((rho >= rhi) & (b1 < 0))
-            f1 = f1 == 0
+            f0, f1 = _free_mask(tau, rho, b0, b1, tlo, thi, rlo, rhi)
             # Gauss-Newton decrement of the undamped step: the convergence test
             g0, g1 = _solve2(h00, h01, h11, b0, b1, mu * 0.0, f0, f1, eps)
             dec = -(g0 * b0 + g1 * b1)
@@ -244,17 +265,12 @@ if triton is not None:
             h11 = tl.where(acc, h112, h11)
             tau = tl.where(acc, tn, tau)
             rho = tl.where(acc, rn, rho)
-            mu = tl.where(acc, tl.maximum(mu * MU_ACCEPT, MU_MIN), tl.where(rej, tl.maximum(mu * MU_GROW, MU_REJECT), mu))
+            mu = _next_mu(mu, acc, rej, MU_ACCEPT, MU_MIN, MU_GROW, MU_REJECT)
             it = tl.where(active, it + 1, it)
             n_active = tl.sum(active.to(tl.int32), 0)
         dst = tl.load(IDX + rows, mask=rmask, other=0)
-        tl.store(O_TAU + dst, o_tau, mask=rmask)
-        tl.store(O_RHO + dst, o_rho, mask=rmask)
-        tl.store(O_SSE + dst, o_sse, mask=rmask)
-        tl.store(O_DELTA + dst, o_dlt, mask=rmask)
-        tl.store(O_GBAR + dst, o_gb, mask=rmask)
-        tl.store(O_STATUS + dst, o_st.to(tl.int8), mask=rmask)
-        tl.store(O_NITER + dst, o_it, mask=rmask)
+        _store_rows(dst, rmask, O_TAU, O_RHO, O_SSE, O_DELTA, O_GBAR, O_STATUS, O_NITER,
+                    o_tau, o_rho, o_sse, o_dlt, o_gb, o_st, o_it)
 
 
 def _block_rows(k: int) -> tuple[int, int, int]:

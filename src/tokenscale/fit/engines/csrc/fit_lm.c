@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TKS_ABI_VERSION 5
+#define TKS_ABI_VERSION 6
 #define TKS_TILE 16
 
 /* bounds, options and LM constants shared by all rows (mirrors native.Box; filled from

@@ -173,6 +173,25 @@ static inline void FN(capped_step_)(REAL tau, REAL rho, REAL s0, REAL s1, const 
     *rn = v;
 }
 
+/* Coordinates not pinned at a bound by a gradient pointing out of the box; as torch_lm._free_mask. */
+static inline void FN(free_mask_)(REAL tau, REAL rho, REAL b0, REAL b1, REAL tlo, REAL thi, REAL rlo, REAL rhi,
+                                  int *f0, int *f1) {
+    *f0 = !(((tau <= tlo) && (b0 > 0)) || ((tau >= thi) && (b0 < 0)));
+    *f1 = !(((rho <= rlo) && (b1 > 0)) || ((rho >= rhi) && (b1 < 0)));
+}
+
+/* The damping after an accepted (lowered, not below mu_min) or rejected (raised, to at least mu_reject) step. */
+static inline REAL FN(next_mu_)(REAL mu, int accepted, const tks_box_t *bx) {
+    if (accepted) {
+        mu = mu * (REAL)bx->mu_accept;
+        if (mu < (REAL)bx->mu_min) mu = (REAL)bx->mu_min;
+    } else {
+        mu = mu * (REAL)bx->mu_grow;
+        if (mu < (REAL)bx->mu_reject) mu = (REAL)bx->mu_reject;
+    }
+    return mu;
+}
+
 /* Levenberg-Marquardt of one centred row y from (tau, rho); writes the result to *_o. */
 static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, REAL tau, REAL rho, REAL dm, REAL fl,
                         const tks_box_t *bx, REAL *restrict z, REAL *restrict b, REAL *tau_o, REAL *rho_o,
@@ -186,8 +205,8 @@ static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, R
     FN(eval_t_) st, sn;
     FN(eval_)(y, t, k, tau, rho, dm, gvar_rel, z, b, &st);
     for (;;) {
-        int f0 = !(((tau <= tlo) && (st.b0 > 0)) || ((tau >= thi) && (st.b0 < 0)));
-        int f1 = !(((rho <= rlo) && (st.b1 > 0)) || ((rho >= rhi) && (st.b1 < 0)));
+        int f0, f1;
+        FN(free_mask_)(tau, rho, st.b0, st.b1, tlo, thi, rlo, rhi, &f0, &f1);
         REAL g0, g1;
         FN(solve2_)(st.h00, st.h01, st.h11, st.b0, st.b1, 0, f0, f1, eps, &g0, &g1);
         REAL dec = -(g0 * st.b0 + g1 * st.b1);
@@ -216,16 +235,33 @@ static void FN(lm_row_)(const REAL *restrict y, const REAL *restrict t, int k, R
             st = sn;
             tau = tn;
             rho = rn;
-            mu = mu * (REAL)bx->mu_accept;
-            if (mu < (REAL)bx->mu_min) mu = (REAL)bx->mu_min;
+            mu = FN(next_mu_)(mu, 1, bx);
         } else {
             /* a rejected step that does not move theta: nothing left to gain at this precision */
             done = (FABS(tn - tau) <= 4 * eps * (1 + FABS(tau))) && (FABS(rn - rho) <= 4 * eps * (1 + FABS(rho)));
-            mu = mu * (REAL)bx->mu_grow;
-            if (mu < (REAL)bx->mu_reject) mu = (REAL)bx->mu_reject;
+            mu = FN(next_mu_)(mu, 0, bx);
         }
         it++;
     }
+}
+
+/* The LM step alone, for the shared test table (tests/test_lm_step.py): for each of n cases, in (n, 8) =
+ * h00, h01, h11, b0, b1, mu, tau, rho; out (n, 6) = the step s0, s1 on the free coordinates, the capped and
+ * projected point tau_n, rho_n, and the damping after accepting / rejecting it.  The same inline functions as
+ * lm_row_ (free_mask_, solve2_, capped_step_, next_mu_). */
+int FN(tks_lm_step_)(int64_t n, const REAL *in, const tks_box_t *bx, REAL *out) {
+    const REAL eps = (REAL)EPS;
+    for (int64_t i = 0; i < n; i++) {
+        const REAL *c = in + 8 * i;
+        REAL *o = out + 6 * i;
+        int f0, f1;
+        FN(free_mask_)(c[6], c[7], c[3], c[4], (REAL)bx->tlo, (REAL)bx->thi, (REAL)bx->rlo, (REAL)bx->rhi, &f0, &f1);
+        FN(solve2_)(c[0], c[1], c[2], c[3], c[4], c[5], f0, f1, eps, o + 0, o + 1);
+        FN(capped_step_)(c[6], c[7], o[0], o[1], bx, o + 2, o + 3);
+        o[4] = FN(next_mu_)(c[5], 1, bx);
+        o[5] = FN(next_mu_)(c[5], 0, bx);
+    }
+    return 0;
 }
 
 /* Start point from the grid scores c (G,) = y_c . u_j: the best grid point (largest c^2, first of ties)
