@@ -36,7 +36,8 @@ def _tiny_study(tmp_path):
     ids = rng.choice(V, size=(S, T + 1), p=VALID_WEIGHTS)
     write_token_set(tmp_path / "valid.h5", ids, np.broadcast_to(np.arange(S)[:, None], (S, T)),
                     np.broadcast_to(np.arange(T)[None, :], (S, T)),
-                    (np.arange(S * T) % 2).reshape(S, T).astype(np.int16), kind="validation", domain_names=["web", "code"])
+                    (np.arange(S * T) % 2).reshape(S, T).astype(np.int16), kind="validation",
+                    domain_names=["web", "code"])
     target = ids[:, 1:].reshape(-1)
     n = target.size
     tau = 3.5 - 0.4 * (np.log(TRAIN_COUNTS[target]) - np.log(5)) / np.log(2) + rng.normal(0, 0.05, n)
@@ -66,7 +67,8 @@ def test_frequencies_are_counted_on_the_training_tokens(tmp_path):
     assert sum(groups.values()) == target.size
     train_freq = TRAIN_COUNTS[target]
     expected = al.align(tau, np.ones(target.size, bool), domain=np.arange(target.size) % 2,
-                        domain_names=["web", "code"], freq_of_instance=train_freq, n_boot=50, seed=table["seed"], transform="log10")
+                        domain_names=["web", "code"], freq_of_instance=train_freq, n_boot=50, seed=table["seed"],
+                        transform="log10")
     assert table["frequency"] == expected["frequency"] and table["domain"] == expected["domain"]
     assert any((tmp_path / "fig").iterdir())
 
