@@ -58,9 +58,8 @@ _EVALS = "tokenscale.io.evaluations"
 _TRAJ = "tokenscale.io.trajectories"
 
 _EXPORTS = {
-    **dict.fromkeys(("sha256_file", "_err", "_one_line"), _CHECKSUM),
-    **dict.fromkeys(("LossCheck", "LOSS_SHA256", "LOSS_CRC32", "_guard", "_open", "_reading",
-                     "_attr_value", "_attrs_dict", "_to_attr", "_atomic_h5", "_mean_tolerance"), _H5),
+    "sha256_file": _CHECKSUM,
+    **dict.fromkeys(("LossCheck", "LOSS_SHA256", "LOSS_CRC32"), _H5),
     **dict.fromkeys(("TOKEN_SET_DATASETS", "SCORE_MASK", "read_token_set", "token_set_info", "write_token_set"),
                     _TOKENSETS),
     **dict.fromkeys(("EVAL_FORMAT", "EVAL_MANIFEST", "MANIFEST_FORMAT", "VAL_LOSS_HEADER", "write_eval_file",

@@ -241,7 +241,7 @@ def concat_fits(fits: Sequence[SigmoidFit]) -> SigmoidFit:
 # ----------------------------------------------------------------------------- integrity
 def _fits_check(path):
     """The checksum of a fits file's datasets (:class:`tokenscale.io.LossCheck` over raw arrays)."""
-    from tokenscale.io import LossCheck
+    from tokenscale.io._h5 import LossCheck
 
     return LossCheck(path, attr=FITS_SHA256, what="fit arrays", hint=_FITS_REMEDY)
 
