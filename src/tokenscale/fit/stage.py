@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from tokenscale import TokenscaleError, atomic
+from tokenscale.data import TrainTokens
 from tokenscale.fit.window import fit_window, read_window_start, target_counts
 from tokenscale.io import read_run_trajectories, read_trajectories
 from tokenscale.io.fits import concat_fits, load_fits, save_fits
@@ -42,8 +43,6 @@ def run_fit_window(*, trajectories: list, axis: str, rule: str, out, train_data=
                               f"(they have {', '.join(sorted(axes))})")
     counts = None
     if rule == "unigram" and train_data:
-        from tokenscale.data import TrainTokens
-
         counts = target_counts(TrainTokens(train_data))
     w = fit_window(rule, losses, axes[axis], counts=counts, target_ids=meta["token_id"] if counts is not None else None)
     atomic.write_json(out, w)
