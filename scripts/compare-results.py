@@ -81,7 +81,8 @@ def main(a: str, b: str) -> int:
 # JSON keys that record where, when or how fast a file was made, not what it computed.
 VOLATILE = re.compile(r"(^|[._])(path|paths|dir|file|files|time|times|seconds|wall|elapsed|started|finished|date|host|"
                       r"hostname|pid|version|versions|code_version|config_sha256|lock_sha256|tokens_per_s|"
-                      r"tokens_per_second|samples_per_s|mfu|throughput|python|torch|threads|device)(\[|[._]|$)", re.I)
+                      r"tokens_per_second|samples_per_s|flops_per_s|peak_flops_per_s|peak_source|resumed_from|mfu|throughput|"
+                      r"python|torch|threads|device)(\[|[._]|$)", re.I)
 SKIP_DIRS = ("logs", "benchmarks", ".snakemake")
 
 
@@ -90,15 +91,20 @@ def _rel_files(root: Path) -> set[str]:
             and p.relative_to(root).parts[0] not in SKIP_DIRS}
 
 
-def compare_file(a: Path, b: Path) -> list[str] | None:
-    """Differences between two outputs of one kind, or None for a kind not compared."""
+def _json_numbers(path: Path, root: Path) -> dict:
+    """A JSON report's flat values minus the volatile keys; paths inside the tree are written from its root."""
+    return {k: v.replace(str(root), "<root>") if isinstance(v, str) else v
+            for k, v in flat(json.loads(path.read_text())) if not VOLATILE.search(k)}
+
+
+def compare_file(a: Path, b: Path, ra: Path, rb: Path) -> list[str] | None:
+    """Differences between two outputs of one kind (trees rooted at ra, rb), or None for a kind not compared."""
     import numpy as np
 
     if a.suffix == ".h5":
         return compare_h5(a, b)
     if a.suffix == ".json":
-        fa = {k: v for k, v in flat(json.loads(a.read_text())) if not VOLATILE.search(k)}
-        fb = {k: v for k, v in flat(json.loads(b.read_text())) if not VOLATILE.search(k)}
+        fa, fb = _json_numbers(a, ra), _json_numbers(b, rb)
         return [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k) and not (fa.get(k) != fa.get(k)
                                                                                       and fb.get(k) != fb.get(k))]
     if a.suffix == ".npy":
@@ -119,7 +125,7 @@ def main_all(a: str, b: str) -> int:
     for rel in sorted(fa & fb):
         if rel.endswith("provenance.json"):
             continue
-        bad = compare_file(ra / rel, rb / rel)
+        bad = compare_file(ra / rel, rb / rel, ra, rb)
         if bad is None:
             continue
         kind = Path(rel).suffix
