@@ -82,6 +82,7 @@ def arms(args) -> dict[str, dict]:
 
 def demo_run() -> tuple[dict, dict]:
     """The embedded default's first run and data section (config/config.yaml), defaults filled."""
+    import tokenscale.studies  # noqa: F401  (registers the studies before a config is validated)
     from tokenscale.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")

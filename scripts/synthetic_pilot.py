@@ -13,6 +13,7 @@ from pathlib import Path
 from tokenscale.synthetic import arithmetic as sy
 from tokenscale.config import RunConfig
 from tokenscale.evaluation.evaluate import scored_predictions
+from tokenscale.synthetic.levels import answer_levels
 from tokenscale.training.trainer import Trainer
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     t0 = time.time()
     Trainer(run, d / "data", d / "run", threads=a.threads, progress=False).train()
     seconds = time.time() - t0
-    level = sy._level_table(d / "data" / "levels_tokens.h5")
+    level = answer_levels(d / "data" / "levels_tokens.h5")
     for s in run.checkpoint_steps()[-4:]:
         _, correct = scored_predictions(d / "run" / "checkpoints" / f"step{s:08d}", d / "data" / "levels_tokens.h5")
         print(f"step {s:6d}  " + " ".join(f"L{L}:{correct[level == L].mean():.2f}" for L in range(1, a.l_max + 1)))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import tokenscale.studies  # noqa: F401  (the entry points register the studies; so do the tests)
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_DATA = {

@@ -1,4 +1,4 @@
-"""tokenscale.alignment.compute (App. A.2 / Fig. 7, seed agreement) on planted data with known answers."""
+"""tokenscale.alignment.compute (App. A.2 / Fig. 7), the bootstraps and instances of tokenscale.analysis and the seed agreement on planted data with known answers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import pytest
 
 from tokenscale import TokenscaleError
 from tokenscale.alignment import compute as al
-from tokenscale.alignment.figures import plot_alignment, plot_seed_agreement
+from tokenscale.alignment.figures import plot_alignment
+from tokenscale.analysis import bootstrap as bs
+from tokenscale.analysis import instances as inst
+from tokenscale.data.tokensets import token_frequencies
+from tokenscale.seeds.compute import seed_agreement
+from tokenscale.seeds.figures import plot_seed_agreement
 
 
 def _planted(n=6000, seed=0):
@@ -28,7 +33,7 @@ def test_group_means_recovers_planted_means():
     rng = np.random.default_rng(1)
     g = rng.integers(0, 3, 30000)
     tau = np.array([1.0, 2.0, 4.0])[g] + rng.standard_normal(g.size)
-    m = al.group_means(tau, g, n_boot=200, seed=0, keys=[0, 1, 2, 7])
+    m = bs.group_means(tau, g, n_boot=200, seed=0, keys=[0, 1, 2, 7])
     assert set(m) == {0, 1, 2, 7}
     for k, truth in enumerate([1.0, 2.0, 4.0]):
         assert m[k]["ci_low"] < m[k]["mean"] < m[k]["ci_high"]
@@ -40,10 +45,10 @@ def test_group_means_recovers_planted_means():
 def test_group_means_small_group_has_nan_ci_and_weights():
     tau = np.array([1.0, 2.0, 3.0, 10.0, 10.0])
     g = np.array([0, 0, 0, 1, 1])
-    m = al.group_means(tau, g, n_boot=50, min_count=3)
+    m = bs.group_means(tau, g, n_boot=50, min_count=3)
     assert m[0]["mean"] == pytest.approx(2.0) and np.isfinite(m[0]["ci_low"])
     assert m[1]["n"] == 2 and np.isnan(m[1]["ci_low"]) and np.isnan(m[1]["ci_high"])
-    w = al.group_means(tau, g, weights=[1, 1, 2, 1, 1], n_boot=50, min_count=3)
+    w = bs.group_means(tau, g, weights=[1, 1, 2, 1, 1], n_boot=50, min_count=3)
     assert w[0]["mean"] == pytest.approx((1 + 2 + 6) / 4)
 
 
@@ -55,7 +60,7 @@ def test_group_means_ci_coverage(n, max_n):
     reps = 150
     for r in range(reps):
         tau = rng.exponential(1.0, n)  # true mean 1
-        m = al.group_means(tau, np.zeros(n, int), n_boot=200, seed=r, confidence=0.9, max_n=max_n)[0]
+        m = bs.group_means(tau, np.zeros(n, int), n_boot=200, seed=r, confidence=0.9, max_n=max_n)[0]
         hits += m["ci_low"] <= 1.0 <= m["ci_high"]
     assert 0.80 <= hits / reps <= 0.97  # binomial sd ~ 0.025 around 0.9
 
@@ -65,13 +70,13 @@ def test_spearman_monotone_negative_and_independent_covers_zero():
     rng = np.random.default_rng(3)
     freq = rng.pareto(1.0, 3000) * 10
     tau = -np.log10(1 + freq) + 0.3 * rng.standard_normal(freq.size)
-    s = al.spearman_ci(freq, tau, n_boot=200, seed=0)
+    s = bs.spearman_ci(freq, tau, n_boot=200, seed=0)
     assert s["rho"] < -0.5 and s["ci_low"] < s["rho"] < s["ci_high"] < 0 and s["n"] == 3000
     assert s["p_value"] < 1e-10
     covered = 0
     for r in range(40):
         x, y = rng.standard_normal((2, 500))
-        s = al.spearman_ci(x, y, n_boot=200, seed=r)
+        s = bs.spearman_ci(x, y, n_boot=200, seed=r)
         covered += s["ci_low"] <= 0 <= s["ci_high"]
     assert covered >= 33  # 95 % CIs: expected 38 of 40
 
@@ -80,8 +85,8 @@ def test_spearman_subsampled_ci_matches_full_bootstrap():
     rng = np.random.default_rng(4)
     x = rng.standard_normal(6000)
     y = 0.5 * x + rng.standard_normal(6000)
-    full = al.spearman_ci(x, y, n_boot=300, seed=0, max_n=10_000)
-    sub = al.spearman_ci(x, y, n_boot=300, seed=0, max_n=1000)
+    full = bs.spearman_ci(x, y, n_boot=300, seed=0, max_n=10_000)
+    sub = bs.spearman_ci(x, y, n_boot=300, seed=0, max_n=1000)
     assert full["rho"] == sub["rho"]
     w_full, w_sub = full["ci_high"] - full["ci_low"], sub["ci_high"] - sub["ci_low"]
     assert 0.75 < w_sub / w_full < 1.33
@@ -94,7 +99,7 @@ def test_token_frequencies_chunked_memmap_equals_bincount(tmp_path):
     ids = rng.integers(0, 300, 10_007).astype(np.uint16)
     ids.tofile(tmp_path / "t.bin")
     mm = np.memmap(tmp_path / "t.bin", dtype=np.uint16, mode="r", shape=(ids.size,))
-    c = al.token_frequencies(mm, 320, chunk=1000)
+    c = token_frequencies(mm, 320, chunk=1000)
     assert c.dtype == np.int64 and c.shape == (320,)
     np.testing.assert_array_equal(c, np.bincount(ids, minlength=320))
     tid = np.array([[0, 5], [319, 7]])
@@ -146,14 +151,14 @@ def test_seed_agreement_identical_and_noisy():
     rng = np.random.default_rng(6)
     a = rng.normal(3, 0.5, 2000)
     v = np.ones(a.size, bool)
-    s = al.seed_agreement(a, a.copy(), v, v, n_boot=100)
+    s = seed_agreement(a, a.copy(), v, v, n_boot=100)
     assert s["spearman"]["rho"] == pytest.approx(1.0) and s["spearman"]["ci_low"] == pytest.approx(1.0)
     assert s["median_abs_diff"] == 0 and s["diff_iqr"] == 0 and s["n"] == 2000
     vb = v.copy()
     vb[:100] = False
     b = a + rng.normal(0, 0.1, a.size)
     b[:100] = np.nan
-    s = al.seed_agreement(a, b, v, vb, n_boot=100)
+    s = seed_agreement(a, b, v, vb, n_boot=100)
     assert s["n"] == 1900 and s["n_only_a"] == 100 and s["n_only_b"] == 0
     assert 0.9 < s["spearman"]["rho"] < 1
     assert s["median_abs_diff"] == pytest.approx(0.0674, rel=0.15)  # 0.6745·σ for Δ ~ N(0, 0.1²)
@@ -173,7 +178,7 @@ class _Fit:
 def test_instance_tau_places_rows_by_token_index():
     f = _Fit(np.array([1.0, 2.0, np.nan, 4.0]), np.array([0, 0, 2, 0]), np.array([1, 2, 3, 0]),
              token_index=np.array([5, 0, 3, 1]))
-    tau, valid = al.instance_tau(f, 6)
+    tau, valid = inst.instance_tau(f, 6)
     assert tau[5] == 1.0 and tau[0] == 2.0 and np.isnan(tau[2])
     assert valid.tolist() == [True, False, False, False, False, True]  # category 0 (learned) not by default
 
@@ -184,7 +189,7 @@ def test_bad_inputs_raise_one_line_errors():
     v = np.ones(50, bool)
     dom = np.zeros(50, int)
     with pytest.raises(TokenscaleError, match="groups has 49 entries, expected 50"):
-        al.group_means(tau, np.zeros(49, int))
+        bs.group_means(tau, np.zeros(49, int))
     with pytest.raises(TokenscaleError, match="valid_mask selects no token instance"):
         al.align(tau, np.zeros(50, bool), domain=dom, domain_names=["a"])
     with pytest.raises(TokenscaleError, match=r"domain\[3\] = 2 is not a code into domain_names \(2 names\)"):
@@ -196,13 +201,13 @@ def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(TokenscaleError, match=r"dependency\[0\] = 0 is not a dependency length"):
         al.align(tau, v, domain=dom, domain_names=["a"], dependency=np.zeros(50, int), n_boot=20)
     with pytest.raises(TokenscaleError, match="training token id 9 is outside the vocabulary"):
-        al.token_frequencies(np.array([1, 9], np.uint16), 5)
+        token_frequencies(np.array([1, 9], np.uint16), 5)
     with pytest.raises(TokenscaleError, match="tau_b has 49 entries, expected 50"):
-        al.seed_agreement(tau, tau[:49], v, v[:49])
+        seed_agreement(tau, tau[:49], v, v[:49])
     with pytest.raises(TokenscaleError, match="no token instance is valid in both runs"):
-        al.seed_agreement(tau, tau, v, ~v)
+        seed_agreement(tau, tau, v, ~v)
     with pytest.raises(TokenscaleError, match="confidence must be in"):
-        al.spearman_ci(tau, tau, confidence=95)
+        bs.spearman_ci(tau, tau, confidence=95)
     with pytest.raises(TokenscaleError, match=r"tau\[2\] = nan is not finite at a valid instance"):
         al.align(np.where(np.arange(50) == 2, np.nan, tau), v, domain=dom, domain_names=["a"])
 
@@ -220,7 +225,7 @@ def test_figures_write_non_empty_png(tmp_path):
     p2 = plot_alignment(t, tmp_path / "b", axis_label="training step")
     assert p2[0].stat().st_size > 1000 and b"not computed" in p2[1].read_bytes()
     b = tau + np.random.default_rng(0).normal(0, 0.1, tau.size)
-    s = al.seed_agreement(tau, b, valid, valid, n_boot=50)
+    s = seed_agreement(tau, b, valid, valid, n_boot=50)
     ps = plot_seed_agreement(tau, b, s, tmp_path / "seeds.png")
     assert ps[0] == tmp_path / "seeds.png" and ps[0].stat().st_size > 1000
 

@@ -90,12 +90,12 @@ def test_full_disk_while_saving_a_figure_is_one_line():
         from pathlib import Path
         from matplotlib.figure import Figure
         from tokenscale import TokenscaleError
-        from tokenscale.figures import _save
+        from tokenscale.plotting import save_figure
         fig = Figure(figsize=(12, 12))
         ax = fig.add_subplot()
         ax.imshow(__import__("numpy").random.default_rng(0).random((600, 600)))
         try:
-            _save(fig, Path(os.environ["FULL"]), "fig01_noise")
+            save_figure(fig, Path(os.environ["FULL"]), "fig01_noise")
         except TokenscaleError as e:
             print("ERR", e)
         print("LEFT", sorted(os.listdir(os.environ["FULL"])))

@@ -76,13 +76,3 @@ def test_all_figures_written(made):
 def test_bad_result_raises(tmp_path):
     with pytest.raises(TokenscaleError):
         figures.make_figures(object(), tmp_path)
-
-
-def test_old_module_reexports_the_moved_names():
-    """``tokenscale.figures`` stays a thin re-export of the split modules until its callers move."""
-    from tokenscale import figures as old, plotting
-    from tokenscale.frontiers import figures as frontier
-
-    assert old.make_figures is figures.make_figures and old.FIGURE_NAMES is figures.FIGURE_NAMES
-    assert old.frontier_figures is frontier.frontier_figures
-    assert old._save is plotting.save_figure and old.C_EMP == plotting.C_EMP

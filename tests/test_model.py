@@ -343,6 +343,7 @@ def test_flops_resolution_never_imports_torch():
     """Validation of an M sweep, its shapes and sizes, and the DAG's frontier values are torch-free."""
     code = (
         "import sys\n"
+        "import tokenscale.studies\n"
         "from tokenscale.config import run_configs, validate_config\n"
         "from tokenscale.training.model import describe_runs\n"
         "cfg = validate_config({'data': {'seq_len': 2048}, 'sweeps': [{'name': 'm', 'axis': 'M', "

@@ -10,7 +10,7 @@ import pytest
 from tokenscale import TokenscaleError
 from tokenscale.config import load_config, run_configs, validate_config
 from tokenscale.training.model import FLOPS_TOLERANCE, arch_stats, nonembedding_flops_per_token, resolve_arch
-from tokenscale.training.plan import PAPER_A100_DAYS, format_plan, gpu_peak, plan, run_plan
+from tokenscale.plan import PAPER_A100_DAYS, format_plan, gpu_peak, plan, run_plan
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper.yaml"

@@ -284,7 +284,7 @@ def test_too_few_post_transient_points_give_null_numbers_and_a_note_not_an_error
     write_analysis(res, tmp_path / "a.h5")
     assert read_analysis(tmp_path / "a.h5").notes == s["notes"]
     assert "notes" not in sp.analyze(losses, fit, transient="none", n_boot=0).summary()
-    from tokenscale.figures import make_figures
+    from tokenscale.analysis.figures import make_figures
 
     assert make_figures(read_analysis(tmp_path / "a.h5"), tmp_path / "fig")  # the figures draw the null power law
 

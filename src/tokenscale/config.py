@@ -7,7 +7,9 @@ the key, e.g. ``config: unknown key 'runs[0].lrr' (allowed: axis, batch_size, ..
 
 A study's own config section (``synthetic``, ``reshape``, ...) is checked by the study: it registers hooks with
 :func:`register_section` (its ``spec`` module; :mod:`tokenscale.studies` lists them), and this module imports no
-study. The hooks run at fixed points of :func:`validate_config`, in registration order.
+study. The hooks run at fixed points of :func:`validate_config`, in registration order. The entry points (the
+``tokenscale`` command, :mod:`tokenscale.workflow`) import :mod:`tokenscale.studies`; validating before any
+study registered is refused in one line, never a config silently checked without its studies.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import importlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -159,7 +160,8 @@ class Section:
 
 
 _SECTIONS: dict[str, Section] = {}
-STUDIES_MODULE = "tokenscale.studies"  # lists the studies; importing it registers each one's hooks
+NO_STUDIES = "no study has registered its config section yet: import tokenscale.studies first (the tokenscale " \
+             "command and tokenscale.workflow do)"
 
 
 def register_section(name: str, *, check: Callable[[dict], None] | None = None,
@@ -177,16 +179,11 @@ def register_section(name: str, *, check: Callable[[dict], None] | None = None,
 
 
 def registered_sections() -> tuple[Section, ...]:
-    """The registered study sections in registration order (the study list is imported first, once)."""
-    load_studies()
+    """The registered study sections in registration order; refused before any study registered (a config
+    validated without its studies would lose their checks and runs, and hash differently)."""
+    if not _SECTIONS:
+        raise TokenscaleError(f"config: {NO_STUDIES}")
     return tuple(_SECTIONS.values())
-
-
-@functools.lru_cache(maxsize=1)
-def load_studies() -> None:
-    """Import the study list (:data:`STUDIES_MODULE`) once, so that every study has registered its hooks: any caller
-    of :func:`validate_config` sees the same checks and runs. Named, not imported here: the studies import config."""
-    importlib.import_module(STUDIES_MODULE)
 
 
 def section_entry(section: str, entry: dict) -> dict:

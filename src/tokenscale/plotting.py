@@ -7,6 +7,7 @@ on the Agg canvas (no pyplot, no global backend change). Imported only by figure
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,17 @@ def fmt_ci(v, ci, nd=3):
     if ci is None or not all(np.isfinite(ci)):
         return f"{v:.{nd}f}"
     return f"{v:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]"
+
+
+def number_or_nan(v) -> float:
+    """A JSON number, or NaN for None (how the reports write NaN)."""
+    return math.nan if v is None else float(v)
+
+
+def spearman_text(d: dict) -> str:
+    """A figure title's text of a Spearman entry ``{rho, ci_low, ci_high, n}`` of a report."""
+    rho, lo, hi = number_or_nan(d.get("rho")), number_or_nan(d.get("ci_low")), number_or_nan(d.get("ci_high"))
+    if not math.isfinite(rho):
+        return "Spearman ρ n/a"
+    ci = f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"Spearman ρ = {rho:.3f}{ci} (n = {d.get('n')})"

@@ -53,7 +53,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from tokenscale import TokenscaleError
 from tokenscale.atomic import write_json
-from tokenscale.config import config_hash, load_studies, run_configs
+from tokenscale.config import config_hash, registered_sections, run_configs
 
 __all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "register_builder", "build_workflow", "discover_checkpoints",
            "step_from_name", "eval_blocks", "block_of", "resolve", "resolve_manifest", "series_spec",
@@ -210,8 +210,9 @@ def register_builder(kind: str, build: Builder) -> None:
 
 
 def build_workflow(cfg: dict) -> Workflow:
-    """Sources, token sets and series of a validated config (series names unique across kinds)."""
-    load_studies()
+    """Sources, token sets and series of a validated config (series names unique across kinds); refused before the
+    studies registered (their series kinds would be missing)."""
+    registered_sections()
     wf = Workflow()
     for kind, build in BUILDERS.items():
         for s in build(cfg, wf):
@@ -323,6 +324,18 @@ def write_manifest(path: str | Path, series: Series, members: Sequence[tuple[str
                    extra: dict | None = None) -> Path:
     return write_json(path, {"format": MANIFEST_FORMAT, "series": series.name, "kind": series.kind,
                              "token_set": series.token_set, "members": [list(m) for m in members], **(extra or {})})
+
+
+def resolve_series_manifest(spec: str, inputs: Sequence[str], out: str | Path) -> tuple[Series, list]:
+    """The ``series-manifest`` stage: resolve the deferred series of ``spec`` (:func:`series_spec`) from its
+    ``inputs`` and write its manifest to ``out``; returns (series, members)."""
+    try:
+        series, sources = parse_series_spec(spec)
+    except (ValueError, KeyError, TypeError) as e:
+        raise TokenscaleError(f"--spec is not a series spec: {e}") from None
+    members, extra = resolve_manifest(series, sources, inputs)
+    write_manifest(out, series, members, extra)
+    return series, members
 
 
 def read_manifest(path: str | Path) -> list[tuple[str, int]]:

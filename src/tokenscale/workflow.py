@@ -1,4 +1,5 @@
-"""Small glue used by the Snakefile (kept here so it is importable and tested)."""
+"""Small glue used by the Snakefile (kept here so it is importable and tested); an entry point, so it registers the
+studies (:mod:`tokenscale.studies`) before any config is validated."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+import tokenscale.studies  # noqa: F401  (registers the studies' config sections and series kinds)
 from tokenscale import TokenscaleError
 from tokenscale.config import config_hash, validate_config
 

@@ -9,7 +9,9 @@ import json
 import numpy as np
 
 from tokenscale import TokenscaleError, atomic
-from tokenscale.alignment.compute import align, instance_frequency, selected_tau, token_frequencies
+from tokenscale.alignment.compute import align, instance_frequency
+from tokenscale.analysis.instances import selected_tau
+from tokenscale.data.tokensets import token_frequencies
 from tokenscale.alignment.figures import plot_alignment
 from tokenscale.analysis.options import AnalysisOptions
 from tokenscale.config import validate_config

@@ -33,6 +33,7 @@ from matplotlib import cm, colormaps, colors
 from matplotlib.figure import Figure
 
 from tokenscale import TokenscaleError
+from tokenscale.analysis.result import read_analysis
 from tokenscale.io.fits import CATEGORY_NAMES
 from tokenscale.plotting import (C_EMP, C_REC, C_SIG, C_SPEC, AxisLabels, fmt_ci, positive, save_figure, set_xscale,
                                  to_original)
@@ -458,3 +459,8 @@ def make_figures(result, outdir=".", *, axis_label: str = "training step",
         out[name] = fn(result, lab, outdir, title)
     return out
 
+
+def figures_from_file(analysis_path, outdir, *, axis_label: str = "training step",
+                      run_name: str | None = None) -> dict[str, str]:
+    """The ``figures`` stage: :func:`make_figures` of the analysis file that ``tokenscale analyze`` wrote."""
+    return make_figures(read_analysis(analysis_path), outdir, axis_label=axis_label, run_name=run_name)

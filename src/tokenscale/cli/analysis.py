@@ -69,10 +69,9 @@ def _frontier(sub) -> None:
 
 def _figures(sub) -> None:
     def run(args) -> int:
-        from tokenscale.analysis import read_analysis
-        from tokenscale.analysis.figures import make_figures
+        from tokenscale.analysis.figures import figures_from_file
 
-        figs = make_figures(read_analysis(args.analysis), args.figures, axis_label=args.axis_label, run_name=args.run)
+        figs = figures_from_file(args.analysis, args.figures, axis_label=args.axis_label, run_name=args.run)
         print(f"figures: {args.run}: {len(figs)} figures -> {args.figures}", file=sys.stderr)
         return 0
 

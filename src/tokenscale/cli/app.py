@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+import tokenscale.studies  # noqa: F401  (registers the studies' config sections and series kinds)
 from tokenscale import TokenscaleError, __version__
 from tokenscale.cli import (alignment, analysis, config, data, evaluation, fit, reproduction, reshaping, seeds,
                             synthetic, training)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tokenscale import TokenscaleError
 from tokenscale.cli.common import add_config, command, default_config, fraction, load_config, positive_int
-from tokenscale.training.plan import DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRECISION
+from tokenscale.plan import DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRECISION
 
 
 def register(sub) -> None:
@@ -84,7 +84,7 @@ def _count(n: int) -> str:
 def _plan(sub) -> None:
     def run(args) -> int:
         from tokenscale.config import load_config as load
-        from tokenscale.training.plan import format_plan, plan
+        from tokenscale.plan import format_plan, plan
 
         config = default_config(args.config)
         if config is None:

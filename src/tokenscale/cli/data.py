@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-from tokenscale import TokenscaleError
 from tokenscale.cli.common import add_config, command, load_config, positive_int
 
 
@@ -51,14 +50,9 @@ def _external_tokens(sub) -> None:
 
 def _series_manifest(sub) -> None:
     def run(args) -> int:
-        from tokenscale.series import parse_series_spec, resolve_manifest, write_manifest
+        from tokenscale.series import resolve_series_manifest
 
-        try:
-            series, sources = parse_series_spec(args.spec)
-        except (ValueError, KeyError, TypeError) as e:
-            raise TokenscaleError(f"--spec is not a series spec: {e}") from None
-        members, extra = resolve_manifest(series, sources, args.inputs)
-        write_manifest(args.out, series, members, extra)
+        series, members = resolve_series_manifest(args.spec, args.inputs, args.out)
         print(f"series-manifest: {series.name}: {len(members)} checkpoints -> {args.out}", file=sys.stderr)
         return 0
 

@@ -193,3 +193,25 @@ class TrainTokens:
             raise TokenscaleError(f"sample index out of range [0, {self.n_samples}): {idx.min()}..{idx.max()}")
         rows = idx[:, None] * self.stride + np.arange(self.seq_len + 1)[None, :]
         return self.tokens[rows].astype(np.int64)
+
+
+def token_frequencies(train_token_ids, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
+    """Occurrences (V,) int64 of every token id in ``train_token_ids`` (e.g. ``TrainTokens(d).tokens``, a
+    multi-GB uint16/uint32 memmap), counted ``chunk`` ids at a time."""
+    if not (isinstance(vocab_size, (int, np.integer)) and vocab_size >= 1):
+        raise TokenscaleError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+    if chunk < 1:
+        raise TokenscaleError(f"chunk must be >= 1, got {chunk!r}")
+    ids = train_token_ids if hasattr(train_token_ids, "dtype") else np.asarray(train_token_ids)
+    ids = ids if ids.ndim == 1 else ids.reshape(-1)
+    if np.asarray(ids[:0]).dtype.kind not in "iu":
+        raise TokenscaleError(f"training token ids must be integers, got dtype {np.asarray(ids[:0]).dtype}")
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, ids.shape[0], chunk):
+        part = np.asarray(ids[start:start + chunk]).astype(np.int64, copy=False)
+        lo, hi = int(part.min()), int(part.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise TokenscaleError(f"training token id {bad} is outside the vocabulary [0, {vocab_size})")
+        counts += np.bincount(part, minlength=vocab_size)
+    return counts

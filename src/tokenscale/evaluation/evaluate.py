@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from tokenscale import TokenscaleError, __version__
 from tokenscale import io as tio
+from tokenscale.data import tokenizer_sha256
 from tokenscale.series import step_from_name
 
 __all__ = [
@@ -271,7 +272,6 @@ def _check_tokenizer(ckpt: Path, token_set_path: os.PathLike | str, ts_attrs: di
     """sha256 of the checkpoint's own ``tokenizer.json`` ("" when it ships none, as external series do); an
     error when the token set records the tokenizer it was cut with and that is another one (losses of token ids
     from a different vocabulary would be silently wrong numbers)."""
-    from tokenscale.data import tokenizer_sha256  # light: hashes a file
 
     own = tokenizer_sha256(ckpt) if (ckpt / "tokenizer.json").is_file() else ""
     want = str(ts_attrs.get("tokenizer_sha256", ""))

@@ -44,7 +44,7 @@ def target_counts(train) -> np.ndarray:
     """Occurrences (V,) int64 of every token id among the training *targets* (the labels the trainer's loss
     uses) of a :class:`tokenscale.data.TrainTokens` (stream: ``tokens[1 : n·T + 1]``; rows: positions 1..T of
     each row, or only T with ``supervise="last"``)."""
-    from tokenscale.alignment.compute import token_frequencies
+    from tokenscale.data.tokensets import token_frequencies
 
     T, n = int(train.seq_len), int(train.n_samples)
     if train.stride == T:  # stream layout: sample i = tokens[i*T : i*T + T + 1]

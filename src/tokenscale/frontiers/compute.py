@@ -36,29 +36,15 @@ import numpy as np
 
 from tokenscale import TokenscaleError
 from tokenscale.atomic import write_text
+from tokenscale.io.valloss import Curve, read_curve
 
-__all__ = ["AXES", "Curve", "FrontierPoint", "read_curve", "frontier_points", "envelope", "resolve",
+__all__ = ["AXES", "FrontierPoint", "frontier_points", "envelope", "resolve",
            "frontier_options", "check_mean_loss", "write_frontier_csv", "read_frontier_csv"]
 
 # sweep axis -> (the frontier series' fit axis name in the trajectory shards, what a group value is)
 AXES = {"D": ("tokens", "training tokens"), "M": ("flops", "non-embedding FLOPs/token")}
 FRONTIER_HEADER = ("axis_value", "run", "step", "tokens_seen", "val_loss", "n_candidates", "runner_up_loss",
                    "monotone")
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One run's validation-loss curve: ``steps``, ``tokens`` seen and ``loss`` at its checkpoints (K,)."""
-
-    run: str
-    group: float  # the run's axis value a_r
-    steps: np.ndarray
-    tokens: np.ndarray
-    loss: np.ndarray
-
-    @property
-    def final(self) -> tuple[int, int, float]:
-        return int(self.steps[-1]), int(self.tokens[-1]), float(self.loss[-1])
 
 
 @dataclass(frozen=True)
@@ -71,22 +57,6 @@ class FrontierPoint:
     n_candidates: int  # runs in the group
     runner_up_loss: float  # the second-best run's final loss (nan with one candidate)
     monotone: bool  # loss below every smaller group's frontier loss
-
-
-def read_curve(path: str | Path, run: str, group: float) -> Curve:
-    """A run's ``val_loss.csv`` (step, tokens_seen, val_loss) as a :class:`Curve`."""
-    p = Path(path)
-    try:
-        with open(p, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        steps = np.array([int(r["step"]) for r in rows], dtype=np.int64)
-        tokens = np.array([int(r["tokens_seen"]) for r in rows], dtype=np.int64)
-        loss = np.array([float(r["val_loss"]) for r in rows], dtype=np.float64)
-    except (OSError, KeyError, ValueError) as e:
-        raise TokenscaleError(f"{p}: cannot read a validation-loss curve ({e}); rerun its val_loss job") from None
-    if steps.size == 0 or np.any(np.diff(steps) <= 0) or not np.all(np.isfinite(loss)):
-        raise TokenscaleError(f"{p}: validation-loss curve is empty, unordered or not finite")
-    return Curve(run, float(group), steps, tokens, loss)
 
 
 def frontier_points(curves: Sequence[Curve]) -> list[FrontierPoint]:

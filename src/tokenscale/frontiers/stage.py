@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from tokenscale import TokenscaleError
-from tokenscale.frontiers.compute import check_mean_loss, read_curve, write_frontier_csv
+from tokenscale.frontiers.compute import check_mean_loss, write_frontier_csv
+from tokenscale.io.valloss import read_curve
 from tokenscale.frontiers.figures import frontier_figures
 from tokenscale.io import read_run_trajectories
 from tokenscale.series import read_manifest_data

@@ -3,6 +3,7 @@
 ==============================  ==============================================================================
 :mod:`tokenscale.io.tokensets`     token sets: reader, summary, atomic writer (``docs/formats.md``)
 :mod:`tokenscale.io.evaluations`   per-checkpoint eval files, evaluation block manifests, val-loss rows
+:mod:`tokenscale.io.valloss`       a run's ``val_loss.csv`` (writer, curve reader; no h5py)
 :mod:`tokenscale.io.trajectories`  token-loss trajectory shards assembled from eval files (``docs/trajectories.md``)
 :mod:`tokenscale.io.fits`          the sigmoid-fits file (:class:`~tokenscale.io.fits.SigmoidFit`)
 :mod:`tokenscale.io.dependency`    the dependency-length file
@@ -29,44 +30,25 @@ from __future__ import annotations
 
 from tokenscale._lazy import lazy_exports
 
-__all__ = [
-    "sha256_file",
-    "read_token_set",
-    "token_set_info",
-    "write_eval_file",
-    "read_eval_header",
-    "read_eval_losses",
-    "write_eval_manifest",
-    "eval_folder_files",
-    "expand_eval_paths",
-    "LossCheck",
-    "VAL_LOSS_HEADER",
-    "write_val_loss_csv",
-    "val_loss_rows",
-    "checkpoint_val_loss_rows",
-    "write_trajectory_shards",
-    "write_trajectory_shard",
-    "read_trajectories",
-    "read_run_trajectories",
-    "shard_ranges",
-]
-
 _CHECKSUM = "tokenscale.io.checksum"
 _H5 = "tokenscale.io._h5"
 _TOKENSETS = "tokenscale.io.tokensets"
 _EVALS = "tokenscale.io.evaluations"
 _TRAJ = "tokenscale.io.trajectories"
+_VALLOSS = "tokenscale.io.valloss"
 
 _EXPORTS = {
     "sha256_file": _CHECKSUM,
     **dict.fromkeys(("LossCheck", "LOSS_SHA256", "LOSS_CRC32"), _H5),
     **dict.fromkeys(("TOKEN_SET_DATASETS", "SCORE_MASK", "read_token_set", "token_set_info", "write_token_set"),
                     _TOKENSETS),
-    **dict.fromkeys(("EVAL_FORMAT", "EVAL_MANIFEST", "MANIFEST_FORMAT", "VAL_LOSS_HEADER", "write_eval_file",
+    **dict.fromkeys(("EVAL_FORMAT", "EVAL_MANIFEST", "MANIFEST_FORMAT", "write_eval_file",
                      "read_eval_header", "read_eval_losses", "write_eval_manifest", "eval_folder_files",
-                     "expand_eval_paths", "write_val_loss_csv", "val_loss_rows", "checkpoint_val_loss_rows"), _EVALS),
+                     "expand_eval_paths", "val_loss_rows", "checkpoint_val_loss_rows"), _EVALS),
+    **dict.fromkeys(("VAL_LOSS_HEADER", "write_val_loss_csv", "Curve", "read_curve"), _VALLOSS),
     **dict.fromkeys(("TRAJ_FORMAT", "META_DATASETS", "CHUNK_ROWS", "shard_ranges", "write_trajectory_shards",
                      "write_trajectory_shard", "read_trajectories", "read_run_trajectories"), _TRAJ),
 }
 
+__all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

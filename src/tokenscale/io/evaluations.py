@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -25,14 +25,12 @@ __all__ = [
     "EVAL_FORMAT",
     "EVAL_MANIFEST",
     "MANIFEST_FORMAT",
-    "VAL_LOSS_HEADER",
     "write_eval_file",
     "read_eval_header",
     "read_eval_losses",
     "write_eval_manifest",
     "eval_folder_files",
     "expand_eval_paths",
-    "write_val_loss_csv",
     "val_loss_rows",
     "checkpoint_val_loss_rows",
 ]
@@ -223,14 +221,6 @@ def eval_folder_files(folder: os.PathLike | str) -> list[Path]:
     return out
 
 
-VAL_LOSS_HEADER = "step,tokens_seen,val_loss"
-
-
-def write_val_loss_csv(path: os.PathLike | str, rows: Iterable[tuple[int, int, float]]) -> Path:
-    """``val_loss.csv`` of a run: one ``step,tokens_seen,val_loss`` row per checkpoint, by step (atomic)."""
-    body = "".join(f"{step},{tokens},{loss:.9g}\n" for step, tokens, loss in sorted(rows))
-    atomic.write_text(path, VAL_LOSS_HEADER + "\n" + body)
-    return Path(path)
 
 
 def val_loss_rows(eval_paths: Sequence[os.PathLike | str]) -> list[tuple[int, int, float]]:
@@ -291,3 +281,5 @@ def expand_eval_paths(paths: Sequence[os.PathLike | str]) -> list[Path]:
             _check_listed(p, manifests[p.parent])
         out.append(p)
     return out
+
+

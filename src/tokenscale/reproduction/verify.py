@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenscale import TokenscaleError
+from tokenscale import TokenscaleError, __version__
 from tokenscale.io.checksum import sha256_file
 
 REFERENCE_FORMAT = "tokenscale-reference/1"
@@ -145,8 +145,6 @@ def lock_hash(lock: Path) -> str:
 
 def code_version(repo: Path) -> str:
     """The checkout's commit (``-dirty`` when tracked files differ), else the package version."""
-    from tokenscale import __version__
-
     try:
         rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True, timeout=30).stdout.strip()

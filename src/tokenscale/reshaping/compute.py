@@ -48,8 +48,13 @@ from pathlib import Path
 import numpy as np
 
 from tokenscale import TokenscaleError, atomic
+from tokenscale.analysis.instances import selected_tau
+from tokenscale.analysis.numerics import to_orig, to_x
 from tokenscale.analysis.options import AnalysisOptions
-from tokenscale.frontiers.compute import read_curve
+from tokenscale.data import TrainTokens, write_token_set
+from tokenscale.io import read_run_trajectories, read_token_set
+from tokenscale.io.fits import load_fits
+from tokenscale.io.valloss import read_curve
 from tokenscale.reshaping.spec import bucket_weights, candidate_first_step, candidate_steps
 from tokenscale.training.sampler import WeightedSampler
 
@@ -105,7 +110,6 @@ def pool_weights(n_samples: int, sample_index: np.ndarray, weight: np.ndarray) -
 # ----------------------------------------------------------------------------- candidate token set
 def build_candidate_set(data_dir: str | Path, out_path: str | Path, *, n: int, seed: int) -> Path:
     """A token set (docs/formats.md, kind ``train-sample``) of ``n`` training samples drawn without replacement."""
-    from tokenscale.data import TrainTokens, write_token_set
 
     data_dir = Path(data_dir)
     tt = TrainTokens(data_dir)
@@ -308,9 +312,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def _selected_tau(fits_path, tokens_path, analysis: dict):
     """(token set dict, fit, tau (N,), valid (N,)) with the spectrum's main token selection."""
-    from tokenscale.alignment.compute import selected_tau
-    from tokenscale.io import read_token_set
-    from tokenscale.io.fits import load_fits
 
     ts = read_token_set(tokens_path, datasets=("sample_index",))
     if "sample_index" not in ts:
@@ -323,8 +324,6 @@ def _selected_tau(fits_path, tokens_path, analysis: dict):
 def compute_scores(ex: dict, *, fits, tokens, train_data, analysis: dict, out_dir) -> dict:
     """Stage 2–3: scores.csv, weights-reshaped.npy / weights-uniform.npy (over the whole training set) and
     scores.json (per-bucket summary) in ``out_dir``; returns the summary."""
-    from tokenscale.analysis.numerics import to_x
-    from tokenscale.data import TrainTokens
 
     ts, fit, tau, valid = _selected_tau(fits, tokens, analysis)
     T, idx = int(ts["seq_len"]), np.asarray(ts["sample_index"], dtype=np.int64)
@@ -397,10 +396,6 @@ def _repeats(arms: list[dict], batch_size: int, s_a: int, s_b: int) -> dict:
 def _arm_tau(arms: list[dict], valid_tokens, analysis: dict, window) -> tuple[dict, tuple[float, float], str]:
     """({arm: (n_seeds, N) τ on the fit axis, NaN where not selected}, window on the fit axis, fit transform) from
     the arms' continuation fit tables (every validation token, the analysis selection)."""
-    from tokenscale.alignment.compute import selected_tau
-    from tokenscale.analysis.numerics import to_x
-    from tokenscale.io import read_token_set
-    from tokenscale.io.fits import load_fits
 
     missing = [a["run"] for a in arms if "fits" not in a]
     if missing:
@@ -421,7 +416,6 @@ def _arm_tau(arms: list[dict], valid_tokens, analysis: dict, window) -> tuple[di
 
 def _shift_figure_data(tau_x: dict, window, transform: str) -> dict:
     """Per arm, the mean over seeds of the selected validation tokens' τ histogram (log-spaced steps)."""
-    from tokenscale.analysis.numerics import to_orig
 
     edges = np.geomspace(max(1.0, window[0] / 4), window[1], 25)
     hist = {a: np.mean([np.histogram(to_orig(t[np.isfinite(t)], transform), bins=edges)[0] for t in x], axis=0).tolist()
@@ -434,9 +428,7 @@ def make_report(ex: dict, *, batch_size: int, scores_dir, fits, tokens, trajecto
     """Stages 4–6: ``out`` (report.json) and Fig. 6 A–F in ``figures``. ``arms``: dicts with ``run``, ``arm``,
     ``data_seed``, ``val_loss`` (csv), ``log`` (log.jsonl), for pool arms ``weights`` (npy) and, for step 6
     (with ``valid_tokens``, the validation token set), ``fits``: the arm's continuation fit table."""
-    from tokenscale.analysis.numerics import to_orig
     from tokenscale.reshaping.figures import plot_reshape
-    from tokenscale.io import read_run_trajectories
 
     s_a, s_b = ex["window"]
     scores = read_scores(Path(scores_dir) / "scores.csv")

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from tokenscale import TokenscaleError, atomic
-from tokenscale.alignment.compute import seed_agreement, selected_tau
-from tokenscale.alignment.figures import plot_seed_agreement
+from tokenscale.analysis.instances import selected_tau
+from tokenscale.seeds.compute import seed_agreement
+from tokenscale.seeds.figures import plot_seed_agreement
 from tokenscale.analysis.options import AnalysisOptions
 from tokenscale.config import validate_config
 from tokenscale.io import read_token_set

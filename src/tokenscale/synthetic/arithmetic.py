@@ -275,7 +275,7 @@ def spec_of(entry: dict) -> SyntheticSpec:
                          exponent=float(entry["exponent"]), seq_len=entry["seq_len"])
 
 
-def write_tokenizer(p: int, out_dir) -> "Path":
+def write_tokenizer(p: int, out_dir) -> "Path":  # noqa: F821  (pathlib imported inside: numpy-only module)
     """A word-level tokenizer over :func:`vocab` (tokens separated by spaces), saved like any tokenscale tokenizer
     so checkpoints carry it and evaluation checks it against the token sets."""
     from pathlib import Path
@@ -376,14 +376,6 @@ def read_levels(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return steps, levels, loss[order].reshape(levels.size, steps.size), acc[order].reshape(levels.size, steps.size)
 
 
-def _level_table(tokens_path) -> np.ndarray:
-    """(n,) level of each scored answer of a synthetic token set (domain + 1 at its last position)."""
-    from tokenscale.io import read_token_set
-
-    ts = read_token_set(tokens_path, datasets=("domain",))
-    return np.asarray(ts["domain"][:, -1], dtype=np.int64) + 1
-
-
 def level_rows(step: int, level: np.ndarray, loss: np.ndarray, correct: np.ndarray) -> list[dict]:
     """The levels.csv rows of one checkpoint."""
     return [{"step": int(step), "level": int(L), "n": int((level == L).sum()),
@@ -394,7 +386,7 @@ def level_rows(step: int, level: np.ndarray, loss: np.ndarray, correct: np.ndarr
 def _fit_params(fits_path, analysis: dict) -> tuple[dict, np.ndarray, object]:
     """({tau, lam, delta, post} (N,) on the fit axis, selected (N,), fit) of a series' fit table; ``selected``
     is the analysis' token selection (the one p(τ) uses: noise rows and τ outside the window excluded)."""
-    from tokenscale.alignment.compute import selected_rows
+    from tokenscale.analysis.instances import selected_rows
     from tokenscale.analysis.options import AnalysisOptions
     from tokenscale.io.fits import load_fits
 
@@ -430,7 +422,7 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     from tokenscale.analysis.numerics import jsonable
     from tokenscale.synthetic.shape import shape_test
     from tokenscale.synthetic.figures import plot_level_trajectories, plot_levels, plot_params_vs_tau
-    from tokenscale.frontiers.compute import read_curve
+    from tokenscale.io.valloss import read_curve
     from tokenscale.io import read_run_trajectories
 
     steps, levels, loss, acc = read_levels(levels_csv)

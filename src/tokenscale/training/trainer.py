@@ -66,13 +66,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tokenscale import TokenscaleError, __version__
 from tokenscale.atomic import atomic_output, disk_full_error, remove, write_json, write_text
 from tokenscale.io import checkpoint_val_loss_rows, write_val_loss_csv
 from tokenscale.config import RunConfig, lr_lambda
 from tokenscale.data import TrainTokens, load_tokenizer
+from tokenscale.evaluation.evaluate import load_token_set, mean_loss
 from tokenscale.training.loss import linear_cross_entropy
 from tokenscale.training.model import build_model, model_stats, resolve_arch
 from tokenscale.training.runlock import RunLock
@@ -256,8 +256,6 @@ class Trainer:
         if run.engine == "deepspeed":
             self._init_deepspeed()
         valid = self.data_dir / "valid_tokens.h5"
-        from tokenscale.evaluation.evaluate import load_token_set
-
         self.valid_ids = torch.as_tensor(load_token_set(valid)["input_ids"], dtype=torch.long)
         self.tokenizer = load_tokenizer(self.data_dir / "tokenizer")
 
@@ -539,8 +537,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _val_loss(self) -> float:
-        from tokenscale.evaluation.evaluate import mean_loss
-
         return mean_loss(self.model, self.valid_ids, device=self.device)
 
     def _save_checkpoint(self, step: int, val_loss: float | None):

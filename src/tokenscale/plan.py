@@ -27,6 +27,10 @@ from __future__ import annotations
 import math
 
 from tokenscale import TokenscaleError
+from tokenscale.config import run_configs
+from tokenscale.synthetic.arithmetic import vocab_size
+from tokenscale.training.model import model_flops_per_token, resolve_arch
+from tokenscale.training.throughput import GPU_PEAKS, table_peak
 
 # Paper text: "The step-axis study consumed 133 A100 GPU days overall" (§4.1, including two extra runs);
 # "the data axis training consumed 358 A100 GPU days in total" (§5.1); "model-axis training consumed 422 A100
@@ -41,7 +45,6 @@ AXES = ("T", "D", "M")
 
 def gpu_peak(gpu: str, precision: str = DEFAULT_PRECISION) -> tuple[float, str]:
     """Dense peak FLOP/s of ``gpu`` (a name or part of one, e.g. a100, h100) at ``precision``, and its label."""
-    from tokenscale.training.throughput import GPU_PEAKS, table_peak
 
     peak, source = table_peak(gpu, precision)
     if not math.isfinite(peak):
@@ -53,7 +56,6 @@ def gpu_peak(gpu: str, precision: str = DEFAULT_PRECISION) -> tuple[float, str]:
 
 def run_plan(run, vocab_size: int, peak: float, mfu: float) -> dict:
     """One run's steps and tokens trained, training FLOPs, GPU-hours and branch savings; ``run`` a RunConfig."""
-    from tokenscale.training.model import model_flops_per_token, resolve_arch
 
     flops_per_token = model_flops_per_token(resolve_arch(run.model, run.seq_len), run.seq_len, vocab_size)
     total = run.total_steps
@@ -76,8 +78,6 @@ def gpu_hours(flops: float, peak: float, mfu: float) -> float:
 
 def plan(cfg: dict, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU, precision: str = DEFAULT_PRECISION) -> dict:
     """Per-run rows and per-axis totals of a validated config, with the paper's A100-days per axis."""
-    from tokenscale.config import run_configs
-    from tokenscale.synthetic.arithmetic import vocab_size
 
     if not 0 < mfu <= 1:
         raise TokenscaleError(f"--mfu {mfu} must be in (0, 1]")
