@@ -312,6 +312,22 @@ def test_committed_references_match_their_configs(config, reference):
     assert ref["provenance"]["config_sha256"] == got, f"{reference} is stale: rewrite it (README: Reproduce)"
 
 
+def test_config_hash_leaves_out_null_keys_but_sees_every_effective_value():
+    """A new key whose null default keeps today's behaviour leaves the hash of existing configs alone; a value
+    that moves (null to a value, a value to null, one value to another) changes it, also inside runs."""
+    from tokenscale.workflow import workflow_config_hash
+
+    base = {"data": {"seq_len": 64, "extra": None}, "runs": [{"name": "a", "lr": 0.01, "branch": None}],
+            "results": "r1", "reference": "x.json"}
+    h = workflow_config_hash(base)
+    assert workflow_config_hash({**base, "results": "r2", "reference": None}) == h
+    assert workflow_config_hash({"data": {"seq_len": 64}, "runs": [{"name": "a", "lr": 0.01}]}) == h
+    assert workflow_config_hash({**base, "data": {"seq_len": 64, "extra": 0}}) != h
+    assert workflow_config_hash({**base, "runs": [{"name": "a", "lr": 0.01, "branch": {"from": "t"}}]}) != h
+    assert workflow_config_hash({**base, "runs": [{"name": "a", "lr": None}]}) != h
+    assert workflow_config_hash({**base, "runs": [{"name": "a", "lr": 0.02}]}) != h
+
+
 def test_a_number_most_seeds_did_not_give_is_judged_by_the_rule_around_the_seed_that_did(tmp_path):
     """The reference (seed 0) has None, one of five seeds a value: a reproduced value within the rule of that seed's
     value passes (each seed is as much a reference as seed 0), one beyond it fails, and None still passes."""

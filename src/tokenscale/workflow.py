@@ -23,10 +23,23 @@ def check_config(config: dict) -> dict:
         raise WorkflowError(str(e)) from None
 
 
+def _without_nulls(obj):
+    """``obj`` with every mapping key whose value is null left out (recursively; list entries are kept)."""
+    if isinstance(obj, dict):
+        return {k: _without_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_without_nulls(v) for v in obj]
+    return obj
+
+
 def workflow_config_hash(cfg: dict) -> str:
     """The config hash a results tree records (provenance.json): the validated config without where it writes
-    (``results``) and what it is compared with (``reference``)."""
-    return config_hash({k: v for k, v in cfg.items() if k not in ("results", "reference")})
+    (``results``) and what it is compared with (``reference``), and without null-valued keys.
+
+    Leaving nulls out lets a new key whose null default keeps today's behaviour join the schema without changing
+    the hash of every existing config, while any change of an effective value still changes it: a default that
+    moves (null to a value, a value to null or to another value) changes the validated config's non-null part."""
+    return config_hash(_without_nulls({k: v for k, v in cfg.items() if k not in ("results", "reference")}))
 
 
 def workflow_config(*configfiles: str) -> dict:
