@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"io", "config", "plotting", "training.model"},
     {"series", "data", "fit"},
     {"training", "evaluation", "analysis"},
-    {"frontiers", "alignment", "reshaping", "synthetic", "seeds"},
+    {"frontiers", "alignment", "reshaping", "synthetic", "seeds", "forecast"},
     {"studies", "workflow", "plan"},
     {"reproduction"},
     {"cli"},

@@ -356,6 +356,7 @@ def all_targets():
     out += [f"{RESULTS}/runs/{r}/{f}" for r in RUNS for f in ("train.json", "val_loss.csv")]
     out += [f"{RESULTS}/series/{s}/fits.h5" for s in SERIES]
     out += [f"{RESULTS}/series/{s}/analysis/{f}" for s in ANALYZED for f in ("summary.json", "figures")]
+    out += [f"{RESULTS}/series/{s}/forecast/forecast.json" for s in ANALYZED]
     out += [f"{RESULTS}/series/{s}/frontier/frontier.csv" for s, v in SERIES.items() if v.kind == "frontier"]
     out += [f"{RESULTS}/series/{s}/alignment/alignment.json" for s in ALIGNED]
     out += [f"{RESULTS}/seeds/{g}/agreement.json" for g in SEED_GROUPS]

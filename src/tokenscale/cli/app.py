@@ -10,13 +10,14 @@ import sys
 
 import tokenscale.studies  # noqa: F401  (registers the studies' config sections and series kinds)
 from tokenscale import TokenscaleError, __version__
-from tokenscale.cli import (alignment, analysis, config, data, evaluation, fit, reproduction, reshaping, seeds,
-                            synthetic, training)
+from tokenscale.cli import (alignment, analysis, config, data, evaluation, fit, forecast, reproduction, reshaping,
+                            seeds, synthetic, training)
 from tokenscale.cli.common import Parser
 from tokenscale.cli.training import WORKER_ARGV
 
 # the command groups, in the order of the command list
-GROUPS = (config, data, training, evaluation, fit, analysis, alignment, seeds, synthetic, reshaping, reproduction)
+GROUPS = (config, data, training, evaluation, fit, analysis, forecast, alignment, seeds, synthetic, reshaping,
+          reproduction)
 
 
 def build_parser() -> argparse.ArgumentParser:
