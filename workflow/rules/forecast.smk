@@ -19,9 +19,7 @@ rule forecast:
         mem_mb=4000,
         runtime=10,
     params:
-        options=json.dumps(
-            {k: CFG["analysis"][k] for k in ("n_boot", "seed", "forecast_cut", "forecast_horizon")}, sort_keys=True
-        ),
+        options=analysis_slice(CFG["analysis"], "forecast"),
     shell:
         "tokenscale forecast --trajectories {input.trajectories:q} --fits {input.fits:q} --series {wildcards.series:q} "
         "--options {params.options:q} --out {output.forecast:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -149,6 +149,7 @@ ANALYSIS_USES = {
     "analyze": ("n_bins", "n_boot", "seed", "transient", "selection", "selections"),
     "align": ("n_boot", "seed", "selection"),
     "seeds": ("n_boot", "seed", "selection"),
+    "forecast": ("n_boot", "seed", "forecast_cut", "forecast_horizon"),
     "synthetic-report": ("transient", "selection"),
     "reshape-scores": ("selection",),  # scores the candidates the reshape arms train on
     "reshape-report": ("n_boot", "seed", "selection"),
