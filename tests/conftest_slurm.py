@@ -170,6 +170,27 @@ def slurm_cluster():
             sys.stderr.write("\n[slurm_cluster] reused a running cluster; left it running\n")
 
 
+# A partition with a 1-minute time limit (runs longer than a job: tests/test_slurm_segments.py)
+SHORT_PARTITION = "limit1m"
+
+
+@pytest.fixture(scope="session")
+def short_partition(slurm_cluster):
+    """``limit1m``: the local node under a 1-minute MaxTime, created with scontrol (not in slurm.conf, so a
+    restarted cluster does not have it) and deleted afterwards."""
+    env = slurm_cluster.env()
+    subprocess.run(["timeout", "10", "scontrol", "delete", f"PartitionName={SHORT_PARTITION}"], env=env,
+                   capture_output=True)
+    res = subprocess.run(["timeout", "10", "scontrol", "create", f"PartitionName={SHORT_PARTITION}", "Nodes=ALL",
+                          "MaxTime=1", "State=UP"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"scontrol create partition failed: {res.stdout}{res.stderr}"
+    try:
+        yield SHORT_PARTITION
+    finally:
+        subprocess.run(["timeout", "10", "scontrol", "delete", f"PartitionName={SHORT_PARTITION}"], env=env,
+                       capture_output=True)
+
+
 # ----------------------------------------------------------------------------- running snakemake
 @dataclass
 class Run:
@@ -238,14 +259,16 @@ def workflow_threads(configfiles) -> int:
     return max(1, min(threads, NODE_CPUS))
 
 
-def local_cluster_profile(dest: Path, *, threads: int, train_gpus: int = 1, base: Path = SLURM_PROFILE) -> Path:
+def local_cluster_profile(dest: Path, *, threads: int, train_gpus: int = 1, base: Path = SLURM_PROFILE,
+                          train_resources: dict | None = None) -> Path:
     """Write an overlay profile that fits profiles/slurm's GPU jobs onto the local node.
 
     Only `set-resources` and `set-threads` are replaced (a later --profile replaces whole top-level
     keys); everything else -- executor, status command, retries, default-resources with the
     partition/account placeholders -- comes unchanged from profiles/slurm.  GPU rules ask for the
     local GRES type, `train` for `train_gpus` GPUs; every GPU rule gets `threads` CPUs (the same
-    thread count as a local run, so results are bit-comparable).
+    thread count as a local run, so results are bit-comparable). ``train_resources`` replace or add
+    keys of `train` (e.g. a partition with a short time limit, the segment signal).
     """
     prof = yaml.safe_load((base / "config.yaml").read_text())
     set_res = {}
@@ -259,6 +282,8 @@ def local_cluster_profile(dest: Path, *, threads: int, train_gpus: int = 1, base
             res["cpus_per_gpu"] = max(1, threads // gpus)
             res["mem_mb"] = 2000
             res["runtime"] = 30
+        if rule == "train":
+            res.update(train_resources or {})
         set_res[rule] = res
     overlay = {
         "set-resources": set_res,
@@ -286,6 +311,7 @@ def run_workflow_slurm(
     snakefile: Path = REPO / "Snakefile",
     profile: Path = SLURM_PROFILE,
     train_gpus: int = 1,
+    train_resources: dict | None = None,
     env: dict | None = None,
     timeout: int = SNAKEMAKE_TIMEOUT,
     background: bool = False,
@@ -295,7 +321,8 @@ def run_workflow_slurm(
     workdir.mkdir(parents=True, exist_ok=True)
     cfgs = _as_list(configfiles)
     overlay = local_cluster_profile(workdir.parent / f".{workdir.name}-profile-gpu{train_gpus}",
-                                    threads=workflow_threads(cfgs), train_gpus=train_gpus, base=profile)
+                                    threads=workflow_threads(cfgs), train_gpus=train_gpus, base=profile,
+                                    train_resources=train_resources)
     cmd = [
         *_snakemake_base(workdir, cfgs, snakefile),
         "--profile", profile,

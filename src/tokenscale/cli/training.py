@@ -1,5 +1,6 @@
 """``tokenscale train``: one run with dense checkpoints, in this process or relaunched under torchrun with one rank
-per GPU (the worker argv travels in ``WORKER_ARGV``)."""
+per GPU (the worker argv travels in ``WORKER_ARGV``). The segment signal (SIGURG) ends a segment of a run longer
+than a job (:mod:`tokenscale.training.segments`): state saved, the SLURM job requeued, exit 75."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ WORKER_ARGV = "TOKENSCALE_WORKER_ARGV"
 
 def register(sub) -> None:
     p = command(sub, "train", _train, "train one run with dense checkpoints (resumes from its own folder)",
-                "SIGTERM saves state at the end of the current step and exits 143; rerunning resumes.")
+                "SIGTERM saves state at the end of the current step and exits 143; SIGURG (sbatch --signal=URG@<s>) "
+                "saves state, requeues the SLURM job ($SLURM_JOB_ID) and exits 75 (a run longer than a job); "
+                "rerunning resumes.")
     add_config(p)
     p.add_argument("--run", required=True, help="run name from the config's runs list")
     p.add_argument("--data", help="prepared data folder (default: <results>/data)")
@@ -32,6 +35,9 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
+    from tokenscale.training import segments
+
+    segments.listen_early()  # a segment signal while torch loads is not lost
     from tokenscale.config import run_configs
 
     cfg = load_config(args)
@@ -52,7 +58,12 @@ def _train(args) -> int:
     data = Path(args.data) if args.data else Path(cfg["results"]) / "data"
     trainer = Trainer(run, data, out, threads=args.threads or run.threads or cfg["threads"],
                       sampler_weights=args.sampler_weights, init_from=args.init_from, progress=not args.quiet)
-    s = trainer.train()
+    try:
+        s = trainer.train()
+    except SystemExit as e:  # the segment ended (lock released, state saved): run the job again
+        if e.code == segments.SEGMENT_EXIT and trainer.dist.main:
+            segments.requeue_job(run.name)
+        raise
     if trainer.dist.main and not trainer.trained_nothing:  # else the trainer said "nothing to train"
         print(f"[{run.name}] done: {s['steps']} steps, {s['tokens_per_s']:,.0f} tokens/s, {s['wall_s']:.1f}s",
               file=sys.stderr)
@@ -69,7 +80,9 @@ def _relaunch(nproc: int) -> int:
     env[WORKER_ARGV] = json.dumps(sys.argv[1:])
     env.setdefault("OMP_NUM_THREADS", "1")
     print(f"tokenscale: launching {nproc} ranks: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    procs, got, sent = [], [], []
+    from tokenscale.training import segments
+
+    procs, got, sent, seg = [], [], [], []
 
     def forward():  # once: a second SIGTERM would cut torchrun's wait for the ranks' state saves short
         if procs and got and not sent:
@@ -80,9 +93,16 @@ def _relaunch(nproc: int) -> int:
         got.append(signum)
         forward()
 
+    def on_segment(signum, frame):  # the ranks save state and end the segment (under SLURM they get it too)
+        seg.append(signum)
+        if procs:
+            segments.forward(procs[0].pid)
+
     signal.signal(signal.SIGTERM, on_sigterm)  # before Popen: a SIGTERM in between must not orphan torchrun
+    signal.signal(segments.SEGMENT_SIGNAL, on_segment)
     procs.append(subprocess.Popen(cmd, env=env))
     forward()
     rc = procs[0].wait()
-    # torchrun itself exits 1 after forwarding SIGTERM; report what a single-process trainer reports
-    return 143 if got and rc != 0 else rc
+    # torchrun itself exits 1 after forwarding SIGTERM or when ranks end a segment; report what a single-process
+    # trainer reports (rank 0 has requeued the SLURM job)
+    return 143 if got and rc != 0 else segments.SEGMENT_EXIT if seg and rc != 0 else rc

@@ -29,6 +29,9 @@ it (an own snapshot, the branch point, or step 0), which writes it back (bit-ide
 rewritten by the same steps). A state folder that cannot be read (truncated trainer.json or trainer.pt) is one line
 naming the file and what to delete. A resume that trains nothing keeps train.json's record of the training that did.
 SIGTERM (what SLURM sends at the time limit) saves state at the end of the current step and exits 143.
+A run longer than a job is trained in segments (:mod:`tokenscale.training.segments`): the segment signal (SIGURG,
+``sbatch --signal=URG@<s>``) saves state at the end of the current step (a checkpoint or state write in progress
+completes first) and exits 75 after requeueing its SLURM job; each segment's record is in train.json.
 With ``single_pass`` (the default) a run that would need more sequences than the training split holds is
 refused before it starts.
 
@@ -76,10 +79,12 @@ from tokenscale.evaluation.evaluate import load_token_set, mean_loss
 from tokenscale.training.loss import linear_cross_entropy
 from tokenscale.training.model import build_model, model_stats, resolve_arch
 from tokenscale.training.runlock import RunLock
+from tokenscale.training import segments
 from tokenscale.training.sampler import load_sampler, rank_slice
 from tokenscale.training.throughput import achieved_flops, mfu, peak_flops
 
 SIGTERM_EXIT = 143
+SEGMENT_EXIT = segments.SEGMENT_EXIT
 
 try:  # checkpoints are written dozens of times per run: no per-save progress bars
     from transformers.utils import logging as _hf_logging
@@ -104,13 +109,13 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
-    def mean_and_any(self, x: float, flag: bool) -> tuple[float, bool]:
-        """Mean of ``x`` over ranks and whether any rank's ``flag`` is set (one all-reduce)."""
+    def mean_and_any(self, x: float, *flags: bool) -> tuple[float, ...]:
+        """Mean of ``x`` over ranks and, for each flag, whether any rank has it set (one all-reduce)."""
         if self.world == 1:
-            return x, flag
-        t = torch.tensor([x, float(flag)], dtype=torch.float64)
+            return (x, *flags)
+        t = torch.tensor([x, *map(float, flags)], dtype=torch.float64)
         torch.distributed.all_reduce(t)
-        return float(t[0].item() / self.world), bool(t[1].item() > 0)
+        return (float(t[0].item() / self.world), *(bool(v > 0) for v in t[1:].tolist()))
 
 
 def dist_from_env() -> Dist:
@@ -232,6 +237,8 @@ class Trainer:
         self.accum = per_rank // self.micro
         self.init_from = Path(init_from) if init_from else None
         self.stop_requested = False
+        self.segment_requested = False  # the segment signal: save state, end this job's segment
+        self.history: list[dict] = []  # records of the segments before this one (from the saved state)
 
     # ------------------------------------------------------------------ setup
     def _build(self):
@@ -333,7 +340,8 @@ class Trainer:
         dest = dest or self.state_dir
         meta = {"step": step, "run": self.run.name, "run_hash": self.run.hash, "position": step * self.run.batch_size,
                 "sampler": self.sampler.state(), "engine": self.run.engine, "world": self.dist.world,
-                "schedule": self.run.schedule, "total_steps": self.total, "branch_key": self._branch_key()}
+                "schedule": self.run.schedule, "total_steps": self.total, "branch_key": self._branch_key(),
+                "segments": self.history}
         if self.dist.main:
             with atomic_output(dest, is_dir=True) as tmp:
                 self._write_state(tmp, step, dest)
@@ -380,6 +388,7 @@ class Trainer:
             return self._load_branch() if self.run.branch else 0
         self._restore(d)
         self.resumed = True
+        self.history = segments.history_before(self._read_meta(d).get("segments"), step)
         return step
 
     def _own_state(self) -> tuple[Path | None, int]:
@@ -611,11 +620,21 @@ class Trainer:
     def _on_sigterm(self, signum, frame):
         self.stop_requested = True
 
+    def _on_segment_signal(self, signum, frame):
+        self.segment_requested = True
+
+    def _listen(self) -> list:
+        """Install the SIGTERM and segment-signal handlers; returns the previous ones (for :meth:`train`)."""
+        old = [(signal.SIGTERM, signal.signal(signal.SIGTERM, self._on_sigterm)),
+               (segments.SEGMENT_SIGNAL, signal.signal(segments.SEGMENT_SIGNAL, self._on_segment_signal))]
+        self.segment_requested = self.segment_requested or segments.requested_early()
+        return old
+
     def train(self) -> dict:
         """Train to the last step, resuming from the folder's state; rank 0 holds the folder's lock throughout."""
-        handlers = []  # SIGTERM: rank 0 at once (the lock is released on the way out); ranks > 0 after the barrier
-        if self.dist.main:
-            handlers.append(signal.signal(signal.SIGTERM, self._on_sigterm))
+        handlers = []  # SIGTERM, segment signal: rank 0 at once (the lock is released on the way out); ranks > 0 after
+        if self.dist.main:  # the barrier
+            handlers += self._listen()
         lock = RunLock(self.run_dir) if self.dist.main else None
         try:
             if lock is not None:
@@ -623,15 +642,15 @@ class Trainer:
             self._build()
             self.dist.barrier()  # ranks > 0 read or write the folder only once rank 0 holds its lock
             if not self.dist.main:
-                handlers.append(signal.signal(signal.SIGTERM, self._on_sigterm))
+                handlers += self._listen()
             if self.stop_requested and self.dist.world == 1:  # SIGTERM before the first step: nothing to save
                 raise SystemExit(SIGTERM_EXIT)
             return self._train()
         finally:
             if lock is not None:
                 lock.release()
-            for h in handlers:
-                signal.signal(signal.SIGTERM, h)
+            for sig, h in handlers:
+                signal.signal(sig, h)
 
     def _train(self) -> dict:
         run = self.run
@@ -646,6 +665,7 @@ class Trainer:
         self.peak, self.peak_source = peak_flops(self.device, run.precision, run.perf["peak_tflops"])
         self.seconds = {"steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "state": 0.0}
         t_begin = time.time()
+        self.segment = segments.open_segment(start, run.batch_size * run.seq_len)
         if start in self.snap_steps:  # a snapshot step added to a run that has passed it only now
             self._save_snapshot(start)
         if self.progress:
@@ -660,7 +680,7 @@ class Trainer:
         try:
             for step in range(start, self.total):
                 t0 = time.time()
-                loss_val, lr, gn, stop = self._step(batches.get(step, self.total))
+                loss_val, lr, gn, stop, seg = self._step(batches.get(step, self.total))
                 dt = time.time() - t0
                 self.seconds["steps"] += dt
                 done = step + 1
@@ -668,13 +688,10 @@ class Trainer:
                 if not math.isfinite(loss_val):
                     raise TokenscaleError(f"run {run.name}: loss is {loss_val} at step {done}; lower lr or check the data")
                 self._save_after_step(done, model, loss_val, lr, start, t_begin)
-                if self.dist.world == 1:
-                    stop = self.stop_requested  # also a SIGTERM that came during this step's saves
-                if stop:
-                    self._save_state(done)
-                    if self.progress:
-                        print(f"[{run.name}] SIGTERM: state saved at step {done}; exiting", file=sys.stderr, flush=True)
-                    raise SystemExit(SIGTERM_EXIT)
+                if self.dist.world == 1:  # also a signal that came during this step's saves
+                    stop, seg = self.stop_requested, self.segment_requested
+                if stop or (seg and done < self.total):  # a segment signal in the last step: the run completes
+                    self._end_segment(done, "sigterm" if stop else "signal")
         finally:
             batches.close()
             if self.log is not None:
@@ -687,8 +704,9 @@ class Trainer:
         idx = self.sampler.indices(step * self.run.batch_size, self.run.batch_size)[self.local_batch]  # (B/W,)
         return self.tokens.batch(idx)
 
-    def _step(self, batch: torch.Tensor) -> tuple[float, float, float, bool]:
-        """One optimizer step on ``batch`` (B/W, T+1) -> (mean CE over ranks, lr used, grad norm, stop?)."""
+    def _step(self, batch: torch.Tensor) -> tuple[float, float, float, bool, bool]:
+        """One optimizer step on ``batch`` (B/W, T+1) -> (mean CE over ranks, lr used, grad norm, SIGTERM?, segment
+        signal?)."""
         ce_sum = 0.0
         for m in range(self.accum):
             loss, ce = self._forward_loss(batch[m * self.micro:(m + 1) * self.micro])
@@ -706,9 +724,24 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
         else:
             gn = float(self.engine.get_global_grad_norm() or float("nan"))
-        # ranks stop at the same step even if SIGTERM reaches them at different times
-        loss_val, stop = self.dist.mean_and_any(ce_sum / self.accum, self.stop_requested)
-        return loss_val, lr, gn, stop
+        # ranks stop at the same step even if a signal reaches them at different times
+        return self._step_result(ce_sum / self.accum, lr, gn)
+
+    def _step_result(self, ce: float, lr: float, gn: float) -> tuple[float, float, float, bool, bool]:
+        """(mean CE over ranks, lr, grad norm, SIGTERM on any rank?, segment signal on any rank?)."""
+        loss_val, stop, seg = self.dist.mean_and_any(ce, self.stop_requested, self.segment_requested)
+        return loss_val, lr, gn, stop, seg
+
+    def _end_segment(self, done: int, reason: str):
+        """Save state at ``done`` with this segment's record in it and exit: 143 on SIGTERM, else
+        :data:`SEGMENT_EXIT` (the CLI then requeues the SLURM job, after the lock is released)."""
+        tps = self.run.batch_size * self.run.seq_len
+        self.history = self.history + [segments.close_segment(self.segment, done, tps, reason)]
+        self._save_state(done)
+        if self.progress:
+            what = "SIGTERM" if reason == "sigterm" else "segment signal"
+            print(f"[{self.run.name}] {what}: state saved at step {done}; exiting", file=sys.stderr, flush=True)
+        raise SystemExit(SIGTERM_EXIT if reason == "sigterm" else SEGMENT_EXIT)
 
     def _throughput(self, tokens: int, seconds: float) -> dict:
         """tokens/s, achieved model FLOP/s and MFU (:mod:`tokenscale.training.throughput`) over all ranks."""
@@ -815,5 +848,7 @@ class Trainer:
             "device_name": device_name(self.device),
             "checkpoints": sorted(self.ckpt_steps), "config_sha256": run.hash, "model_stats": self.stats.as_dict(),
             "arch": run.model, "tokenscale_version": __version__,
+            "segments": self.history + [segments.close_segment(self.segment, self.total, run.batch_size * run.seq_len,
+                                                               "complete")],
         }
         return summary
