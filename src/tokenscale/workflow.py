@@ -42,13 +42,31 @@ def workflow_config_hash(cfg: dict) -> str:
     return config_hash(_without_nulls({k: v for k, v in cfg.items() if k not in ("results", "reference")}))
 
 
+BASE_CONFIG = "config/config.yaml"
+
+
+def with_base(config: dict, repo: str | Path) -> dict:
+    """The command line's config (``--configfile`` files and ``--config``, already merged by Snakemake) put over
+    the demo's ``config/config.yaml``, in place, the way Snakemake merges (nested mappings key by key) -- unless
+    it says ``standalone: true`` (config/paper.yaml): then it is the whole config and the schema fills the rest."""
+    from snakemake.utils import update_config  # heavy: only the Snakefile side needs it
+
+    if config.get("standalone"):
+        return config
+    merged = yaml.safe_load((Path(repo) / BASE_CONFIG).read_text()) or {}
+    update_config(merged, config)
+    config.clear()
+    config.update(merged)
+    return config
+
+
 def workflow_config(*configfiles: str) -> dict:
-    """The validated config the Snakefile sees for ``snakemake --configfile A B ...``: its own
-    ``config/config.yaml`` first, each file merged on top the way Snakemake merges (nested mappings key by key)."""
+    """The validated config the Snakefile sees for ``snakemake --configfile A B ...``: the files merged in order,
+    over ``config/config.yaml`` unless they say ``standalone: true`` (:func:`with_base`)."""
     from snakemake.utils import update_config  # heavy: only the Snakefile side needs it
 
     repo = Path(__file__).resolve().parents[2]
     cfg: dict = {}
-    for f in ("config/config.yaml", *configfiles):
+    for f in configfiles:
         update_config(cfg, yaml.safe_load((repo / f).read_text()) or {})
-    return validate_config(cfg)
+    return validate_config(with_base(cfg, repo))

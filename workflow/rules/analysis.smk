@@ -99,7 +99,9 @@ rule dependency:
         "../../envs/tokenscale.yaml"
     threads: CFG["threads"]
     resources:
-        mem_mb=8000,
+        gpu=stage_gpu("evaluate"),  # runs the series' last checkpoint on eval.device
+        gpu_model=stage_gpu_model("evaluate"),
+        mem_mb=STAGE_REQUESTS["evaluate"]["mem_mb"],
         runtime=120,
     params:
         checkpoint=dependency_checkpoint,

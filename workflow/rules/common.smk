@@ -20,6 +20,7 @@ from tokenscale.series import (
     seed_groups,
     series_spec,
 )
+from tokenscale.plan import check_requests, read_site, site_gpu_model, stage_request
 from tokenscale.reproduction.verify import code_version
 from tokenscale.workflow import workflow_config_hash
 
@@ -40,6 +41,56 @@ CONFIG_SHA256 = workflow_config_hash(CFG)
 REFERENCE = f"{REPO_DIR}/{CFG['reference']}" if CFG["reference"] else None
 TOLERANCES = f"{REPO_DIR}/reference/tolerances.yaml"
 CODE_VERSION = code_version(Path(REPO_DIR))
+
+
+# ---------------------------------------------------------------------------------------------- job requests
+# What each job asks a cluster for comes from the config (`resources`, tokenscale.plan), never from the profile;
+# the profile gives only the site's facts (`site`: its partition file). Every run's request is checked here, at
+# DAG build: a rank count that does not divide the batch, or a request no partition takes, is one line.
+try:
+    SITE = read_site(CFG["site"]) if CFG["site"] else None
+    TRAIN_REQUESTS = check_requests(CFG, SITE)
+except TokenscaleError as e:
+    raise WorkflowError(str(e)) from None
+GPU_MODEL = site_gpu_model(SITE)  # '' = any GPU (the site names none, or several)
+STAGE_REQUESTS = {s: stage_request(CFG, s, SITE, CFG["threads"]) for s in ("evaluate", "fit")}
+
+
+def train_request(key):
+    """A train job's resource `key` (nodes, gpus_per_node, cpus_per_gpu, mem_mb, time_min) from its run's request."""
+    return lambda wildcards: TRAIN_REQUESTS[wildcards.run][key]
+
+
+def train_gres(wildcards):
+    """GPUs per node as SLURM GRES (gpu[:type]:N, per node; '' for a CPU run)."""
+    n = TRAIN_REQUESTS[wildcards.run]["gpus_per_node"]
+    return ":".join(["gpu", *([GPU_MODEL] if GPU_MODEL else []), str(n)]) if n else ""
+
+
+def train_tasks(wildcards):
+    """Tasks of a CPU job: one per node (a GPU job gets SLURM's default, one per node, from --nodes)."""
+    r = TRAIN_REQUESTS[wildcards.run]
+    return 0 if r["gpus_per_node"] else r["nodes"]
+
+
+def stage_gpu(stage):
+    """GPUs of an evaluation or fit job: 1 (eval.device / fit.device cuda, or auto on a site with GPUs) or 0."""
+    return STAGE_REQUESTS[stage]["gpus_per_node"]
+
+
+def stage_gpu_model(stage):
+    return GPU_MODEL if stage_gpu(stage) else ""
+
+
+# Corpus files are declared inputs of prepare_corpus (a changed corpus reruns the data rules); a missing one, e.g.
+# config/paper.yaml's placeholder, stops the DAG build in one line.
+CORPORA = [c["path"] for c in CFG["data"]["corpora"]]
+for _i, _path in enumerate(CORPORA):
+    if not Path(_path).exists():
+        raise WorkflowError(
+            f"data.corpora[{_i}].path: {_path} does not exist (config/paper.yaml names a placeholder: point it at "
+            "your corpus)"
+        )
 
 
 wildcard_constraints:

@@ -1,4 +1,6 @@
 rule prepare_corpus:
+    input:
+        corpora=CORPORA,  # data.corpora (none for the builtin corpus)
     output:
         train=f"{DATA}/corpus/train.jsonl",
         valid=f"{DATA}/corpus/valid.jsonl",

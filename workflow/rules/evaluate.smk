@@ -41,9 +41,13 @@ rule evaluate_checkpoint:
     conda:
         "../../envs/tokenscale.yaml"
     threads: source_threads
+    # profiles/slurm puts this rule in group `evaluate` and bundles N blocks into one SLURM job (its `groups` and
+    # `group-components`), run one after another on one GPU
     resources:
-        mem_mb=8000,
-        runtime=60,
+        gpu=stage_gpu("evaluate"),
+        gpu_model=stage_gpu_model("evaluate"),
+        mem_mb=STAGE_REQUESTS["evaluate"]["mem_mb"],
+        runtime=STAGE_REQUESTS["evaluate"]["time_min"],
     params:
         checkpoints=block_checkpoints,
         batch_size=CFG["eval"]["batch_size"],

@@ -37,8 +37,10 @@ rule fit_shard:
         "../../envs/tokenscale.yaml"
     threads: CFG["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        gpu=stage_gpu("fit"),
+        gpu_model=stage_gpu_model("fit"),
+        mem_mb=STAGE_REQUESTS["fit"]["mem_mb"],
+        runtime=STAGE_REQUESTS["fit"]["time_min"],
     params:
         axis=series_axis,
         transform=CFG["fit"]["transform"],

@@ -2,7 +2,7 @@
 # and saves state on SIGTERM (SLURM's time-limit signal) before exiting.
 
 
-# Ranks per job: one per GPU the job was given (resources.gpu, e.g. from profiles/slurm), at least the
+# Ranks per node: one per GPU of the run's request (config `resources.train`, tokenscale.plan), at least the
 # run's own `nproc` (CPU ranks). More than one rank needs `engine: deepspeed` (the trainer says so otherwise).
 rule train:
     input:
@@ -19,9 +19,13 @@ rule train:
         "../../envs/tokenscale.yaml"
     threads: lambda w: run_threads(w.run)
     resources:
-        mem_mb=16000,
-        runtime=1440,
-        gpu=0,
+        nodes=train_request("nodes"),
+        gpus_per_node=train_request("gpus_per_node"),
+        gres=train_gres,
+        tasks=train_tasks,
+        cpus_per_gpu=train_request("cpus_per_gpu"),
+        mem_mb=train_request("mem_mb"),
+        runtime=train_request("time_min"),
     params:
         spec=lambda w: run_spec(w.run),
         data=lambda w, input: Path(input.meta).parent,
@@ -29,7 +33,7 @@ rule train:
         sampler=train_sampler,
     shell:
         "tokenscale train --spec {params.spec:q} --run {wildcards.run:q} --data {params.data:q} --out {params.out:q} "
-        "--threads {threads} --gpus {resources.gpu} {params.sampler} > {log:q} 2>&1"
+        "--threads {threads} --gpus {resources.gpus_per_node} {params.sampler} > {log:q} 2>&1"
 
 
 # val_loss.csv of every run: from the in-loop validation in its checkpoints, or (in_loop_validation: false) from

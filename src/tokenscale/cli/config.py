@@ -92,13 +92,23 @@ def _plan(sub) -> None:
         cfg = load(config)
         print(f"plan: {config}: {len(cfg['runs'])} runs, vocab {cfg['data']['vocab_size']}, "
               f"seq_len {cfg['data']['seq_len']}")
-        print("\n".join(format_plan(plan(cfg, args.gpu, args.mfu, args.precision), runs=not args.totals)))
+        p = plan(cfg, args.gpu, args.mfu, args.precision)
+        print("\n".join(format_plan(p, runs=not args.totals)))
+        if args.profile:
+            from tokenscale.plan import cluster_plan, format_cluster_plan, read_profile
+
+            prof = read_profile(args.profile)
+            rows = cluster_plan(cfg, prof, p)
+            print("\n".join(format_cluster_plan(rows, prof, p)))
+            if any(r["fit"] for r in rows):
+                return 1
         return 0
 
     p = command(sub, "plan", run,
                 "training FLOPs and GPU time of a config per run and axis, next to the paper's",
                 "training FLOPs = model FLOPs/token (M + 6dV) x tokens trained (a decay branch trains only the "
-                "steps after its branch step); GPU-hours = FLOPs / (datasheet peak x MFU). torch is not imported.")
+                "steps after its branch step); GPU-hours = FLOPs / (datasheet peak x MFU). With --profile, the jobs "
+                "the workflow submits (config `resources`) against the site's partitions. torch is not imported.")
     p.add_argument("--config", help="config YAML (default: config/config.yaml when it exists)")
     p.add_argument("--gpu", default=DEFAULT_GPU, help="GPU whose dense peak is used (a name in "
                    "tokenscale.training.throughput.GPU_PEAKS, e.g. a100, h100, h200, l40s)")
@@ -106,3 +116,5 @@ def _plan(sub) -> None:
     p.add_argument("--precision", choices=["bf16", "fp32"], default=DEFAULT_PRECISION,
                    help="precision of the peak (fp32 = no tensor cores)")
     p.add_argument("--totals", action="store_true", help="print only the per-axis totals, not one line per run")
+    p.add_argument("--profile", help="Snakemake profile folder (e.g. profiles/slurm): also print each job class's "
+                   "request, segments and submissions against its site's limits (exit 1 if one does not fit)")
