@@ -40,7 +40,7 @@ def _row(r: dict) -> str:
     if "error" in r:
         return f"| {r['series']} | {r['frac']:g} | – | – | {r['error']} |  |  |  |"
     e = r["errors"]
-    pct = lambda m, k: f"{100 * e[m][k]:.1f}"  # noqa: E731
+    pct = lambda m, k: f"{100 * e[m][k]:.1f}"
     ratio = e["spectrum"]["max_rel_err"] / e["power_law"]["max_rel_err"]
     return (f"| {r['series']} | {r['frac']:g} | {r['k']}/{r['k'] + len(r['truth'])} | {r['beta']:.2f} | "
             + " | ".join(f"{pct(m, 'max_rel_err')} / {pct(m, 'mean_rel_err')}" for m in METHODS)
