@@ -23,6 +23,9 @@ def check_config(config: dict) -> dict:
         raise WorkflowError(str(e)) from None
 
 
+NOT_HASHED = ("results", "reference", "site")  # where a tree is written, compared and run, not what it computes
+
+
 def _without_nulls(obj):
     """``obj`` with every mapping key whose value is null left out (recursively; list entries are kept)."""
     if isinstance(obj, dict):
@@ -34,12 +37,13 @@ def _without_nulls(obj):
 
 def workflow_config_hash(cfg: dict) -> str:
     """The config hash a results tree records (provenance.json): the validated config without where it writes
-    (``results``) and what it is compared with (``reference``), and without null-valued keys.
+    (``results``), what it is compared with (``reference``) and which cluster runs it (``site``), and without
+    null-valued keys.
 
     Leaving nulls out lets a new key whose null default keeps today's behaviour join the schema without changing
     the hash of every existing config, while any change of an effective value still changes it: a default that
     moves (null to a value, a value to null or to another value) changes the validated config's non-null part."""
-    return config_hash(_without_nulls({k: v for k, v in cfg.items() if k not in ("results", "reference")}))
+    return config_hash(_without_nulls({k: v for k, v in cfg.items() if k not in NOT_HASHED}))
 
 
 BASE_CONFIG = "config/config.yaml"
