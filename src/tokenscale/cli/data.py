@@ -18,15 +18,17 @@ def _prepare_data(sub) -> None:
     def run(args) -> int:
         from tokenscale.data.stage import prepare_data
 
-        prepare_data(load_config(args)["data"], args.out, args.stage)
+        prepare_data(load_config(args)["data"], args.out, args.stage, shard=args.shard)
         return 0
 
     p = command(sub, "prepare-data", run, "build corpus + split, train the BPE tokenizer, write token files",
                 "Each stage reads the previous one's output from --out; the workflow runs them as three rules.")
     add_config(p)
     p.add_argument("--out", required=True, help="data folder (corpus/, tokenizer/, train_tokens.bin, valid_tokens.h5)")
-    p.add_argument("--stage", choices=["corpus", "tokenizer", "tokens", "all"], default="all",
-                   help="which stage to run (all = the three in order)")
+    p.add_argument("--stage", choices=["corpus", "tokenizer", "shard", "tokens", "all"], default="all",
+                   help="which stage to run (all = every stage in order; with data.shards, 'shard' tokenizes one "
+                        "input shard and 'tokens' is the index job over all of them)")
+    p.add_argument("--shard", default=None, help="with --stage shard: the input shard's file name in data.shards.path")
 
 
 def _external_tokens(sub) -> None:

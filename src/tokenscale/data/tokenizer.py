@@ -37,13 +37,24 @@ def train_tokenizer(train_docs_path: str | Path, out_dir: str | Path, *, vocab_s
     """Train a byte-level BPE tokenizer on the training split (at most ``max_chars`` characters of it: whole
     documents in a seeded order); returns the folder (``tokenizer.json`` inside, and ``tokenscale_tokenizer.json``
     recording what it was trained on)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     docs = read_documents(train_docs_path)
     if not docs:
         raise TokenscaleError(f"tokenizer: no training documents in {train_docs_path}")
     sample = _subsample(docs, max_chars, seed)
+    h = hashlib.sha256()
+    for d in sample:
+        h.update(d["source"].encode() + b"\n")
+    meta = {"vocab_size": vocab_size, "min_frequency": min_frequency, "max_chars": max_chars, "seed": seed,
+            "subsampled": len(sample) < len(docs), "train_docs": len(docs), "train_chars": sum(len(d["text"]) for d in docs),
+            "sample_docs": len(sample), "sample_chars": sum(len(d["text"]) for d in sample), "sample_sources_sha256": h.hexdigest()}
+    return fit_bpe([d["text"] for d in sample], out_dir, vocab_size=vocab_size, min_frequency=min_frequency, meta=meta)
+
+
+def fit_bpe(texts: list[str], out_dir: str | Path, *, vocab_size: int, min_frequency: int, meta: dict) -> Path:
+    """Train the byte-level BPE on ``texts`` and save it to ``out_dir`` (with ``meta`` as ``tokenscale_tokenizer.json``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -54,13 +65,7 @@ def train_tokenizer(train_docs_path: str | Path, out_dir: str | Path, *, vocab_s
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator((d["text"] for d in sample), trainer=trainer, length=len(sample))
-    h = hashlib.sha256()
-    for d in sample:
-        h.update(d["source"].encode() + b"\n")
-    meta = {"vocab_size": vocab_size, "min_frequency": min_frequency, "max_chars": max_chars, "seed": seed,
-            "subsampled": len(sample) < len(docs), "train_docs": len(docs), "train_chars": sum(len(d["text"]) for d in docs),
-            "sample_docs": len(sample), "sample_chars": sum(len(d["text"]) for d in sample), "sample_sources_sha256": h.hexdigest()}
+    tok.train_from_iterator(iter(texts), trainer=trainer, length=len(texts))
     out_dir = Path(out_dir)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None)
     with atomic.atomic_output(out_dir, is_dir=True) as tmp:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tokenscale import TokenscaleError, atomic
 from tokenscale.data.corpus import read_documents
+from tokenscale.data.shards import ShardedTokens
 from tokenscale.data.tokenizer import EOS, _encode_docs, _encode_fast, load_tokenizer, tokenizer_sha256
 from tokenscale.io.tokensets import write_token_set
 
@@ -162,7 +163,8 @@ SUPERVISE = ("all", "last")  # train_tokens.json "supervise": every next-token l
 
 
 class TrainTokens:
-    """Memory-mapped training stream; sample ``i`` is ``tokens[i*T : i*T + T + 1]`` (windows overlap by one), or
+    """Memory-mapped training stream (one ``train_tokens.bin``, or the shard files that ``train_tokens.json``
+    ``shards`` lists, read as one stream); sample ``i`` is ``tokens[i*T : i*T + T + 1]`` (windows overlap by one), or
     with ``"layout": "rows"`` (synthetic examples) row ``i`` of ``T + 1`` tokens, ``tokens[i*(T+1) : (i+1)*(T+1)]``.
     ``supervise`` (``"all"`` or ``"last"``) says which labels the trainer's loss uses."""
 
@@ -175,7 +177,11 @@ class TrainTokens:
         self.seq_len = int(self.meta["seq_len"])
         self.n_samples = int(self.meta["n_samples"])
         self.vocab_size = int(self.meta["vocab_size"])
-        self.tokens = np.memmap(data_dir / "train_tokens.bin", dtype=self.meta["dtype"], mode="r", shape=(self.meta["n_tokens"],))
+        if self.meta.get("shards"):  # out of core: the shards' token files as one stream (tokenscale.data.shards)
+            self.tokens = ShardedTokens([data_dir / s["file"] for s in self.meta["shards"]], self.meta["dtype"],
+                                        [int(s["n_tokens"]) for s in self.meta["shards"]])
+        else:
+            self.tokens = np.memmap(data_dir / "train_tokens.bin", dtype=self.meta["dtype"], mode="r", shape=(self.meta["n_tokens"],))
         layout = self.meta.get("layout", "stream")
         self.stride = {"stream": self.seq_len, "rows": self.seq_len + 1}.get(layout)
         self.supervise = self.meta.get("supervise", "all")
