@@ -1,6 +1,16 @@
+import re
+
+from tokenscale.data.shardlist import input_shards as _input_shards, sharded as _sharded
+
+# data.shards: the input shards, listed at DAG build (light: no heavy import); one tokenize_shard job each
+SHARD_FILES = [str(p) for p in _input_shards(CFG["data"])] if _sharded(CFG["data"]) else []
+SHARD_NAMES = [Path(p).name for p in SHARD_FILES]
+
+
 rule prepare_corpus:
     input:
         corpora=CORPORA,  # data.corpora (none for the builtin corpus)
+        shards=SHARD_FILES,  # data.shards.path's input files (none without shards)
     output:
         train=f"{DATA}/corpus/train.jsonl",
         valid=f"{DATA}/corpus/valid.jsonl",
@@ -22,6 +32,7 @@ rule prepare_corpus:
 rule train_tokenizer:
     input:
         train=rules.prepare_corpus.output.train,
+        shards=SHARD_FILES,
     output:
         tokenizer=f"{DATA}/tokenizer/tokenizer.json",
     log:
@@ -40,10 +51,39 @@ rule train_tokenizer:
         "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage tokenizer > {log:q} 2>&1"
 
 
+rule tokenize_shard:
+    input:
+        shard=lambda w: SHARD_FILES[SHARD_NAMES.index(w.part)],
+        tokenizer=rules.train_tokenizer.output.tokenizer,
+    output:
+        train=f"{DATA}/shards/{{part}}/train.bin",
+        valid=f"{DATA}/shards/{{part}}/valid.bin",
+        docs=f"{DATA}/shards/{{part}}/docs.npz",
+        meta=f"{DATA}/shards/{{part}}/shard.json",
+    log:
+        f"{RESULTS}/logs/tokenize_shard/{{part}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenize_shard/{{part}}.tsv"
+    wildcard_constraints:
+        part="|".join(re.escape(n) for n in SHARD_NAMES) or "(?!)",
+    conda:
+        "../../envs/tokenscale.yaml"
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        spec=data_spec(),
+        out=lambda w, output: Path(output.meta).parents[2],
+    shell:
+        "tokenscale prepare-data --spec {params.spec:q} --out {params.out:q} --stage shard --shard {wildcards.part:q} > {log:q} 2>&1"
+
+
 rule tokenize:
     input:
         corpus=rules.prepare_corpus.output.manifest,
         tokenizer=rules.train_tokenizer.output.tokenizer,
+        shards=expand(f"{DATA}/shards/{{part}}/shard.json", part=SHARD_NAMES),
     output:
         train=f"{DATA}/train_tokens.bin",
         meta=f"{DATA}/train_tokens.json",
