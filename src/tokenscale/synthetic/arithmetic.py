@@ -241,9 +241,36 @@ def evaluate_prefix(tokens, p: int) -> int:
     return stack[0]
 
 
-def overlap(train: dict, valid: dict) -> dict:
-    """How many validation expressions also occur in the training set, overall and per level."""
-    seen = np.isin(valid["expr_hash"], train["expr_hash"])
+def stream_train(spec: SyntheticSpec, n: int, seed: int, fh, dtype, probe_hashes: list[np.ndarray]) -> dict:
+    """Write the training rows of ``generate(spec, n, seed=seed, split="train")`` to ``fh`` as ``dtype``, one
+    seeded chunk at a time (memory: one chunk, whatever ``n``); return what the report needs of them:
+    ``level_counts`` (l_max,), ``answer_counts`` (l_max, p) and ``seen`` (per array of ``probe_hashes``: which of
+    its expressions occur in the training rows)."""
+    import sys
+
+    level_counts = np.zeros(spec.l_max, dtype=np.int64)
+    answer_counts = np.zeros((spec.l_max, spec.p), dtype=np.int64)
+    seen = [np.zeros(np.shape(h), dtype=bool) for h in probe_hashes]
+    n_chunks = -(-n // CHUNK)
+    for c in range(n_chunks):
+        part = _chunk(spec, seed, "train", 0, c)
+        keep = min(CHUNK, n - c * CHUNK)
+        tokens, level, answer = part["tokens"][:keep], part["level"][:keep], part["answer"][:keep]
+        fh.write(tokens.astype(dtype).tobytes())
+        level_counts += np.bincount(level, minlength=spec.l_max + 1)[1:]
+        np.add.at(answer_counts, (level.astype(np.int64) - 1, answer.astype(np.int64)), 1)
+        hashes = expression_hash(tokens)
+        for s, h in zip(seen, probe_hashes):
+            s |= np.isin(h, hashes)
+        if n_chunks > 100 and (c + 1) % 100 == 0:
+            print(f"synthetic: {(c + 1) * CHUNK:,} of {n:,} training examples", file=sys.stderr, flush=True)
+    return {"level_counts": level_counts, "answer_counts": answer_counts, "seen": seen}
+
+
+def overlap(train: dict, valid: dict, seen: np.ndarray | None = None) -> dict:
+    """How many validation expressions also occur in the training set, overall and per level (``seen``: that
+    membership already computed, e.g. by :func:`stream_train`; ``train`` is then unused)."""
+    seen = np.isin(valid["expr_hash"], train["expr_hash"]) if seen is None else np.asarray(seen, dtype=bool)
 
     def count(mask):
         k, m = int(seen[mask].sum()), int(mask.sum())
@@ -255,15 +282,18 @@ def overlap(train: dict, valid: dict) -> dict:
     return out
 
 
-def level_baseline(train: dict, evaluated: dict) -> dict:
+def level_baseline(train: dict, evaluated: dict, counts: np.ndarray | None = None) -> dict:
     """Per level, the accuracy on ``evaluated`` of a predictor that knows only the level: the level's most
     frequent training answer ({L: accuracy}).  Small p makes answers far from uniform (x gives 0 more often),
     so this, not 1/p, is the floor a level's accuracy must clear to show the expression was used."""
     out = {}
     for L in np.unique(evaluated["level"]):
-        tr = np.asarray(train["answer"])[np.asarray(train["level"]) == L]
         ev = np.asarray(evaluated["answer"])[np.asarray(evaluated["level"]) == L]
-        majority = np.bincount(tr).argmax() if tr.size else 0
+        if counts is not None:  # (l_max, p) answer counts per level (stream_train): the same majority
+            majority = int(np.argmax(counts[L - 1])) if counts[L - 1].any() else 0
+        else:
+            tr = np.asarray(train["answer"])[np.asarray(train["level"]) == L]
+            majority = np.bincount(tr).argmax() if tr.size else 0
         out[int(L)] = float((ev == majority).mean())
     return out
 
@@ -318,22 +348,22 @@ def prepare(entry: dict, out_dir) -> dict:
 
     spec, seed, out = spec_of(entry), int(entry["seed"]), Path(out_dir)
     tok_sha = tokenizer_sha256(write_tokenizer(spec.p, out / "tokenizer"))
-    train = generate(spec, int(entry["train_examples"]), seed=seed, split="train")
     valid = generate(spec, int(entry["valid_examples"]), seed=seed, split="valid")
     levels = generate(spec, int(entry["level_examples"]) * spec.l_max, seed=seed, split="valid", levels="balanced")
     dtype = np.uint8 if vocab_size(spec.p) <= 256 else np.uint16
+    n = int(entry["train_examples"])
     with atomic.atomic_output(out / "train_tokens.bin") as tmp, open(tmp, "wb") as fh:
-        train["tokens"].astype(dtype).tofile(fh)
-    n = int(train["tokens"].shape[0])
+        train = stream_train(spec, n, seed, fh, dtype, [valid["expr_hash"], levels["expr_hash"]])
     meta = {"dtype": np.dtype(dtype).name, "n_tokens": n * (spec.seq_len + 1), "seq_len": spec.seq_len,
             "n_samples": n, "single_pass_tokens": n * spec.seq_len, "layout": "rows", "supervise": "last",
             "vocab_size": vocab_size(spec.p), "tokenizer_sha256": tok_sha, "synthetic": dict(entry),
-            "level_counts": np.bincount(train["level"], minlength=spec.l_max + 1)[1:].tolist()}
+            "level_counts": train["level_counts"].tolist()}
     attrs = {"tokenizer_sha256": tok_sha, "synthetic": json.dumps(dict(entry), sort_keys=True)}
     _token_set(out / "valid_tokens.h5", valid, kind="synthetic", spec=spec, attrs=attrs)
     _token_set(out / "levels_tokens.h5", levels, kind="synthetic-levels", spec=spec, attrs=attrs)
-    atomic.write_json(out / "overlap.json", {"valid": overlap(train, valid), "levels": overlap(train, levels),
-                                             "level_baseline": level_baseline(train, levels)})
+    atomic.write_json(out / "overlap.json", {"valid": overlap(train, valid, seen=train["seen"][0]),
+                                             "levels": overlap(train, levels, seen=train["seen"][1]),
+                                             "level_baseline": level_baseline(train, levels, counts=train["answer_counts"])})
     atomic.write_json(out / "train_tokens.json", meta)  # last: the rule's completion marker
     return meta
 
