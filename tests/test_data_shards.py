@@ -171,3 +171,60 @@ def test_tokenizing_a_corpus_ten_times_the_memory_cap(tmp_path):
     r = subprocess.run([sys.executable, "-c", _CAPPED, json.dumps(mem), str(tmp_path / "mem"), str(cap), "memory"],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode != 0
+
+
+def _megatron(folder: Path, name: str, docs: list[np.ndarray]) -> None:
+    """A Megatron-LM indexed dataset (``MMIDIDX`` version 1, uint16: code 8), one sequence per document."""
+    tokens = np.concatenate(docs).astype(np.uint16)
+    tokens.tofile(folder / f"{name}.bin")
+    sizes = np.array([d.size for d in docs], dtype=np.int32)
+    pointers = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) * 2
+    doc_idx = np.arange(len(docs) + 1, dtype=np.int64)
+    head = b"MMIDIDX\x00\x00" + (1).to_bytes(8, "little") + bytes([8]) + len(docs).to_bytes(8, "little") + \
+        len(doc_idx).to_bytes(8, "little")
+    (folder / f"{name}.idx").write_bytes(head + sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes())
+    (folder / f"{name}.json").write_text(json.dumps({"dtype": "uint16", "tokenizer": "gpt2"}))
+
+
+def test_megatron_shards_keep_their_documents(tmp_path):
+    folder = tmp_path / "meg"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    docs = [rng.integers(1, 250, size=rng.integers(5, 50)) for _ in range(120)]
+    _megatron(folder, "m0", docs)
+    paths = _write_shards(tmp_path / "txt", n_files=1)
+    ref = _cfg(corpora=[{"path": str(paths[0])}])
+    for stage in ("corpus", "tokenizer"):
+        prepare_data(ref, tmp_path / "ref", stage, log=lambda s: None)
+    cfg = _cfg(shards={"path": str(folder), "tokenizer": str(tmp_path / "ref" / "tokenizer")})
+    prepare_data(cfg, tmp_path / "out", log=lambda s: None)
+    t = TrainTokens(tmp_path / "out")
+    z = np.load(tmp_path / "out" / "shards" / "m0.bin" / "docs.npz")
+    assert sorted(z["train_lengths"].tolist() + z["valid_lengths"].tolist()) == sorted(d.size for d in docs)
+    from tokenscale.data.corpus import _split_u
+    train = [d for k, d in enumerate(docs, 1) if _split_u(0, f"m0.bin:{k}") >= 0.2]
+    assert np.array_equal(t.tokens[:], np.concatenate(train))
+
+
+def test_bad_megatron_index_is_one_line(tmp_path):
+    folder = tmp_path / "meg"
+    folder.mkdir()
+    _megatron(folder, "m0", [np.arange(1, 40)] * 30)
+    (folder / "m0.idx").write_bytes(b"NOTANIDX" + bytes(40))
+    cfg = _cfg(shards={"path": str(folder), "tokenizer": "unused"})
+    with pytest.raises(TokenscaleError, match=r"m0.idx: not a Megatron index"):
+        tokenize_shard(cfg, "m0.bin", tmp_path / "tok", tmp_path / "out")
+    assert not (tmp_path / "out" / "shards" / "m0.bin").exists()
+
+
+def test_mixed_token_dtype_is_one_line(tmp_path):
+    folder = tmp_path / "bins"
+    folder.mkdir()
+    for i, dt in enumerate((np.uint16, np.uint32)):
+        _token_shard(folder, f"s{i}", np.tile(np.append(np.arange(1, 30), 0), 40).astype(dt), "tok-a")
+    cfg = _cfg(shards={"path": str(folder), "tokenizer": "unused"})
+    for n in ("s0.bin", "s1.bin"):
+        tokenize_shard(cfg, n, tmp_path / "tok", tmp_path / "out")
+    with pytest.raises(TokenscaleError, match=r"mixed token dtype in token shards: s0.bin has 'uint16', s1.bin has 'uint32'"):
+        index_shards(cfg, tmp_path / "tok", tmp_path / "out")
+    assert not (tmp_path / "out" / "train_tokens.json").exists()
