@@ -228,3 +228,27 @@ def test_mixed_token_dtype_is_one_line(tmp_path):
     with pytest.raises(TokenscaleError, match=r"mixed token dtype in token shards: s0.bin has 'uint16', s1.bin has 'uint32'"):
         index_shards(cfg, tmp_path / "tok", tmp_path / "out")
     assert not (tmp_path / "out" / "train_tokens.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.zst", "parquet"])
+def test_compressed_and_parquet_shards_read_like_jsonl(tmp_path, fmt):
+    """The same rows as .jsonl.zst or .parquet give the same tokens as the .jsonl (nearly all in train)."""
+    src = _write_shards(tmp_path / "a", n_files=1)[0]
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    (tmp_path / "b").mkdir()
+    if fmt == "jsonl.zst":
+        zstandard = pytest.importorskip("zstandard")
+        (tmp_path / "b" / "part-00.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(src.read_bytes()))
+    else:
+        pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "b" / "part-00.parquet", row_group_size=17)
+    ref = _cfg(corpora=[{"path": str(src)}])
+    for stage in ("corpus", "tokenizer"):
+        prepare_data(ref, tmp_path / "ref", stage, log=lambda s: None)
+    out = {}
+    for k in ("a", "b"):
+        cfg = _cfg(shards={"path": str(tmp_path / k), "domain": "x"}, valid_fraction=1e-9)
+        name = next((tmp_path / k).iterdir()).name
+        tokenize_shard(cfg, name, tmp_path / "ref" / "tokenizer", tmp_path / f"out-{k}")
+        out[k] = (tmp_path / f"out-{k}" / "shards" / name / "train.bin").read_bytes()
+    assert out["a"] == out["b"] and len(out["a"]) > 1000
