@@ -375,3 +375,14 @@ def test_reshape_entry_is_the_same_from_config_and_from_the_study():
     assert reshape_entry(ex) == spec.reshape_entry(ex)
     with pytest.raises(TokenscaleError, match=r"config: reshape entry: .*buckets"):
         spec.reshape_entry({**ex, "buckets": "many"})
+
+
+def test_a_nullable_section_given_as_a_mapping_gets_its_defaults():
+    """data.shards is null by default (today's in-memory corpus, no key in the config hash); given as a mapping it
+    is filled from the schema like any section."""
+    from tokenscale.config import schema_default
+
+    assert validate_config({})["data"]["shards"] is None
+    shards = validate_config({"data": {"shards": {"path": "/corpus"}}})["data"]["shards"]
+    assert shards["path"] == "/corpus" and shards["batch_docs"] == schema_default("data.shards.batch_docs")
+    assert shards["format"] == "auto"

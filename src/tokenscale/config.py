@@ -60,9 +60,14 @@ def schema_default(key: str) -> Any:
     return copy.deepcopy(node["default"])
 
 
+def _types(schema: dict) -> list:
+    t = schema.get("type", [])
+    return t if isinstance(t, list) else [t]
+
+
 def fill_defaults(instance: Any, schema: dict) -> None:
     """Insert schema defaults into ``instance`` in place (recursively, objects and arrays)."""
-    if isinstance(instance, dict) and schema.get("type") == "object":
+    if isinstance(instance, dict) and "object" in _types(schema):  # also a nullable object given as a mapping
         for key, sub in schema.get("properties", {}).items():
             if key not in instance and "default" in sub:
                 instance[key] = copy.deepcopy(sub["default"])
