@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest_slurm import (  # noqa: E402  (fixtures are used by name)
     SMOKE_CONFIG,
     read_losses,
-    run_workflow_local,
     run_workflow_slurm,
     scontrol_job,
     short_partition,  # noqa: F401
@@ -36,7 +35,7 @@ from conftest_slurm import (  # noqa: E402  (fixtures are used by name)
 pytestmark = pytest.mark.slurm
 
 RUN = "seg_long"
-STEPS = 6000  # about 100 s of training on one idle core: at least 3 one-minute jobs
+STEPS = 8000  # about 100 s of training on one core, and a segment trains at most ~50 s: >= 3 segments
 
 
 def _config(dest: Path) -> Path:
@@ -53,21 +52,18 @@ def test_run_longer_than_a_job_completes_unattended(slurm_cluster, short_partiti
     wd = tmp_path / "wd"
     cfg = _config(tmp_path / "segments.yaml")
     target = f"results/runs/{RUN}/train.json"
-    prep = run_workflow_local(wd, [cfg], ["--until", "tokenize", target])  # the data, outside the 1-minute limit
-    assert prep.returncode == 0, str(prep)
-
-    pending = run_workflow_slurm(wd, [cfg], ["--verbose", target], background=True, train_resources={
+    # the data jobs run in the default partition, the train job in the 1-minute one
+    run = run_workflow_slurm(wd, [cfg], ["--verbose", target], train_resources={
         "slurm_partition": f"'{short_partition}'", "runtime": 1, "slurm_extra": "'--signal=URG@1'"})
-    # the same run without interruption, meanwhile
+    train_log = wd / f"results/logs/train/{RUN}.log"
+    assert run.returncode == 0, str(run) + "\n--- train log:\n" + (train_log.read_text()[-3000:] if train_log.exists() else "")
+    # the same run without interruption, afterwards (not competing with the segments for the CPUs)
     ref = tmp_path / "ref"
     r = subprocess.run([sys.executable, "-m", "tokenscale.cli", "train", "--config", str(cfg), "--run", RUN,
                         "--data", str(wd / "results/data"), "--out", str(ref), "--threads", "1", "--quiet"],
                        env={**slurm_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    run = pending.wait()
     out = wd / "results/runs" / RUN
-    train_log = wd / f"results/logs/train/{RUN}.log"
-    assert run.returncode == 0, str(run) + "\n--- train log:\n" + (train_log.read_text()[-3000:] if train_log.exists() else "")
 
     # one submission, requeued in place: the segments used none of Snakemake's retries
     sbatch = run.sbatch_calls("train")
