@@ -48,13 +48,29 @@ def _config(dest: Path) -> Path:
     return dest
 
 
+def _profile(dest: Path) -> Path:
+    """The settings of profiles/slurm that segments rely on (slurm executor, squeue status, --requeue, 3
+    retries for real failures), on the local node's one partition: profiles/slurm's site facts (GPU and CPU
+    partitions) do not exist here."""
+    dest.mkdir(parents=True, exist_ok=True)
+    prof = {"executor": "slurm", "jobs": 4, "latency-wait": 10, "retries": 3, "rerun-incomplete": True,
+            "printshellcmds": True, "show-failed-logs": True,
+            "default-resources": {"slurm_partition": "'debug'", "slurm_account": "''", "runtime": 10, "mem_mb": 2000},
+            "set-resources": {"train": {}},
+            "slurm-status-command": "squeue", "slurm-requeue": True, "slurm-keep-successful-logs": True}
+    (dest / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    return dest
+
+
 def test_run_longer_than_a_job_completes_unattended(slurm_cluster, short_partition, tmp_path):
     wd = tmp_path / "wd"
     cfg = _config(tmp_path / "segments.yaml")
     target = f"results/runs/{RUN}/train.json"
     # the data jobs run in the default partition, the train job in the 1-minute one
-    run = run_workflow_slurm(wd, [cfg], ["--verbose", target], train_resources={
-        "slurm_partition": f"'{short_partition}'", "runtime": 1, "slurm_extra": "'--signal=URG@1'"})
+    # each requeue waits ~2 min (Slurm delays a requeued job's start by the credential lifetime, 120 s)
+    run = run_workflow_slurm(wd, [cfg], ["--verbose", target], profile=_profile(tmp_path / "profile"), timeout=1500,
+                             train_resources={"slurm_partition": f"'{short_partition}'", "runtime": 1,
+                                              "slurm_extra": "'--signal=URG@1'"})
     train_log = wd / f"results/logs/train/{RUN}.log"
     assert run.returncode == 0, str(run) + "\n--- train log:\n" + (train_log.read_text()[-3000:] if train_log.exists() else "")
     # the same run without interruption, afterwards (not competing with the segments for the CPUs)
@@ -68,8 +84,9 @@ def test_run_longer_than_a_job_completes_unattended(slurm_cluster, short_partiti
     # one submission, requeued in place: the segments used none of Snakemake's retries
     sbatch = run.sbatch_calls("train")
     assert len(sbatch) == 1 and f"-p {short_partition}" in sbatch[0] and "--signal=URG@1" in sbatch[0], str(run)
-    jobid = re.search(r"submitted with SLURM jobid (\d+)", run.output)
-    info = scontrol_job(slurm_cluster, jobid.group(1)) if jobid else ""  # kept by slurmctld for MinJobAge
+    logs = sorted((wd / ".snakemake/slurm_logs/rule_train").rglob("*.log"))
+    assert len(logs) == 1, logs  # the train job's SLURM log, named by its job id
+    info = scontrol_job(slurm_cluster, logs[0].stem)  # slurmctld keeps it for MinJobAge
     summary = json.loads((wd / target).read_text())
     segs = summary["segments"]
     print(f"\nSLURM run {run.seconds:.0f}s wall, {len(segs)} segments: "
@@ -79,8 +96,7 @@ def test_run_longer_than_a_job_completes_unattended(slurm_cluster, short_partiti
     assert [g["reason"] for g in segs] == ["signal"] * (len(segs) - 1) + ["complete"], segs
     assert segs[0]["start_step"] == 0 and segs[-1]["end_step"] == STEPS
     assert all(a["end_step"] == b["start_step"] and a["end_step"] > a["start_step"] for a, b in zip(segs, segs[1:]))
-    if info:
-        assert "JobState=COMPLETED" in info and f"Restarts={len(segs) - 1}" in info, info
+    assert "JobState=COMPLETED" in info and f"Restarts={len(segs) - 1}" in info, info
 
     last = sorted((ref / "checkpoints").iterdir())[-1].name
     assert last == f"step{STEPS:08d}"
