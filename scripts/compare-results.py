@@ -81,7 +81,7 @@ def main(a: str, b: str) -> int:
 # JSON keys that record where, when or how fast a file was made, not what it computed.
 VOLATILE = re.compile(r"(^|[._])(path|paths|dir|file|files|time|times|seconds|wall|elapsed|started|finished|date|host|"
                       r"hostname|pid|version|versions|code_version|config_sha256|lock_sha256|tokens_per_s|"
-                      r"tokens_per_second|samples_per_s|flops_per_s|peak_flops_per_s|peak_source|resumed_from|mfu|throughput|"
+                      r"tokens_per_second|samples_per_s|flops_per_s|peak_flops_per_s|peak_source|resumed_from|segments|mfu|throughput|"
                       r"python|torch|threads|device)(\[|[._]|$)", re.I)
 SKIP_DIRS = ("logs", "benchmarks", ".snakemake")
 
