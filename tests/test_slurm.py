@@ -53,7 +53,6 @@ from conftest_slurm import (  # noqa: E402  (fixtures are used by name)
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = ("train", "evaluate_checkpoint", "fit_shard")
 SMOKE_RUN = "t_smoke"
 
 
@@ -147,13 +146,15 @@ def test_profiles_are_commented_and_wired():
     p = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
     assert p["executor"] == "slurm"
     assert p["slurm-status-command"] == "squeue"  # sacct needs slurmdbd
-    for key in ("slurm_partition", "slurm_account", "runtime", "mem_mb", "cpus_per_task"):
+    for key in ("slurm_account", "runtime", "mem_mb"):
         assert key in p["default-resources"], key
-    for rule in GPU_RULES:
-        res = p["set-resources"][rule]
-        assert int(res["gpu"]) >= 1 and res["gpu_model"], (rule, res)
-        assert int(res["cpus_per_gpu"]) >= 1 and res["cpus_per_task"] == 0, (rule, res)
-        assert rule in p["set-threads"]
+    # the site's facts in one partition file, read by the plugin and (config `site`) by the workflow
+    assert p["slurm-partition-config"] == p["config"]["site"] == "profiles/slurm/partitions.yaml"
+    site = yaml.safe_load((REPO / p["slurm-partition-config"]).read_text())["partitions"]
+    assert any(v["max_gpu"] >= 1 for v in site.values()) and any(v["max_gpu"] == 0 for v in site.values())
+    # what a job asks for comes from the run (config `resources`), not the profile: no GPU numbers here
+    assert set(p["set-resources"]) == {"train"} and "--signal=URG@" in p["set-resources"]["train"]["slurm_extra"]
+    assert not any(k in res for res in p["set-resources"].values() for k in ("gpu", "gpu_model", "cpus_per_gpu"))
     d = yaml.safe_load((DEFAULT_PROFILE / "config.yaml").read_text())
     assert d["keep-going"] is False and d["rerun-incomplete"] is True and "cores" in d
 
@@ -178,9 +179,11 @@ def test_smoke_workflow_slurm_matches_local(slurm_cluster, smoke_pair):
     assert rl.returncode == 0, "local run failed:\n" + str(rl)
     assert rs.returncode == 0, "SLURM run failed:\n" + str(rs)
     assert "command=squeue" in rs.output and "Falling back to 'sacct'" not in rs.output, str(rs)
-    # profiles/slurm's set-resources reached the GPU rule `train`: gpu_model -> --gpus=<model>:<n>
+    # the train job asks for what its run needs (config `resources`; the smoke run: its default, CPU only) and
+    # gets the profile's segment signal
     sbatch = rs.sbatch_calls("train")
-    assert sbatch and f"--gpus={LOCAL_GPU_TYPE}:1" in sbatch[0] and "--cpus-per-gpu=" in sbatch[0], str(rs)
+    assert sbatch and "--mem 16000" in sbatch[0] and "gpu" not in sbatch[0].split("--wrap")[0], str(rs)
+    assert "--signal=URG@" in sbatch[0], str(rs)
     # every job ran through sbatch (only `all` is a localrule)
     n_sbatch = sum("sbatch call:" in ln for ln in rs.output.splitlines())
     assert n_sbatch >= 5, str(rs)
@@ -201,12 +204,15 @@ def _extra_runs_config(dest: Path) -> Path:
           "deepspeed_config": str(REPO / "config" / "deepspeed" / "zero1.json"),
           "tokens": base["batch_size"] * smoke["data"]["seq_len"] * 30,  # 30 steps
           "checkpoints": {"count": 4}, "state_every": 10, "in_loop_validation": True}
-    dest.write_text(yaml.safe_dump({"runs": smoke["runs"] + [resume, ds], "sweeps": []}, sort_keys=False))
+    # t_ds asks for 2 (fake) GPUs, i.e. 2 ranks, in one job: a run's request comes from config `resources`
+    train_requests = [{"runs": "t_ds", "gpus_per_node": 2, "cpus_per_gpu": 1, "mem_mb": 2000, "time_min": 30}]
+    dest.write_text(yaml.safe_dump({"runs": smoke["runs"] + [resume, ds], "sweeps": [],
+                                    "resources": {"train": train_requests}}, sort_keys=False))
     return dest
 
 
 def test_two_deepspeed_ranks_in_one_slurm_job(slurm_cluster, smoke_pair, tmp_path):
-    """train with gpu=2: the rule starts 2 ranks (from resources.gpu) inside one SLURM job; the
+    """train with 2 GPUs per node (config resources.train): the rule starts 2 ranks inside one SLURM job; the
     checkpoints have the format of the single-process smoke run's."""
     sdir, ldir, _, _ = smoke_pair
     extra = _extra_runs_config(tmp_path / "runs.yaml")
@@ -215,7 +221,7 @@ def test_two_deepspeed_ranks_in_one_slurm_job(slurm_cluster, smoke_pair, tmp_pat
     train_log = sdir / "results/logs/train/t_ds.log"
     assert run.returncode == 0, str(run) + "\n--- train log:\n" + (train_log.read_text()[-3000:] if train_log.exists() else "")
     sbatch = run.sbatch_calls("train")
-    assert len(sbatch) == 1 and f"--gpus={LOCAL_GPU_TYPE}:2" in sbatch[0], str(run)
+    assert len(sbatch) == 1 and f"gpu:{LOCAL_GPU_TYPE}:2" in sbatch[0].split("--wrap")[0], str(run)
     log = train_log.read_text()
     assert "launching 2 ranks" in log and "world=2" in log, log[-3000:]
     summary = json.loads((sdir / target).read_text())
