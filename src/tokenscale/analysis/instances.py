@@ -63,21 +63,13 @@ def instance_tau(fit, n_tokens: int, categories=("early", "late")) -> tuple[np.n
     if unknown:
         raise TokenscaleError(f"unknown category {unknown[0]!r} (expected one of {list(CATEGORY_NAMES)})")
     codes = [CATEGORY_NAMES.index(c) for c in categories]
-    rows = np.arange(len(fit)) if fit.token_index is None else int_array("fit.token_index", fit.token_index)
-    if fit.token_index is None and len(fit) != n_tokens:
-        raise TokenscaleError(f"fit has {len(fit)} rows and no token_index, expected {n_tokens} (one per instance)")
-    first_bad("fit.token_index", rows, (rows < 0) | (rows >= n_tokens), f"is outside [0, {n_tokens})")
-    tau = np.full(n_tokens, np.nan)
-    valid = np.zeros(n_tokens, bool)
-    tau[rows] = fit.tau
-    valid[rows] = (np.asarray(fit.status) != 2) & np.isin(fit.category, codes) & np.isfinite(fit.tau)
-    return tau, valid
+    return _on_instances(fit, n_tokens, (np.asarray(fit.status) != 2) & np.isin(fit.category, codes)
+                         & np.isfinite(fit.tau))
 
 
-def selected_tau(fit, n_tokens: int, selection) -> tuple[np.ndarray, np.ndarray]:
-    """``(tau (N,), valid (N,))`` like :func:`instance_tau`, with the spectrum's token selection (an
-    :class:`tokenscale.analysis.options.Selection`) instead of categories, and τ inside the fitted window (an
-    extrapolated τ is no learning time that was observed)."""
+def _on_instances(fit, n_tokens: int, row_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tau (N,), valid (N,))``: the fit's τ and ``row_valid`` (len(fit),) placed on the token instances by
+    ``fit.token_index`` (else the fit must have one row per instance); instances without a row are NaN / False."""
     rows = np.arange(len(fit)) if fit.token_index is None else int_array("fit.token_index", fit.token_index)
     if fit.token_index is None and len(fit) != n_tokens:
         raise TokenscaleError(f"fit has {len(fit)} rows and no token_index, expected {n_tokens} (one per instance)")
@@ -85,8 +77,15 @@ def selected_tau(fit, n_tokens: int, selection) -> tuple[np.ndarray, np.ndarray]
     tau = np.full(n_tokens, np.nan)
     valid = np.zeros(n_tokens, bool)
     tau[rows] = np.asarray(fit.tau, dtype=float)
-    valid[rows] = selected_rows(fit, selection)
+    valid[rows] = row_valid
     return tau, valid
+
+
+def selected_tau(fit, n_tokens: int, selection) -> tuple[np.ndarray, np.ndarray]:
+    """``(tau (N,), valid (N,))`` like :func:`instance_tau`, with the spectrum's token selection (an
+    :class:`tokenscale.analysis.options.Selection`) instead of categories, and τ inside the fitted window (an
+    extrapolated τ is no learning time that was observed)."""
+    return _on_instances(fit, n_tokens, selected_rows(fit, selection))
 
 
 def selected_rows(fit, selection) -> np.ndarray:
