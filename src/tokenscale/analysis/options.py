@@ -100,6 +100,7 @@ class AnalysisOptions:
     n_samples: int = 120
     n_scatter: int = 20000
     selection: str = schema_default("analysis.selection")
+    svd_groups: int | None = schema_default("analysis.svd_groups")
     selections: dict = field(default_factory=lambda: dict(DEFAULT_SELECTIONS))
 
     def __post_init__(self) -> None:
@@ -114,7 +115,7 @@ class AnalysisOptions:
     def from_config(cls, section: dict, **overrides) -> AnalysisOptions:
         """From the config's (validated, defaults-filled) ``analysis`` section."""
         sels = selections_of(section["selections"])
-        keys = ("n_bins", "n_boot", "seed", "transient", "selection")
+        keys = ("n_bins", "n_boot", "seed", "transient", "selection", "svd_groups")
         return cls(**{k: section[k] for k in keys}, selections=sels, **overrides)
 
     @property
@@ -146,7 +147,7 @@ def selection_weights(sel: Selection, delta: np.ndarray, r2: np.ndarray, valid: 
 # these, so a change to any other option reruns none of its jobs (rule dependency reads dependency_sequences).
 # "selection" brings the main selection's definition along; "selections" is every selection.
 ANALYSIS_USES = {
-    "analyze": ("n_bins", "n_boot", "seed", "transient", "selection", "selections"),
+    "analyze": ("n_bins", "n_boot", "seed", "transient", "selection", "selections", "svd_groups"),
     "align": ("n_boot", "seed", "selection"),
     "seeds": ("n_boot", "seed", "selection"),
     "forecast": ("n_boot", "seed", "forecast_cut", "forecast_horizon"),

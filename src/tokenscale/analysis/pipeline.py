@@ -6,7 +6,7 @@ from tokenscale.analysis.accumulate import FINE_BINS, accumulate, layout, prepar
 from tokenscale.analysis.curves import aggregate_curves
 from tokenscale.analysis.options import AnalysisOptions
 from tokenscale.analysis.powerlaw import power_law_stage
-from tokenscale.analysis.pulses import pulses_stage, svd_stage
+from tokenscale.analysis.pulses import pulses_stage, svd_groups_stage, svd_stage
 from tokenscale.analysis.reconstruct import metrics_stage, reconstruct_stage
 from tokenscale.analysis.result import SpectrumResult
 from tokenscale.analysis.samples import counts_stage, samples_stage
@@ -31,7 +31,7 @@ def analyze(losses, fit, options: AnalysisOptions | None = None, **kw) -> Spectr
                                             n_groups=sums.grp_n.size)
     spec = spectrum_stage(sums, inp, lay, opts)
     pu = pulses_stage(sums, inp, lay, spec, opts)
-    svd = svd_stage(pu, lay, spec, opts)
+    svd = svd_stage(pu, lay, spec, opts, groups=svd_groups_stage(losses, sums, inp, lay, pu, opts))
     rec = reconstruct_stage(sums, inp, lay, pu)
     counts, category_counts = counts_stage(sums, inp, lay)
     smp = samples_stage(losses, sums, inp, lay, opts)

@@ -1,5 +1,18 @@
 """Stage 5: per-bin pulses, their alignment on u = x − τ, the shared template g(u) (Eq. 4), and the SVD of the
-aligned pulses."""
+aligned pulses.
+
+The headline SVD (paper App., Fig. 11) is taken over G learning-time *groups*: the selected in-window tokens whose
+τ lies in the interior ``[x_0 + u_r, x_1 − u_r]`` are split into G equal-count τ quantile groups; group g's pulse is
+−d/dx of its mean loss, read at ``τ̄_g + u`` for ``|u| ≤ u_r`` (complete by construction). G is
+``analysis.svd_groups`` (null: the paper's 40, its Fig. 3B grouping), lowered to ``n_interior // min_bin_count``
+when the tokens are too few; ``u_r`` is the largest half-width in ``[u_core, u_svd]`` (the template's half-maximum
+half-width, and 1.5 × where g falls to 1 % of its peak, at most a quarter of the window span so that the groups
+cover at least its middle half) whose interior holds ``max(G, 10) · min_bin_count`` tokens.
+Energy of mode j = ``s_j² / Σ s²`` (no centring). The *null* gives each group one random width and shape and
+measures it as the data are: group g's loss is the mean of ``1 − σ(λ_± (x − τ))`` over (NULL_TAUS quantiles of)
+its tokens' τ, with width λ e^{s} left of τ and λ e^{−s} right of it (s: a random skew), λ log-uniform over the 5–95 % range of the
+in-window |λ|, s uniform on [−NULL_SKEW, NULL_SKEW]; −d/dx on the same axis, read at ``τ̄_g + u`` on the same u
+points, the same G. ``svd_null_energy1`` gives its mean and 95 % range over ``NULL_DRAWS`` draws."""
 
 from __future__ import annotations
 
@@ -7,13 +20,21 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
 
 from tokenscale.analysis.accumulate import Inputs, Layout, Sums
 from tokenscale.analysis.numerics import derivative
 from tokenscale.analysis.options import AnalysisOptions
 from tokenscale.analysis.spectrum import Spectrum
 
-__all__ = ["Pulses", "pulses_stage", "svd_stage"]
+__all__ = ["Pulses", "pulses_stage", "svd_stage", "svd_groups_stage", "null_energy", "PAPER_SVD_GROUPS"]
+
+PAPER_SVD_GROUPS = 40  # the paper's learning-time grouping (Fig. 3B: 40 bins)
+MIN_SVD_GROUPS = 10
+NULL_DRAWS = 200
+NULL_TAUS = 32  # τ quantiles per group the null's pulses are averaged over
+NULL_SKEW = 0.5
+INTERIOR_FRACTION_CAP = 0.25  # u_r ≤ span/4: the groups' τ cover at least the middle half of the window
 
 
 @dataclass
@@ -97,8 +118,10 @@ def _svd_of(mat, cols, use) -> dict:
             "singular_values": S_, "vectors": Vt[:4]}
 
 
-def svd_stage(pu: Pulses, lay: Layout, spec: Spectrum, opts: AnalysisOptions) -> dict:
-    """SVD of the aligned empirical pulses (suffix "") and of the token-aligned fitted pulses ("_fit")."""
+def svd_stage(pu: Pulses, lay: Layout, spec: Spectrum, opts: AnalysisOptions, groups: dict | None = None) -> dict:
+    """SVD of the aligned empirical pulses (suffix "") and of the token-aligned fitted pulses ("_fit") of the
+    spectrum's populated bins; with ``groups`` (:func:`svd_groups_stage`) the headline keys (svd_energy1/2,
+    singular_values, vectors, u) are the learning-time groups' and the bins' move to the suffix "_bins"."""
     populated = spec.bin_count >= opts.min_bin_count
     u_svd, u_emp, cols_emp = _svd_ranges(pu, lay, populated)
     cols_fit = np.abs(lay.u_grid) <= u_svd + 1e-12
@@ -113,4 +136,115 @@ def svd_stage(pu: Pulses, lay: Layout, spec: Spectrum, opts: AnalysisOptions) ->
     svd["u"] = lay.u_grid[cols_emp]
     svd["u_fit"] = lay.u_grid[cols_fit]
     svd["source"] = "empirical per-bin pulses aligned at the bin mean tau"
+    if groups is not None:
+        for k in ("svd_energy1", "svd_energy2", "singular_values", "vectors", "u", "source"):
+            svd[f"{k}_bins"] = svd.pop(k)
+        svd.update(groups)
+        svd["source"] = "empirical pulses of equal-count learning-time groups aligned at the group mean tau"
     return svd
+
+
+def _u_limits(g_half: np.ndarray, lay: Layout) -> tuple[float, float]:
+    """(u_core, u_svd): g's half-maximum half-width and 1.5 × its 1 %-of-peak half-width (at least 3 grid steps)."""
+    u_half = lay.u_half
+    gmax = float(np.max(np.abs(g_half))) if g_half.size else 0.0
+    if not gmax > 0:
+        return float(u_half[-1]), float(u_half[-1])
+    above = np.nonzero(np.abs(g_half) >= 0.01 * gmax)[0]
+    u_svd = max(min(1.5 * u_half[above[-1]] if above.size else u_half[-1], u_half[-1]), 3 * lay.h)
+    half_max = np.nonzero(np.abs(g_half) >= 0.5 * gmax)[0]
+    return float(min(u_half[half_max[-1]] if half_max.size else u_half[0], u_svd)), float(u_svd)
+
+
+def _group_range(tau: np.ndarray, lay: Layout, u_core: float, u_svd: float, need: int) -> float:
+    """The largest u in [u_core, min(u_svd, span/4)] whose interior [x_0 + u, x_1 − u] holds ``need`` tokens (else
+    u_core): the groups' τ cover at least the middle half of the window."""
+    u_max = min(u_svd, INTERIOR_FRACTION_CAP * (lay.x1 - lay.x0))
+    for u in lay.u_half[::-1]:
+        if u > u_max + 1e-12:
+            continue
+        if u < u_core - 1e-12:
+            break
+        if int(np.sum((tau >= lay.x0 + u) & (tau <= lay.x1 - u))) >= need:
+            return float(u)
+    return float(u_core)
+
+
+def _group_sums(losses, group: np.ndarray, G: int, K: int, chunk: int) -> np.ndarray:
+    """(G, K) Σ ℓ_i per group (rows with group −1 skipped), one chunked pass."""
+    acc = np.zeros((G, K))
+    for i0 in range(0, group.size, chunk):
+        gi = group[i0:i0 + chunk]
+        if np.any(gi >= 0):
+            L = np.asarray(losses[i0:i0 + gi.size], dtype=float)
+            np.add.at(acc, gi[gi >= 0], L[gi >= 0])
+    return acc
+
+
+def _group_taus(tau: np.ndarray, group: np.ndarray, G: int, m: int = NULL_TAUS) -> np.ndarray:
+    """(G, m) evenly spaced quantiles of each group's τ: the positions the null's pulses are averaged over."""
+    q = (np.arange(m) + 0.5) / m
+    return np.stack([np.quantile(tau[group == j], q) for j in range(G)])
+
+
+def null_energy(x: np.ndarray, u: np.ndarray, tau_groups: np.ndarray, lam_range: tuple[float, float],
+                n_draws: int = NULL_DRAWS, seed: int = 0, deriv=None) -> dict:
+    """Energy of mode 1 of G aligned pulses of random widths and skews, measured as the data are (module
+    docstring): group g's loss is the mean of ``1 − σ(λ_± (x − τ))`` over its τ (``tau_groups[g]``), on the axis
+    ``x``; −d/dx (``deriv``, default numpy's gradient) read at ``τ̄_g + u``. Mean, 95 % range, per-draw values."""
+    deriv = deriv or (lambda y: derivative(y, x))
+    rng = np.random.default_rng(seed)
+    lo, hi = (math.log(max(v, 1e-12)) for v in lam_range)
+    G = tau_groups.shape[0]
+    X = x[None, None, :] - tau_groups[:, :, None]  # (G, m, K)
+    tau_bar = tau_groups.mean(axis=1)
+    e1 = np.full(n_draws, np.nan)
+    for d in range(n_draws):
+        lam = np.exp(rng.uniform(lo, hi, size=(G, 1, 1)))
+        s = rng.uniform(-NULL_SKEW, NULL_SKEW, size=(G, 1, 1))
+        lam_x = np.where(X < 0, lam * np.exp(s), lam * np.exp(-s))
+        dl = deriv(expit(-lam_x * X).mean(axis=1))
+        mat = np.stack([np.interp(tau_bar[j] + u, x, dl[j]) for j in range(G)])
+        sv = np.linalg.svd(mat, compute_uv=False)
+        e1[d] = sv[0] ** 2 / np.sum(sv**2)
+    return {"mean": float(np.mean(e1)), "ci": [float(np.quantile(e1, 0.025)), float(np.quantile(e1, 0.975))],
+            "n_draws": int(n_draws), "lam_range": [float(lam_range[0]), float(lam_range[1])], "draws": e1}
+
+
+def svd_groups_stage(losses, s: Sums, inp: Inputs, lay: Layout, pu: Pulses, opts: AnalysisOptions) -> dict:
+    """The SVD of G equal-count learning-time groups' aligned empirical pulses and its null (module docstring)."""
+    tok = s.final_valid & lay.in_win
+    tau = inp.par["tau"]
+    G_req = int(opts.svd_groups) if opts.svd_groups is not None else PAPER_SVD_GROUPS
+    u_core, u_svd = _u_limits(pu.g_half, lay)
+    u_r = _group_range(tau[tok], lay, u_core, u_svd, max(G_req, MIN_SVD_GROUPS) * opts.min_bin_count)
+    inner = tok & (tau >= lay.x0 + u_r) & (tau <= lay.x1 - u_r)
+    n_in = int(inner.sum())
+    G = min(G_req, n_in // max(opts.min_bin_count, 1))
+    out = {"svd_groups_requested": G_req, "n_groups_svd": int(G), "u_groups": u_r, "n_tokens_svd": n_in,
+           "grouping": "equal-count tau quantile groups of the selected tokens with tau in [x0 + u_r, x1 - u_r]"}
+    cols = np.abs(lay.u_grid) <= u_r + 1e-12
+    u = lay.u_grid[cols]
+    if G < 2:
+        out.update(svd_energy1=math.nan, svd_energy2=math.nan, svd_null_energy1=None, note=f"{n_in} tokens: <2 groups")
+        return out
+    order = np.argsort(tau[inner], kind="stable")
+    group = np.full(inp.N, -1, dtype=np.int64)
+    group[np.nonzero(inner)[0][order]] = np.arange(n_in) * G // n_in
+    n_g = np.bincount(group[group >= 0], minlength=G)
+    tau_g = np.bincount(group[group >= 0], weights=tau[group >= 0], minlength=G) / n_g
+    chunk = max(64, int(opts.chunk_elems // max(inp.K, 1)))
+    mean_loss = _group_sums(losses, group, G, inp.K, chunk) / n_g[:, None]
+    d = derivative(mean_loss, inp.x, opts.smoothing, savgol_window=opts.savgol_window,
+                   savgol_polyorder=opts.savgol_polyorder)
+    mat = np.stack([np.interp(tau_g[j] + u, inp.x, d[j]) for j in range(G)])
+    sv = _svd_of(mat, np.ones(u.size, bool), np.ones(G, bool))
+    lam = np.abs(inp.par["lam"][tok])
+    lam_range = (float(np.quantile(lam, 0.05)), float(np.quantile(lam, 0.95)))
+    null = null_energy(inp.x, u, _group_taus(tau, group, G), lam_range, seed=opts.seed,
+                       deriv=lambda y: derivative(y, inp.x, opts.smoothing, savgol_window=opts.savgol_window,
+                                                  savgol_polyorder=opts.savgol_polyorder))
+    out.update(svd_energy1=sv["svd_energy1"], svd_energy2=sv["svd_energy2"], singular_values=sv["singular_values"],
+               vectors=sv["vectors"], group_pulses=mat, group_tau=tau_g, u=u, svd_null_energy1_draws=null.pop("draws"),
+               svd_null_energy1=null)
+    return out
