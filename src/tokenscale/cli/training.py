@@ -1,20 +1,19 @@
-"""``tokenscale train``: one run with dense checkpoints, in this process or relaunched under torchrun with one rank
-per GPU (the worker argv travels in ``WORKER_ARGV``). The segment signal (SIGURG) ends a segment of a run longer
-than a job (:mod:`tokenscale.training.segments`): state saved, the SLURM job requeued, exit 75."""
+"""``tokenscale train``: one run with dense checkpoints, in this process or relaunched with one rank per GPU on one
+node or several (:mod:`tokenscale.training.launch` plans and runs the launch; the worker argv travels in
+``WORKER_ARGV``). The segment signal (SIGURG) ends a segment of a run longer than a job
+(:mod:`tokenscale.training.segments`): state saved, the SLURM job requeued, exit 75."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from tokenscale import TokenscaleError
 from tokenscale.cli.common import add_config, command, load_config, positive_int
+from tokenscale.training.launch import WORKER_ARGV, plan_launch, run_plan
 
-WORKER_ARGV = "TOKENSCALE_WORKER_ARGV"
+__all__ = ["WORKER_ARGV", "register"]
 
 
 def register(sub) -> None:
@@ -28,7 +27,12 @@ def register(sub) -> None:
     p.add_argument("--out", help="run folder (default: <results>/runs/<run>)")
     p.add_argument("--threads", type=positive_int, help="CPU threads in total (split over ranks)")
     p.add_argument("--nproc", type=positive_int, help="ranks on this node (default: max(--gpus, the run's nproc))")
-    p.add_argument("--gpus", type=int, default=0, help="GPUs granted to this job (the workflow passes resources.gpu)")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="GPUs per node granted to this job (the workflow passes resources.gpus_per_node)")
+    p.add_argument("--nodes", type=positive_int,
+                   help="nodes of this run (default: the SLURM job's or step's node count, else 1); more than 1 "
+                        "starts one task per node with srun, each joining one c10d rendezvous "
+                        "(tokenscale.training.launch)")
     p.add_argument("--sampler-weights", help=".npy of per-training-sample weights (reweighted sampling)")
     p.add_argument("--init-from", help="start from these weights (a checkpoint folder) instead of random init")
     p.add_argument("--quiet", action="store_true", help="no per-checkpoint progress lines on stderr")
@@ -48,11 +52,13 @@ def _train(args) -> int:
     # ranks: --nproc if given, else one per GPU the job was granted (--gpus), at least the run's own nproc
     nproc = args.nproc or max(args.gpus or 0, run.nproc)
     out = Path(args.out) if args.out else Path(cfg["results"]) / "runs" / run.name
-    if nproc > 1 and "RANK" not in os.environ:
-        from tokenscale.training.runlock import RunLock
+    plan = plan_launch(os.environ, nproc=nproc, nodes=args.nodes, argv=sys.argv[1:])
+    if plan.kind != "inline":
+        if plan.kind in ("standalone", "srun"):
+            from tokenscale.training.runlock import RunLock
 
-        RunLock(out).check()  # a held folder stops here in one line, before torchrun starts any rank
-        return _relaunch(nproc)
+            RunLock(out).check()  # a held folder stops here in one line, before any rank starts
+        return run_plan(plan, label=f" for {run.name}")
     from tokenscale.training.trainer import Trainer
 
     data = Path(args.data) if args.data else Path(cfg["results"]) / "data"
@@ -61,6 +67,8 @@ def _train(args) -> int:
     try:
         s = trainer.train()
     except SystemExit as e:  # the segment ended (lock released, state saved): run the job again
+        if e.code in (segments.SEGMENT_EXIT, 143):
+            trainer.dist.barrier()  # every rank has left train() before rank 0 requeues (srun --kill-on-bad-exit)
         if e.code == segments.SEGMENT_EXIT and trainer.dist.main:
             segments.requeue_job(run.name)
         raise
@@ -68,41 +76,3 @@ def _train(args) -> int:
         print(f"[{run.name}] done: {s['steps']} steps, {s['tokens_per_s']:,.0f} tokens/s, {s['wall_s']:.1f}s",
               file=sys.stderr)
     return 0
-
-
-def _relaunch(nproc: int) -> int:
-    """Re-run this command under torchrun with ``nproc`` ranks on this node (CPU ranks use gloo)."""
-    # The worker argv travels in an environment variable: torchrun's own parser would otherwise claim
-    # options such as --run (it prefix-matches --run-path).
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "tokenscale.cli"]
-    env = dict(os.environ)
-    env[WORKER_ARGV] = json.dumps(sys.argv[1:])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    print(f"tokenscale: launching {nproc} ranks: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    from tokenscale.training import segments
-
-    procs, got, sent, seg = [], [], [], []
-
-    def forward():  # once: a second SIGTERM would cut torchrun's wait for the ranks' state saves short
-        if procs and got and not sent:
-            sent.append(True)
-            procs[0].send_signal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):  # SLURM's or the job guard's SIGTERM: every rank saves state
-        got.append(signum)
-        forward()
-
-    def on_segment(signum, frame):  # the ranks save state and end the segment (under SLURM they get it too)
-        seg.append(signum)
-        if procs:
-            segments.forward(procs[0].pid)
-
-    signal.signal(signal.SIGTERM, on_sigterm)  # before Popen: a SIGTERM in between must not orphan torchrun
-    signal.signal(segments.SEGMENT_SIGNAL, on_segment)
-    procs.append(subprocess.Popen(cmd, env=env))
-    forward()
-    rc = procs[0].wait()
-    # torchrun itself exits 1 after forwarding SIGTERM or when ranks end a segment; report what a single-process
-    # trainer reports (rank 0 has requeued the SLURM job)
-    return 143 if got and rc != 0 else segments.SEGMENT_EXIT if seg and rc != 0 else rc
