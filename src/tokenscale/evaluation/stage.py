@@ -1,10 +1,17 @@
 """The evaluation stages. ``evaluate``: per-token loss of a token set under one or more checkpoints -> one eval HDF5
 per checkpoint, either one file (``out``) or a block folder (``out_dir``: step<N>.h5 per checkpoint, then
 MANIFEST.json last, which the consumer requires; docs/trajectories.md). ``assemble``: eval files -> one trajectory
-shard (tokens x checkpoints)."""
+shard (tokens x checkpoints).
+
+Watch cache (``tokenscale watch``, :mod:`tokenscale.forecast.watch`): a block folder's sibling ``watch-cache/`` holds
+eval files written while the run trained, named by the checkpoint's and the token set's sha256
+(:func:`cached_eval_path`); a block job copies a cached file whose name matches and whose losses verify instead of
+running the model (same bytes as the cache, same losses as a fresh evaluation)."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,7 +19,10 @@ from pathlib import Path
 from tokenscale import TokenscaleError, atomic
 from tokenscale.io import (EVAL_MANIFEST, expand_eval_paths, shard_ranges, token_set_info, write_eval_manifest,
                            write_trajectory_shard)
+from tokenscale.io.checksum import sha256_file
 from tokenscale.series import step_from_name
+
+WATCH_CACHE = "watch-cache"  # evals/{tokens}/{source}/watch-cache/: eval files written by tokenscale watch
 
 
 def _stderr(line: str) -> None:
@@ -57,15 +67,54 @@ def run_evaluate(*, checkpoints: list, tokens, out=None, out_dir=None, batch_siz
     if out is not None and len(checkpoints) != 1:
         raise TokenscaleError(f"evaluate: --out takes one checkpoint, got {len(checkpoints)}; use --out-dir")
     outs = [Path(out)] if out is not None else block_outputs(checkpoints, out_dir)
+    cache = Path(out_dir).parent / WATCH_CACHE if out_dir is not None else None
+    ts_sha = sha256_file(tokens) if cache is not None and cache.is_dir() else ""
     for i, (ckpt, path) in enumerate(zip(checkpoints, outs), 1):
         t0 = time.time()
-        path = evaluate_checkpoint(ckpt, tokens, path, batch_size=batch_size, device=device)
-        log(f"evaluate [{i}/{len(checkpoints)}]: {ckpt} -> {path} in {time.time() - t0:.1f}s")
+        hit = reuse_cached_eval(cache, ckpt, ts_sha, path) if ts_sha else None
+        if hit is None:
+            path = evaluate_checkpoint(ckpt, tokens, path, batch_size=batch_size, device=device)
+        how = f"reused {hit}" if hit is not None else "evaluated"
+        log(f"evaluate [{i}/{len(checkpoints)}]: {ckpt} -> {path} {how} in {time.time() - t0:.1f}s")
     if out_dir is not None:
         m = write_eval_manifest(out_dir, outs, checkpoints=checkpoints)
         log(f"evaluate: {len(outs)} eval files -> {m}")
     return outs
 
+
+def checkpoint_sha256(ckpt) -> str:
+    """sha256 of a checkpoint folder: of its files' names and sha256 (sorted; temp files left out)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(ckpt).iterdir()):
+        if f.is_file() and not f.name.endswith((".tmp", ".old")):
+            h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def cached_eval_path(cache, ckpt, token_set_sha256: str) -> Path:
+    """The watch cache's eval file of checkpoint ``ckpt`` on the token set with sha256 ``token_set_sha256``."""
+    step = checkpoint_step(Path(ckpt).name)
+    return Path(cache) / f"step{step:08d}-{checkpoint_sha256(ckpt)[:16]}-{token_set_sha256[:16]}.h5"
+
+
+def reuse_cached_eval(cache, ckpt, token_set_sha256: str, out) -> Path | None:
+    """Copy the cached eval file of ``ckpt`` to ``out`` (atomically) when its name matches the checkpoint's and
+    token set's sha256 and its losses, token set and checkpoint verify; else None (the caller evaluates)."""
+    from tokenscale.io import read_eval_header
+
+    src = cached_eval_path(cache, ckpt, token_set_sha256)
+    if not src.is_file():
+        return None
+    try:
+        h = read_eval_header(src, verify=True)
+    except TokenscaleError as e:
+        _stderr(f"evaluate: ignoring watch cache file {src}: {e}")
+        return None
+    if h.get("token_set_sha256") != token_set_sha256 or h.get("checkpoint") != str(Path(ckpt).resolve()):
+        return None
+    with atomic.atomic_output(out) as tmp:
+        shutil.copyfile(src, tmp)
+    return src
 
 
 def run_assemble(*, evals: list, tokens, out, shard: int, n_shards: int, run: str, config_hash: str = "",
