@@ -68,9 +68,23 @@ def train_gres(wildcards):
 
 
 def train_tasks(wildcards):
-    """Tasks of a CPU job: one per node (a GPU job gets SLURM's default, one per node, from --nodes)."""
+    """Tasks of a train job: one per node for a CPU job or a multi-node job (srun starts them), else 0 (a one-node
+    GPU job gets SLURM's default, one task)."""
     r = TRAIN_REQUESTS[wildcards.run]
-    return 0 if r["gpus_per_node"] else r["nodes"]
+    return r["nodes"] if r["nodes"] > 1 or not r["gpus_per_node"] else 0
+
+
+def train_mpi(wildcards):
+    """'srun' for a multi-node train job, else None (no such resource). With it the slurm-jobstep executor runs the
+    rule's shell in the batch script, not in an `srun -n1` step, and `tokenscale train` starts one task per node
+    itself (tokenscale.training.launch)."""
+    return "srun" if TRAIN_REQUESTS[wildcards.run]["nodes"] > 1 else None
+
+
+def train_tasks_per_gpu(wildcards):
+    """0 for a multi-node GPU job (else the plugin reads `tasks` as --ntasks-per-gpu), None otherwise."""
+    r = TRAIN_REQUESTS[wildcards.run]
+    return 0 if r["nodes"] > 1 and r["gpus_per_node"] else None
 
 
 def stage_gpu(stage):

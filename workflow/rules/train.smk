@@ -4,6 +4,8 @@
 
 # Ranks per node: one per GPU of the run's request (config `resources.train`, tokenscale.plan), at least the
 # run's own `nproc` (CPU ranks). More than one rank needs `engine: deepspeed` (the trainer says so otherwise).
+# A run on N > 1 nodes: `tokenscale train --nodes N` in the batch script starts one task per node with srun, and
+# each node's torchrun joins one c10d rendezvous (tokenscale.training.launch).
 rule train:
     input:
         unpack(train_data),  # the tokenized corpus, or the run's synthetic dataset
@@ -23,6 +25,8 @@ rule train:
         gpus_per_node=train_request("gpus_per_node"),
         gres=train_gres,
         tasks=train_tasks,
+        tasks_per_gpu=train_tasks_per_gpu,
+        mpi=train_mpi,  # multi-node: the launcher runs srun (one task per node) and a c10d rendezvous
         cpus_per_gpu=train_request("cpus_per_gpu"),
         mem_mb=train_request("mem_mb"),
         runtime=train_request("time_min"),
@@ -33,7 +37,7 @@ rule train:
         sampler=train_sampler,
     shell:
         "tokenscale train --spec {params.spec:q} --run {wildcards.run:q} --data {params.data:q} --out {params.out:q} "
-        "--threads {threads} --gpus {resources.gpus_per_node} {params.sampler} > {log:q} 2>&1"
+        "--threads {threads} --gpus {resources.gpus_per_node} --nodes {resources.nodes} {params.sampler} > {log:q} 2>&1"
 
 
 # val_loss.csv of every run: from the in-loop validation in its checkpoints, or (in_loop_validation: false) from
