@@ -462,5 +462,11 @@ def make_figures(result, outdir=".", *, axis_label: str = "training step",
 
 def figures_from_file(analysis_path, outdir, *, axis_label: str = "training step",
                       run_name: str | None = None) -> dict[str, str]:
-    """The ``figures`` stage: :func:`make_figures` of the analysis file that ``tokenscale analyze`` wrote."""
-    return make_figures(read_analysis(analysis_path), outdir, axis_label=axis_label, run_name=run_name)
+    """The ``figures`` stage: :func:`make_figures` of the analysis file that ``tokenscale analyze`` wrote, and the
+    hypothesis-B figure (:mod:`tokenscale.analysis.hypothesis_b`) where the file holds its examples."""
+    from tokenscale.analysis.hypothesis_b import FIGURE_NAME, hypothesis_b_figure, read_examples
+
+    out = make_figures(read_analysis(analysis_path), outdir, axis_label=axis_label, run_name=run_name)
+    png = hypothesis_b_figure(read_examples(analysis_path), outdir, axis_label=axis_label,
+                              title=run_name or "tokenscale")
+    return {**out, FIGURE_NAME: png} if png else out

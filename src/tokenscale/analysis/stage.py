@@ -7,6 +7,7 @@ import numpy as np
 
 from tokenscale import TokenscaleError
 from tokenscale.analysis import AnalysisOptions, analyze, write_analysis, write_summary
+from tokenscale.analysis.hypothesis_b import hypothesis_b
 from tokenscale.config import validate_config
 from tokenscale.io import read_run_trajectories
 from tokenscale.io.fits import load_fits
@@ -34,6 +35,7 @@ def run_analysis(*, trajectories: list, fits, run: str, options: dict, analysis,
     losses = fit_columns(losses, axis, fit, fits)
     res = analyze(losses, fit, opts)
     extra = {"run": run, "config_sha256": meta["attrs"].get("config_sha256", "")}
-    write_analysis(res, analysis, extra=extra)
-    write_summary(res, summary, extra=extra)
+    hyp_b, hyp_b_examples = hypothesis_b(losses, fit, opts)  # per-token sigmoid vs power law (analysis.hypothesis_b)
+    write_analysis(res, analysis, extra={**extra, "hypothesis_b_examples": hyp_b_examples})
+    write_summary(res, summary, extra={**extra, "hypothesis_b": hyp_b})
     return res, opts
