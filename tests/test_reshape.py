@@ -282,7 +282,7 @@ def test_original_arm_equals_the_reference_bit_for_bit(arms, data_dir):
 def test_pool_arm_continues_the_full_state_with_its_own_data(arms, data_dir, tmp_path, monkeypatch):
     root, rc = arms
     np.save(tmp_path / "w.npy", _pool(data_dir))
-    run = rc["rs-uniform-s0"]
+    run = rc["rs-uniform-s1"]  # data seed 1: not the reference's (0), so a draw with the wrong seed is seen
     with pytest.raises(TokenscaleError, match=r"reshape arm 'uniform' needs --sampler-weights"):
         _train(run, data_dir, root / "no-weights")
     drawn = []  # every index any sampler hands the trainer: an arm that ignored its weights would draw outside
@@ -296,6 +296,10 @@ def test_pool_arm_continues_the_full_state_with_its_own_data(arms, data_dir, tmp
     monkeypatch.undo()
     drawn = np.concatenate(drawn)
     assert drawn.size >= 10 * run.batch_size and set(drawn.tolist()) <= set(range(12))  # every draw in the pool
+    # and exactly the draws the report counts (its own data-order seed, not the reference's, from position s_a·G)
+    s_a, G = run.branch["step"], run.batch_size
+    assert run.reshape["data_seed"] == 1 != rc["ref"].seed
+    np.testing.assert_array_equal(drawn[-10 * G:], rs.pool_draws(tmp_path / "w.npy", run.reshape["data_seed"], s_a * G, 10 * G))
     rows = [json.loads(x) for x in (root / run.name / "log.jsonl").read_text().splitlines()]
     ref = {r["step"]: r for r in map(json.loads, (root / "ref" / "log.jsonl").read_text().splitlines())}
     assert rows[0]["step"] == 21 and rows[0]["lr"] == ref[21]["lr"]  # the schedule continues

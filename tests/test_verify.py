@@ -221,6 +221,9 @@ def test_tolerance_boundary_is_inclusive():
     assert Tolerance("*", 0.5, 0.0).allows(2.0, 3.0) and not Tolerance("*", 0.5, 0.0).allows(2.0, 3.0000001)
     assert Tolerance("*", 0.0, 0.0, spread=0.5).allows(1.0, 1.5)
     assert not Tolerance("*", 0.0, 0.0, spread=0.5).allows(1.0, math.nextafter(1.5, 2.0))
+    both = Tolerance("*", 0.5, 0.25)  # atol + rtol·|r| = 0.25 + 0.5·|−2| = 1.25, exact in binary
+    assert both.allows(-2.0, -0.75) and both.allows(-2.0, -3.25)
+    assert not both.allows(-2.0, -0.75 + 1e-12) and not both.allows(-2.0, math.nextafter(-3.25, -4.0))
 
 
 def test_seed_interval_known_answer():
