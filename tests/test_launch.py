@@ -184,3 +184,13 @@ def test_two_nodes_on_localhost_form_one_world(tmp_path, data_dir):
     summary = json.loads((out / "train.json").read_text())
     assert summary["world"] == 2 and summary["engine"] == "deepspeed", summary
     assert summary["steps"] == 8 and len(summary["checkpoints"]) == 2
+
+
+def test_expert_parallelism_above_one_is_refused_at_config_time():
+    import tokenscale.studies  # noqa: F401  (registers the study sections)
+    from tokenscale.config import validate_config
+
+    with pytest.raises(TokenscaleError, match=r"resources.train\[0\].expert_parallel must be one of \[None, 1\], got 2"):
+        validate_config({"resources": {"train": [{"runs": "t*", "expert_parallel": 2}]}})
+    cfg = validate_config({"resources": {"train": [{"runs": "t*", "expert_parallel": 1}]}})
+    assert cfg["resources"]["train"][0]["expert_parallel"] == 1
