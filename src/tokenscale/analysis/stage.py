@@ -7,6 +7,7 @@ import numpy as np
 
 from tokenscale import TokenscaleError
 from tokenscale.analysis import AnalysisOptions, analyze, write_analysis, write_summary
+from tokenscale.analysis.methods import format_table, method_table, whole_axis
 from tokenscale.analysis.hypothesis_b import hypothesis_b
 from tokenscale.config import validate_config
 from tokenscale.io import read_run_trajectories
@@ -32,9 +33,11 @@ def run_analysis(*, trajectories: list, fits, run: str, options: dict, analysis,
     fit = load_fits(fits)
     if len(fit) != losses.shape[0]:
         raise TokenscaleError(f"{fits}: {len(fit)} fits but {losses.shape[0]} trajectories; rerun the fit rules")
-    losses = fit_columns(losses, axis, fit, fits)
+    whole, losses = losses, fit_columns(losses, axis, fit, fits)
     res = analyze(losses, fit, opts)
     extra = {"run": run, "config_sha256": meta["attrs"].get("config_sha256", "")}
+    extra["methods"] = method_table(whole, whole_axis(axis, fit), fit, opts, res)  # paper vs default (#31)
+    print(format_table(extra["methods"]))
     hyp_b, hyp_b_examples = hypothesis_b(losses, fit, opts)  # per-token sigmoid vs power law (analysis.hypothesis_b)
     write_analysis(res, analysis, extra={**extra, "hypothesis_b_examples": hyp_b_examples})
     write_summary(res, summary, extra={**extra, "hypothesis_b": hyp_b})
