@@ -214,10 +214,57 @@ def test_spectrum_shift_recovers_a_planted_shift_and_is_null_for_exchangeable_ar
     ({"weights": [1, -1, 1]}, r"bucket weights \[1.0, -1.0, 1.0\] must be finite and non-negative"),
     ({"reference": "nope"}, r"reference 'nope' is not a T run of this config"),
     ({"candidate_from_step": 25}, r"candidate_from_step 25 leaves \d+ reference checkpoints"),
+    ({"candidate_to_step": 7}, r"candidate_from_step 2 to candidate_to_step 7 leaves 4 reference checkpoints"),
+    ({"max_draws_per_sample": 1.2}, r"12 candidates give 7\.11 draws per drawn sample over the window's 80 draws "
+                                    r"\(max_draws_per_sample 1\.2\): need candidates >= 285$"),
 ])
 def test_bad_experiments_are_one_line(change, message):
     with pytest.raises(TokenscaleError, match=r"^config: reshape\[0\] \(rs\): " + message):
         validate_config(reshape_config(**change))
+
+
+def test_pool_sizing_known_answers_and_the_sampler_agree():
+    """Draws per distinct drawn sample: the hand formula for a uniform pool, the sampler's own draws (Monte Carlo)
+    for the ramp-weighted pool, Kish's size, and the smallest pool meeting a limit (one fewer does not)."""
+    from tokenscale.reshaping import spec
+
+    assert spec.draws_per_sample(np.ones(1000), 2400) == pytest.approx(2400 / (1000 * (1 - 0.999 ** 2400)))  # 2.64
+    assert spec.draws_per_sample(np.ones(10**6), 10) == pytest.approx(1.0, abs=1e-4)
+    wb = np.linspace(0.25, 1.75, 10)
+    w = spec.pool_sample_weights(3000, wb)
+    assert np.unique(w, return_counts=True)[1].tolist() == [300] * 10  # equal-count buckets
+    assert spec.effective_size(np.ones(700)) == pytest.approx(700)
+    assert spec.effective_size(w) == pytest.approx(3000 / np.mean(wb ** 2))  # mean weight 1: S / E[w²]
+    expected = spec.draws_per_sample(w, 2400)
+    got = [2400 / np.unique(WeightedSampler(w, seed).indices(0, 2400)).size for seed in range(40)]
+    assert np.mean(got) == pytest.approx(expected, rel=0.01) and expected > spec.draws_per_sample(np.ones(3000), 2400)
+    n = spec.pool_size_needed(wb, 2400, 1.2)
+    assert spec.draws_per_sample(spec.pool_sample_weights(n, wb), 2400) <= 1.2
+    assert spec.draws_per_sample(spec.pool_sample_weights(n - 1, wb), 2400) > 1.2
+    assert spec.pool_size_needed(np.ones(4), 2400, 1.2) < n  # a flat pool needs fewer samples
+    v = validate_config(reshape_config(candidates=300, max_draws_per_sample=1.2, candidate_to_step=30))
+    assert v["reshape"][0]["candidates"] == 300
+    cand = run_configs(v)["ref"]
+    from tokenscale.reshaping.spec import candidate_steps
+
+    assert candidate_steps(cand, v["reshape"][0]) == [s for s in cand.checkpoint_steps() if 2 <= s <= 30]
+
+
+def test_train_val_gap_and_pool_summary_on_planted_arms(tmp_path):
+    """The gap is each seed's mean training loss over the last steps minus its final validation loss; the pool
+    summary counts the pool, its Kish size and the measured draws per sample over the arm's seeds."""
+    train = {"uniform": [np.r_[np.full(8, 5.0), 4.0, 4.2], np.r_[np.full(8, 5.0), 4.4, 4.6]]}
+    curves = {"uniform": np.array([[5.0, 4.9], [5.0, 4.8]])}
+    g = rs._train_val_gap(train, curves, width=2)["uniform"]
+    assert g["per_seed"] == pytest.approx([4.1 - 4.9, 4.5 - 4.8]) and g["value"] == pytest.approx(-0.55)
+    assert g["ci_low"] < g["value"] < g["ci_high"]
+    np.save(tmp_path / "w.npy", rs.pool_weights(50, np.arange(10, 30), np.ones(20)))
+    arms = [{"run": f"u{k}", "arm": "uniform", "weights": tmp_path / "w.npy"} for k in (0, 1)] + [
+        {"run": "o", "arm": "original"}]
+    rep = {"u0": {"draws": 40, "mean_draws_per_sample": 2.0}, "u1": {"draws": 40, "mean_draws_per_sample": 2.5}}
+    p = rs._pool_summary(arms, rep)
+    assert list(p) == ["uniform"] and p["uniform"]["pool_size"] == 20 and p["uniform"]["draws_per_pool_sample"] == 2.0
+    assert p["uniform"]["effective_size"] == pytest.approx(20) and p["uniform"]["mean_draws_per_sample"] == 2.25
 
 
 # ------------------------------------------------------------------------------------------ continuations

@@ -55,7 +55,8 @@ from tokenscale.data import TrainTokens, write_token_set
 from tokenscale.io import read_run_trajectories, read_token_set
 from tokenscale.io.fits import load_fits
 from tokenscale.io.valloss import read_curve
-from tokenscale.reshaping.spec import bucket_weights, candidate_first_step, candidate_steps
+from tokenscale.reshaping.spec import (bucket_weights, candidate_first_step, candidate_steps, draws_per_sample,
+                                       effective_size)
 from tokenscale.training.sampler import WeightedSampler
 
 __all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "score_samples", "assign_buckets",
@@ -393,6 +394,34 @@ def _repeats(arms: list[dict], batch_size: int, s_a: int, s_b: int) -> dict:
     return out
 
 
+def _pool_summary(arms: list[dict], repeats: dict) -> dict:
+    """Per pool arm: the pool (samples of positive weight), Kish's effective size of its weights, the expected draws
+    per distinct drawn sample of i.i.d. draws (:func:`tokenscale.reshaping.spec.draws_per_sample`) and the measured
+    one, mean over seeds (``repeats``)."""
+    out = {}
+    for a in arms:
+        if a["arm"] == "original" or a["arm"] in out:
+            continue
+        w = np.load(a["weights"])
+        seeds = [repeats[b["run"]] for b in arms if b["arm"] == a["arm"]]
+        draws = seeds[0]["draws"]
+        out[a["arm"]] = {"pool_size": int((w > 0).sum()), "effective_size": effective_size(w), "draws": draws,
+                         "draws_per_pool_sample": draws / int((w > 0).sum()),
+                         "expected_draws_per_sample": draws_per_sample(w, draws),
+                         "mean_draws_per_sample": float(np.mean([r["mean_draws_per_sample"] for r in seeds]))}
+    return out
+
+
+def _train_val_gap(train: dict, curves: dict, width: int, confidence: float = 0.95) -> dict:
+    """Per arm: final training loss (mean over the window's last ``width`` steps) minus validation loss at s_b, per
+    seed, with its Student-t interval over seeds; a gap far below the reference's shows memorising."""
+    out = {}
+    for arm, runs in train.items():
+        gap = np.array([t[-width:].mean() for t in runs]) - curves[arm][:, -1]  # (n_seeds,)
+        out[arm] = _t_ci(gap, confidence) | {"per_seed": [_clean(g) for g in gap], "ci_method": "student_t"}
+    return out
+
+
 def _arm_tau(arms: list[dict], valid_tokens, analysis: dict, window) -> tuple[dict, tuple[float, float], str]:
     """({arm: (n_seeds, N) τ on the fit axis, NaN where not selected}, window on the fit axis, fit transform) from
     the arms' continuation fit tables (every validation token, the analysis selection)."""
@@ -460,7 +489,8 @@ def make_report(ex: dict, *, batch_size: int, scores_dir, fits, tokens, trajecto
               "metrics": metrics, "arm_steps": steps.tolist(),
               "arm_curves": {k: v.tolist() for k, v in curves.items()},
               "train_loss_floor": train_floor, "bucket_window_drop": drops, "bucket_drop_spearman": _clean(rho),
-              "repeats": _repeats(arms, batch_size, s_a, s_b)}
+              "repeats": _repeats(arms, batch_size, s_a, s_b), "train_val_gap": _train_val_gap(train, curves, width)}
+    report["pool"] = _pool_summary(arms, report["repeats"])
     shift_fig = {}
     if valid_tokens is not None:
         tau_x, window_x, transform = _arm_tau(arms, valid_tokens, analysis, ex["window"])

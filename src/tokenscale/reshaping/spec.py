@@ -26,7 +26,8 @@ from tokenscale.config import (
 )
 from tokenscale.series import VALID_TOKENS, Series, Source, TokenSet, Workflow, register_builder
 
-__all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "reshape_entry", "reshape_runs",
+__all__ = ["candidate_first_step", "candidate_steps", "bucket_weights", "pool_sample_weights", "draws_per_sample",
+           "effective_size", "pool_size_needed", "reshape_entry", "reshape_runs",
            "candidate_series", "continuation_series", "register"]
 
 
@@ -37,8 +38,8 @@ def candidate_first_step(ex: dict) -> int:
 
 def candidate_steps(reference, ex: dict) -> list[int]:
     """The ``reference`` run's (a RunConfig) checkpoint steps the experiment's candidates are evaluated at."""
-    first = candidate_first_step(ex)
-    return [s for s in reference.checkpoint_steps() if s >= first]
+    first, last = candidate_first_step(ex), ex.get("candidate_to_step")
+    return [s for s in reference.checkpoint_steps() if s >= first and (last is None or s <= last)]
 
 
 def bucket_weights(spec, buckets: int, *, where: str = "reshape") -> np.ndarray:
@@ -55,6 +56,42 @@ def bucket_weights(spec, buckets: int, *, where: str = "reshape") -> np.ndarray:
     if w.sum() <= 0:
         raise TokenscaleError(f"{where}: bucket weights {w.round(4).tolist()} give a zero total weight")
     return w
+
+
+def pool_sample_weights(n_pool: int, weights: np.ndarray) -> np.ndarray:
+    """(n_pool,) per-sample weights of the reshaped arm before scoring: B equal-count buckets (sizes differ by at
+    most one, as :func:`tokenscale.reshaping.compute.assign_buckets` cuts them), bucket b weighing ``weights[b]``."""
+    w = np.asarray(weights, dtype=np.float64)
+    return w[np.arange(n_pool) * w.size // n_pool]
+
+
+def draws_per_sample(sample_weights: np.ndarray, draws: int) -> float:
+    """Expected draws per distinct sample drawn when ``draws`` i.i.d. draws take sample i with probability
+    p_i = w_i / Σw: ``draws / Σ_i (1 − (1 − p_i)^draws)`` (1 = no repeats; 2.6 for 2,400 uniform draws of 1,000)."""
+    p = np.asarray(sample_weights, dtype=np.float64)
+    p = p[p > 0] / p.sum()
+    return float(draws / np.sum(-np.expm1(draws * np.log1p(-np.minimum(p, 1 - 1e-16)))))
+
+
+def effective_size(sample_weights: np.ndarray) -> float:
+    """Kish's effective sample size ``1 / Σ p_i²`` of the normalized weights (the pool's size when uniform)."""
+    p = np.asarray(sample_weights, dtype=np.float64)
+    return float(1.0 / np.sum((p / p.sum()) ** 2))
+
+
+def pool_size_needed(weights: np.ndarray, draws: int, limit: float) -> int:
+    """Smallest pool on which the reshaped arm (bucket ``weights``) and the uniform arm both draw at most ``limit``
+    times per distinct drawn sample in expectation (:func:`draws_per_sample`; the reshaped arm, being skewed, binds)."""
+    def ok(n: int) -> bool:
+        return max(draws_per_sample(pool_sample_weights(n, weights), draws),
+                   draws_per_sample(np.ones(n), draws)) <= limit
+    lo, hi = max(2, len(weights)), max(2, len(weights))
+    while not ok(hi):
+        lo, hi = hi, hi * 2
+    while lo < hi:  # ok(hi) and (lo == hi or not ok(lo)); the expectation falls as the pool grows
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return hi
 
 
 # ----------------------------------------------------------------------------- config: the arms' runs
@@ -75,12 +112,22 @@ def _check_experiment(cfg: dict, ex: dict, ref: dict | None, where: str) -> None
     first = candidate_first_step(ex)
     n_ckpt = len(candidate_steps(run_config(cfg, ref), ex))
     if first > s_a or n_ckpt < 5:
-        raise TokenscaleError(f"{where}: candidate_from_step {first} leaves {n_ckpt} reference checkpoints "
+        last = "" if ex.get("candidate_to_step") is None else f" to candidate_to_step {ex['candidate_to_step']}"
+        raise TokenscaleError(f"{where}: candidate_from_step {first}{last} leaves {n_ckpt} reference checkpoints "
                               f"(need >= 5 from a step <= the window start {s_a})")
     if ex["candidates"] < ex["buckets"]:
         raise TokenscaleError(f"{where}: {ex['candidates']} candidate samples for {ex['buckets']} buckets "
                               "(need at least one sample per bucket)")
-    bucket_weights(ex["weights"], ex["buckets"], where=where)
+    wb = bucket_weights(ex["weights"], ex["buckets"], where=where)
+    limit = ex.get("max_draws_per_sample")
+    if limit is not None:
+        draws = (s_b - s_a) * ref["batch_size"]
+        got = max(draws_per_sample(pool_sample_weights(ex["candidates"], wb), draws),
+                  draws_per_sample(np.ones(ex["candidates"]), draws))
+        if got > limit:
+            raise TokenscaleError(f"{where}: {ex['candidates']} candidates give {got:.2f} draws per drawn sample over "
+                                  f"the window's {draws} draws (max_draws_per_sample {limit:g}): need candidates >= "
+                                  f"{pool_size_needed(wb, draws, limit)}")
 
 
 def _arm_runs(cfg: dict, ex: dict, ref: dict, run_schema: dict) -> list[dict]:
