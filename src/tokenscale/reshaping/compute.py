@@ -4,7 +4,11 @@ Given a reference run and a target window ``[s_a, s_b]`` of its steps:
 
 1. **Candidates.** ``S`` training samples drawn uniformly without replacement (seeded) form a token set (each
    row a training sequence, ``sample_index`` its index); it is evaluated at the reference's checkpoints and fitted
-   like any series, giving τ for each candidate token (fit axis x, e.g. log10 step).
+   like any series, giving τ for each candidate token (fit axis x, e.g. log10 step). The candidates are the arms'
+   pool: with ``max_draws_per_sample`` the config refuses a pool on which an arm's n = (s_b − s_a)·batch i.i.d.
+   draws would repeat, E[n / #distinct] = n / Σ_i (1 − (1 − p_i)^n) above the limit for either arm
+   (:func:`tokenscale.reshaping.spec.draws_per_sample`; the reshaped arm's skewed p binds, so its pool is sized
+   for its weights).
 2. **Score.** For sample s with tokens t = 1..T: ``score_s = (1/T) Σ_t 1[token selected ∧ x_a ≤ τ_st ≤ x_b]``,
    x_a, x_b the window on the fit axis; "selected" is the spectrum's token selection (``analysis.selection``), so
    noise rows never count.
@@ -25,7 +29,9 @@ Given a reference run and a target window ``[s_a, s_b]`` of its steps:
    Welch–Satterthwaite degrees of freedom; unbounded (reported as null) when the control's drop is not
    significantly above zero; a single-seed control (``original``) contributes no variance (it cannot be
    estimated from one run). Drops and floors get Student-t intervals over seeds; steps-to-reach (censored)
-   a percentile bootstrap over seeds, resampled independently per arm.
+   a percentile bootstrap over seeds, resampled independently per arm. Memorising is shown per arm by the
+   train−validation gap: mean training loss over the window's last 10% minus validation loss at s_b, per seed
+   (Student-t over seeds), beside the pool's size, Kish size 1/Σp_i² and draws per distinct drawn sample.
 6. **Mechanism** (beyond the paper). Each arm's continuation series (the reference's checkpoints up to s_a, then
    the arm's) is evaluated on the validation tokens and fitted; τ_i^(arm) is token i's learning time there (the
    analysis selection; NaN when not selected). Per arm, ``f_in`` = the fraction of validation tokens with
