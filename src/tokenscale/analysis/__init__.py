@@ -68,6 +68,10 @@ Definitions used throughout (all on the transformed axis x):
   by the finite-difference resolution of the axis, and its reconstruction is reported as
   ``r2_reconstruction_emp_template``. Bin-aligned pulses are further broadened by the spread of
   τ inside a bin (bin width ``span/n_bins``).
+* SVD (headline, :mod:`tokenscale.analysis.pulses`): the aligned empirical pulses of G ≥ 10 equal-count
+  learning-time groups (``analysis.svd_groups``, null: the paper's 40), beside the energy of a null of random
+  pulse widths and shapes measured the same way (``svd_null_energy1``). The earlier SVD over the spectrum's
+  populated bins is kept with suffix ``_bins``:
 * SVD of the aligned empirical pulse matrix (bins × u, bins with ≥ ``min_bin_count`` tokens whose
   aligned pulse is complete over ``|u| ≤ u_svd``; ``u_svd`` = 1.5 × the half-width at which the
   template falls to 1 % of its peak; where fewer than 4 empirical bin pulses are complete over that

@@ -368,6 +368,23 @@ def _fig10(res, lab, outdir, title):
     return save_figure(fig, outdir, "fig10_shape_vs_tau")
 
 
+def _svd_rows(sv: dict) -> str:
+    """What the SVD's rows are: the learning-time groups (with their half-width u_r), else the spectrum's bins."""
+    if "n_groups_svd" in sv:
+        return f"{sv['n_groups_svd']} τ groups, |u| ≤ {sv['u_groups']:.2g}"
+    rng = (f", |u| ≤ {sv['u_svd_emp']:.2g} holding {100 * sv['template_energy_in_u_svd_emp']:.0f}% of g²"
+           if "u_svd_emp" in sv else "")
+    return f"{sv['n_bins_used']} bins{rng}"
+
+
+def _null_text(sv: dict) -> str:
+    """The null's mode-1 energy beside the data's (random pulse widths and shapes, the same groups)."""
+    null = sv.get("svd_null_energy1")
+    if not isinstance(null, dict) or null.get("mean") is None:
+        return ""
+    return f" (null {100 * null['mean']:.1f}%)"
+
+
 def _fig11(res, lab, outdir, title):
     fig = Figure(figsize=(16, 6.5), layout="constrained")
     gs = fig.add_gridspec(2, 3, width_ratios=[1.2, 1, 1])
@@ -393,10 +410,8 @@ def _fig11(res, lab, outdir, title):
         h1, l1 = axs.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         axs.legend(h1 + h2, l1 + l2, fontsize=7, loc="center right")
-        rng = (f", |u| ≤ {sv['u_svd_emp']:.2g} holding {100 * sv['template_energy_in_u_svd_emp']:.0f}% of g²"
-               if "u_svd_emp" in sv else "")
-        axs.set_title(f"singular values of the aligned pulse matrix ({sv['n_bins_used']} bins{rng})\n"
-                      f"mode 1: {100 * sv['svd_energy1']:.1f}% energy, modes 1–2: "
+        axs.set_title(f"singular values of the aligned pulse matrix ({_svd_rows(sv)})\n"
+                      f"mode 1: {100 * sv['svd_energy1']:.1f}% energy{_null_text(sv)}, modes 1–2: "
                       f"{100 * sv['svd_energy2']:.1f}%", fontsize=9)
         V = sv["vectors"]
         for k in range(min(4, V.shape[0])):
