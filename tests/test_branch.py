@@ -131,7 +131,8 @@ def test_deleted_trunk_snapshot_is_rebuilt_by_following_the_error(runs, data_dir
     shutil.copytree(root / "trunk", tmp_path / "trunk")
     shutil.rmtree(snap)
     with pytest.raises(TokenscaleError, match=r"^run d-tok3\.84k: branch snapshot not found: .*/trunk/snapshots/"
-                                              r"step00000024 \(train run trunk with snapshots: \[24\] first\)$"):
+                                              r"step00000024 \(train run trunk with snapshots: \[24\] first; in the workflow: delete "
+                                              r".*/trunk/train\.json and rerun\)$"):
         train(runs["cfg"][BRANCH], data_dir, tmp_path / BRANCH)
     s = train(runs["cfg"]["trunk"], data_dir, tmp_path / "trunk")  # the advice
     assert s["resumed_from"] == 16
@@ -228,7 +229,8 @@ def test_bad_hand_written_branches_are_one_line():
 def test_missing_snapshot_is_one_line(tmp_path, data_dir):
     rc = run_configs(validate_config(branch_config()))
     with pytest.raises(TokenscaleError, match=r"^run d-tok3\.84k: branch snapshot not found: .*/trunk/snapshots/"
-                                              r"step00000024 \(train run trunk with snapshots: \[24\] first\)$"):
+                                              r"step00000024 \(train run trunk with snapshots: \[24\] first; in the workflow: delete "
+                                              r".*/trunk/train\.json and rerun\)$"):
         train(rc[BRANCH], data_dir, tmp_path / BRANCH)
 
 

@@ -511,7 +511,8 @@ class Trainer:
         d, step = self.branch_dir, self.run.branch["step"]
         if not (d / "trainer.json").is_file():
             raise TokenscaleError(f"run {self.run.name}: branch snapshot not found: {d} "
-                                  f"(train run {self.run.branch['from']} with snapshots: [{step}] first)")
+                                  f"(train run {self.run.branch['from']} with snapshots: [{step}] first; in the "
+                                  f"workflow: delete {d.parent.parent / 'train.json'} and rerun)")
         self._check_trunk(self._read_meta(d), d)
         self._restore(d, schedule=False)
         self._position_schedule(step)
