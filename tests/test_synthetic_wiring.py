@@ -143,3 +143,42 @@ def test_levels_table_roundtrip(tmp_path):
     assert steps.tolist() == [5, 10] and levels.tolist() == [1, 2, 3]
     np.testing.assert_allclose(loss, [[2.0, 2.0], [2.0, 2.0], [2.0, 0.5]])
     np.testing.assert_allclose(acc, [[0.0, 0.5], [0.0, 1.0], [1.0, 1.0]])
+
+
+def test_levels_table_unseen_columns(tmp_path):
+    """Known answer: the unseen columns count and score only the examples not flagged as seen; NaN for a level
+    without any, and a table written without flags reads as None."""
+    level, loss = np.array([1, 1, 2, 2, 2]), np.ones(5)
+    correct, seen = np.array([1, 0, 1, 0, 1], bool), np.array([1, 1, 0, 0, 1], bool)
+    sy.write_levels(tmp_path / "l.csv", sy.level_rows(7, level, loss, correct, seen))
+    n, n_u, acc_u = sy.read_levels_unseen(tmp_path / "l.csv")
+    assert n.tolist() == [2, 3] and n_u.tolist() == [0, 2]
+    assert np.isnan(acc_u[0, 0]) and acc_u[1, 0] == 0.5
+    sy.write_levels(tmp_path / "m.csv", sy.level_rows(7, level, loss, correct))
+    assert sy.read_levels_unseen(tmp_path / "m.csv") is None
+    s = sy._unseen_summary(np.array([1, 2]), (n, n_u, acc_u), {1: 0.4, 2: 0.4})
+    assert s["share_unseen"] == {1: 0.0, 2: 2 / 3} and s["final_accuracy_unseen"] == {1: None, 2: 0.5}
+    assert s["levels_above_baseline_unseen"] == [2] and s["levels_without_unseen"] == [1]
+
+
+def test_prepared_sets_flag_the_expressions_seen_in_training(syn_dir):
+    """Each example's seen flag is exactly whether its expression hash is among the training rows' hashes."""
+    from tokenscale.io import read_token_set
+
+    train = sy.generate(sy.spec_of(ENTRY), ENTRY["train_examples"], seed=0, split="train")
+    for name in ("valid_tokens.h5", "levels_tokens.h5"):
+        ts = read_token_set(syn_dir / name)
+        seen = sy.parse_seen(ts["attrs"].get(sy.SEEN_ATTR), ts["input_ids"].shape[0])
+        np.testing.assert_array_equal(seen, np.isin(sy.expression_hash(ts["input_ids"]), train["expr_hash"]))
+    assert seen.any() and not seen.all()  # p = 5, l_max = 3: L1 recurs, L3 mostly does not
+    with pytest.raises(TokenscaleError, match="train_seen has 2 flags for 3 examples"):
+        sy.parse_seen("01", 3)
+
+
+def test_expression_count_and_expected_unseen():
+    """N_L = Catalan(L)·3^L·p^(L+1) (3p² at L1: 1587 for p = 23, as enumerated in test_synthetic); the expected
+    unseen share is (1 − 1/N)^n."""
+    assert sy.expression_count(23, 1) == 1587 and sy.expression_count(3, 2) == 2 * 9 * 27
+    assert sy.expected_unseen(3, 1, 0) == 1.0
+    assert sy.expected_unseen(3, 1, 27) == pytest.approx((26 / 27) ** 27)
+    assert sy.expected_unseen(3, 1, 48000) < 1e-300

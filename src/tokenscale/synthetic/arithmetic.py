@@ -298,6 +298,40 @@ def level_baseline(train: dict, evaluated: dict, counts: np.ndarray | None = Non
     return out
 
 
+# ----------------------------------------------------------------------------- seen / unseen expressions
+SEEN_ATTR = "train_seen"  # token-set attribute: one '1' (in the training rows) or '0' (unseen) per example
+
+
+def seen_string(seen) -> str:
+    """The :data:`SEEN_ATTR` of a token set: ``"0"``/``"1"`` per example, in row order."""
+    return "".join("1" if s else "0" for s in np.asarray(seen, dtype=bool).ravel())
+
+
+def parse_seen(value, n: int) -> np.ndarray | None:
+    """(n,) bool from a :data:`SEEN_ATTR` value; None when the token set predates it (absent)."""
+    if value is None:
+        return None
+    v = value.decode() if isinstance(value, bytes) else str(value)
+    if len(v) != n or set(v) - {"0", "1"}:
+        raise TokenscaleError(f"synthetic token set: {SEEN_ATTR} has {len(v)} flags for {n} examples "
+                              "(or characters other than 0/1); regenerate its synthetic data")
+    return np.frombuffer(v.encode(), dtype=np.uint8) == ord("1")
+
+
+def expression_count(p: int, L: int) -> int:
+    """Distinct level-L expressions (token strings): Catalan(L) tree shapes × 3^L operators × p^(L+1) leaves."""
+    from math import comb  # noqa: PLC0415  (numpy-only module level)
+
+    return comb(2 * L, L) // (L + 1) * 3 ** L * p ** (L + 1)
+
+
+def expected_unseen(p: int, L: int, n_train_level: float) -> float:
+    """Expected share of uniformly drawn level-L validation expressions absent from ``n_train_level`` uniform
+    training draws of that level: ``(1 − 1/N_L)^n ≈ exp(−n/N_L)``, ``N_L`` = :func:`expression_count`."""
+    N = float(expression_count(p, L))
+    return float(np.exp(n_train_level * np.log1p(-1.0 / N))) if N > 1 else 0.0
+
+
 # ----------------------------------------------------------------------------- the prepared data folder
 def spec_of(entry: dict) -> SyntheticSpec:
     """The :class:`SyntheticSpec` of a config ``synthetic`` entry."""
@@ -359,8 +393,10 @@ def prepare(entry: dict, out_dir) -> dict:
             "vocab_size": vocab_size(spec.p), "tokenizer_sha256": tok_sha, "synthetic": dict(entry),
             "level_counts": train["level_counts"].tolist()}
     attrs = {"tokenizer_sha256": tok_sha, "synthetic": json.dumps(dict(entry), sort_keys=True)}
-    _token_set(out / "valid_tokens.h5", valid, kind="synthetic", spec=spec, attrs=attrs)
-    _token_set(out / "levels_tokens.h5", levels, kind="synthetic-levels", spec=spec, attrs=attrs)
+    _token_set(out / "valid_tokens.h5", valid, kind="synthetic", spec=spec,
+               attrs={**attrs, SEEN_ATTR: seen_string(train["seen"][0])})
+    _token_set(out / "levels_tokens.h5", levels, kind="synthetic-levels", spec=spec,
+               attrs={**attrs, SEEN_ATTR: seen_string(train["seen"][1])})
     atomic.write_json(out / "overlap.json", {"valid": overlap(train, valid, seen=train["seen"][0]),
                                              "levels": overlap(train, levels, seen=train["seen"][1]),
                                              "level_baseline": level_baseline(train, levels, counts=train["answer_counts"])})
@@ -369,7 +405,7 @@ def prepare(entry: dict, out_dir) -> dict:
 
 
 # ----------------------------------------------------------------------------- stages the workflow runs
-LEVEL_FIELDS = ("step", "level", "n", "loss", "accuracy")
+LEVEL_FIELDS = ("step", "level", "n", "loss", "accuracy", "n_unseen", "accuracy_unseen")
 
 
 def write_levels(path, rows: list[dict]) -> None:
@@ -406,11 +442,39 @@ def read_levels(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return steps, levels, loss[order].reshape(levels.size, steps.size), acc[order].reshape(levels.size, steps.size)
 
 
-def level_rows(step: int, level: np.ndarray, loss: np.ndarray, correct: np.ndarray) -> list[dict]:
-    """The levels.csv rows of one checkpoint."""
-    return [{"step": int(step), "level": int(L), "n": int((level == L).sum()),
-             "loss": float(loss[level == L].mean()), "accuracy": float(correct[level == L].mean())}
-            for L in np.unique(level)]
+def level_rows(step: int, level: np.ndarray, loss: np.ndarray, correct: np.ndarray,
+               seen: np.ndarray | None = None) -> list[dict]:
+    """The levels.csv rows of one checkpoint; ``seen`` (n,) marks the examples whose expression is in the
+    training rows (``n_unseen``/``accuracy_unseen``: the others; empty cells when unknown, NaN when none)."""
+    rows = []
+    for L in np.unique(level):
+        m = level == L
+        row = {"step": int(step), "level": int(L), "n": int(m.sum()), "loss": float(loss[m].mean()),
+               "accuracy": float(correct[m].mean()), "n_unseen": "", "accuracy_unseen": ""}
+        if seen is not None:
+            u = m & ~np.asarray(seen, dtype=bool)
+            row.update(n_unseen=int(u.sum()), accuracy_unseen=float(correct[u].mean()) if u.any() else float("nan"))
+        rows.append(row)
+    return rows
+
+
+def read_levels_unseen(path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(n (n_L,), n_unseen (n_L,), accuracy_unseen (n_L, K), NaN where no example is unseen) of a levels.csv, in
+    :func:`read_levels` order; None for a table written before these columns (or without the seen flags)."""
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or rows[0].get("n_unseen") in (None, ""):
+        return None
+    step = np.array([int(r["step"]) for r in rows])
+    level = np.array([int(r["level"]) for r in rows])
+    n = np.array([int(r["n"]) for r in rows])
+    n_u = np.array([int(r["n_unseen"]) for r in rows])
+    acc_u = np.array([float(r["accuracy_unseen"]) for r in rows])
+    order = np.lexsort((step, level))
+    n_steps = np.unique(step).size
+    return n[order][::n_steps], n_u[order][::n_steps], acc_u[order].reshape(-1, n_steps)
 
 
 def _fit_params(fits_path, analysis: dict) -> tuple[dict, np.ndarray, object]:
@@ -424,6 +488,20 @@ def _fit_params(fits_path, analysis: dict) -> tuple[dict, np.ndarray, object]:
     p = {k: np.asarray(getattr(fit, k), dtype=np.float64) for k in ("tau", "lam", "delta", "post")}
     finite = np.all([np.isfinite(v) for v in p.values()], axis=0)
     return p, finite & selected_rows(fit, AnalysisOptions.from_config(analysis).main), fit
+
+
+def _unseen_summary(levels, unseen, base: dict) -> dict:
+    """Per level, the share of the balanced levels set whose expression is not in the training rows and the
+    final accuracy on those (None where none is unseen); ``unseen``: :func:`read_levels_unseen` or None."""
+    if unseen is None:
+        return {"note": "levels table without seen flags (data prepared before them): rerun synthetic_data"}
+    n_all, n_u, acc_u = unseen
+    final = {int(L): (float(a[-1]) if np.isfinite(a[-1]) else None) for L, a in zip(levels, acc_u)}
+    above = [L for L, a in final.items() if a is not None and L in base and a > base[L]]
+    return {"n_unseen": {int(L): int(n) for L, n in zip(levels, n_u)},
+            "share_unseen": {int(L): float(u / n) if n else None for L, u, n in zip(levels, n_u, n_all)},
+            "final_accuracy_unseen": final, "levels_above_baseline_unseen": above,
+            "levels_without_unseen": [int(L) for L, n in zip(levels, n_u) if n == 0]}
 
 
 def _per_level_summary(levels, acc, tau_steps, valid, level_of_token, baseline: dict | None = None) -> dict:
@@ -450,8 +528,9 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
 
     from tokenscale import atomic
     from tokenscale.analysis.numerics import jsonable
-    from tokenscale.synthetic.shape import shape_test
-    from tokenscale.synthetic.figures import plot_level_trajectories, plot_levels, plot_params_vs_tau
+    from tokenscale.synthetic.shape import shape_over_starts, shape_test
+    from tokenscale.synthetic.figures import (plot_level_trajectories, plot_levels, plot_params_vs_tau,
+                                              plot_shape_over_starts)
     from tokenscale.io.valloss import read_curve
     from tokenscale.io import read_run_trajectories
 
@@ -459,6 +538,9 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     curve = read_curve(val_loss, run, 0.0)
     shape = shape_test(curve.steps, curve.loss, transient=analysis.get("transient", "dpeak"), transform="none")
     p, ok, fit = _fit_params(fits, analysis)
+    fit_start = float(np.asarray(fit.axis_orig, dtype=np.float64)[0])  # the fit.start rule's first checkpoint
+    shape_fs = shape_test(curve.steps, curve.loss, transient=("start", fit_start), transform="none")
+    over = shape_over_starts(curve.steps, curve.loss)
     losses, axis, meta = read_run_trajectories(trajectories)
     token_level = np.asarray(meta["domain"], dtype=np.int64) + 1  # (N,) one answer per example
     s = json.loads(open(summary).read())
@@ -466,11 +548,15 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     ov = json.loads(open(overlap_json).read())
     report = {"run": run, "synthetic": entry, "level_probs": level_probs(spec_of(entry)).tolist(),
               "shape_test": shape,
+              "shape_test_fit_start": {**shape_fs, "start_rule": "fit.start (the series' fit window)"},
+              "shape_over_starts": over,
               "levels": _per_level_summary(levels, acc, tau_steps, ok, token_level, ov.get("level_baseline")),
               "n_answer_tokens": int(losses.shape[0]), "n_selected_fits": int(ok.sum()),
               "svd_energy": {k: s["svd"].get(k) for k in ("svd_energy1", "svd_energy2", "svd_energy1_fit", "svd_energy2_fit")},
               "metrics": s.get("metrics", {}), "alpha_fit": s.get("alpha_fit"),
-              "overlap": {k: v for k, v in ov.items() if k != "level_baseline"}}
+              "overlap": {k: v for k, v in ov.items() if k != "level_baseline"},
+              "levels_unseen": _unseen_summary(levels, read_levels_unseen(levels_csv),
+                                               {int(k): float(v) for k, v in ov.get("level_baseline", {}).items()})}
     report = jsonable(report)  # non-finite numbers -> null
     atomic.write_json(out, report, allow_nan=False)
     plot_levels(steps, levels, loss, acc, figures, title=f"{run}: per-level answer loss and accuracy",
@@ -479,5 +565,7 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
     x_steps = np.asarray(axis["step"], dtype=np.float64)
     plot_level_trajectories(x_steps, losses, token_level, fp, figures)
     plot_params_vs_tau(tau_steps[ok], p["delta"][ok], p["lam"][ok], token_level[ok], figures)
+    plot_shape_over_starts(over, figures, title=f"{run}: shape test by first checkpoint kept",
+                           marks={"fit.start": fit_start, "dpeak (shape_test)": shape["transient_step"]})
     return report
 

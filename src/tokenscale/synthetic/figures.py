@@ -9,6 +9,8 @@ take plain numpy arrays and dicts (no file reading); each returns the written ``
   trajectories (dots), their fitted sigmoids (dashed) and the level's mean loss (green).
 * ``fig10_params_vs_tau`` – Fig. 10: loss drop Δ and sharpness λ against the learning time τ, one point per
   answer token, coloured by level.
+* ``fig10b_shape_starts`` – the shape test's ΔAIC (linear − power law; > 0: power law) against the first
+  checkpoint kept, with the ``fit.start`` and ``dpeak`` starts marked.
 
 Sigmoids are those of the fit (:mod:`tokenscale.fit.problem`) on the ``log10``-step axis ``x``::
 
@@ -30,9 +32,10 @@ from tokenscale import TokenscaleError
 from tokenscale.plotting import save_figure
 from tokenscale.io.fits import logistic
 
-__all__ = ["SYNTHETIC_FIGURE_NAMES", "plot_levels", "plot_level_trajectories", "plot_params_vs_tau"]
+__all__ = ["SYNTHETIC_FIGURE_NAMES", "plot_levels", "plot_level_trajectories", "plot_params_vs_tau",
+           "plot_shape_over_starts"]
 
-SYNTHETIC_FIGURE_NAMES = ("fig08_levels", "fig09_level_trajectories", "fig10_params_vs_tau")
+SYNTHETIC_FIGURE_NAMES = ("fig08_levels", "fig09_level_trajectories", "fig10_params_vs_tau", "fig10b_shape_starts")
 C_LEVEL_MEAN = "#2ca02c"  # a level's mean loss (Fig. 9, green as in the paper)
 FIT_KEYS = ("tau", "lam", "delta", "post")
 
@@ -200,3 +203,24 @@ def plot_params_vs_tau(tau_steps, delta, lam, levels, outdir) -> list[Path]:
     cb.set_label("difficulty level L")
     fig.suptitle(f"token sigmoid parameters vs learning time ({int(ok.sum())} of {n} tokens selected)", fontsize=11)
     return _paths(save_figure(fig, _outdir(outdir), "fig10_params_vs_tau"))
+
+
+def plot_shape_over_starts(over: dict, outdir, *, title: str, marks: dict | None = None) -> list[Path]:
+    """``fig10b_shape_starts``: ΔAIC against the first step kept (:func:`tokenscale.synthetic.shape.shape_over_starts`
+    output), a zero line (above: power law preferred) and a dashed vertical line per ``marks`` ({label: step})."""
+    x = np.asarray(over["start_step"], dtype=np.float64)
+    d = np.asarray(over["delta_aic"], dtype=np.float64)
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(x, d, "o-", color="0.2", ms=3, lw=1)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    for (label, step), c in zip((marks or {}).items(), ("tab:red", "tab:blue", "tab:green")):
+        ax.axvline(float(step), color=c, ls="--", lw=1, label=f"{label}: step {float(step):g}")
+    if x.size and np.all(x > 0):
+        ax.set_xscale("log")
+    ax.set_xlabel("first checkpoint kept (training step, log scale)")
+    ax.set_ylabel("ΔAIC = AIC(line) − AIC(power law)")
+    if marks:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{title}\n(> 0: power law preferred, < 0: straight line)", fontsize=9)
+    return _paths(save_figure(fig, _outdir(outdir), "fig10b_shape_starts"))

@@ -11,7 +11,7 @@ import numpy as np
 from tokenscale import TokenscaleError
 from tokenscale.io import read_token_set
 from tokenscale.series import step_from_name
-from tokenscale.synthetic.arithmetic import level_rows, write_levels
+from tokenscale.synthetic.arithmetic import SEEN_ATTR, level_rows, parse_seen, write_levels
 
 
 def answer_levels(tokens_path) -> np.ndarray:
@@ -30,12 +30,13 @@ def score_levels(*, checkpoints: list, tokens, out, device=None, log=_stderr) ->
     from tokenscale.evaluation.evaluate import scored_predictions  # torch
 
     level, rows = answer_levels(tokens), []
+    seen = parse_seen(read_token_set(tokens, datasets=("domain",))["attrs"].get(SEEN_ATTR), level.size)
     for i, ckpt in enumerate(checkpoints, 1):
         step = step_from_name(Path(ckpt).name)
         if step is None:
             raise TokenscaleError(f"synthetic-levels: cannot tell the step of checkpoint {ckpt} (not step<N>)")
         loss, correct = scored_predictions(ckpt, tokens, device=device)
-        rows += level_rows(step, level, loss, correct)
+        rows += level_rows(step, level, loss, correct, seen)
         log(f"synthetic-levels: {i}/{len(checkpoints)} step {step}: accuracy {correct.mean():.3f}")
     write_levels(out, rows)
     return rows

@@ -18,6 +18,11 @@ The power law is fitted by :func:`tokenscale.analysis.powerlaw.fit_power_law` (p
 refine), the very fit the decomposition reports, so the α here is the α elsewhere. Its constraints make it
 convex and non-increasing: it cannot bend like a line that keeps falling at a constant rate.
 
+Start.  The verdict depends on the first point kept (a curve that bends early looks like a power law from its
+bend and like a line after it), so besides one start the report gives it from every checkpoint that leaves
+``MIN_POINTS`` points (:func:`shape_over_starts`), and the series' own start is the ``fit.start`` rule's
+(:mod:`tokenscale.fit.window`), as for every other series.
+
 Model comparison (Gaussian errors of unknown common variance, maximum likelihood, constants dropped)::
 
     AIC   = n·ln(RSS/n) + 2p
@@ -42,7 +47,7 @@ from tokenscale.analysis.curves import transient_start
 from tokenscale.analysis.numerics import to_orig, to_x
 from tokenscale.analysis.powerlaw import fit_power_law
 
-__all__ = ["MIN_POINTS", "shape_test", "gaussian_aic", "aicc", "akaike_weights"]
+__all__ = ["MIN_POINTS", "shape_test", "shape_over_starts", "gaussian_aic", "aicc", "akaike_weights"]
 
 MIN_POINTS = 4  # post-transient points needed: the power law has 3 parameters
 
@@ -147,3 +152,26 @@ def shape_test(steps, loss, *, transient="dpeak", transform: str = "log10") -> d
             "linear": lin, "power_law": pl, "delta_aic": d_aic, "delta_aicc": lin["aicc"] - pl["aicc"],
             "akaike_weights": akaike_weights({"linear": lin["aic"], "power_law": pl["aic"]}),
             "preferred": "power_law" if d_aic > 0 else "linear"}
+
+
+def shape_over_starts(steps, loss, starts=None) -> dict:
+    """The shape test from each start step (default: every step that leaves :data:`MIN_POINTS` points), as flat
+    arrays: ``start_step`` (S,), ``n_points`` (S,), ``delta_aic`` (S,), ``preferred`` (S,) ("linear" /
+    "power_law"), and ``share_power_law`` (the share of starts whose verdict is the power law)."""
+    s = np.asarray(steps, dtype=np.float64)
+    y = np.asarray(loss, dtype=np.float64)
+    _check(s, y)
+    starts = s[: max(0, s.size - MIN_POINTS + 1)] if starts is None else np.asarray(starts, dtype=np.float64).ravel()
+    out = {"start_step": [], "n_points": [], "delta_aic": [], "preferred": []}
+    for s0 in starts:
+        post = s >= s0 - 1e-12
+        if post.sum() < MIN_POINTS:
+            continue
+        lin, pl = _fit_linear(s[post], y[post]), _fit_power(s[post], y[post])
+        d = lin["aic"] - pl["aic"]
+        for k, v in (("start_step", float(s[post][0])), ("n_points", int(post.sum())), ("delta_aic", d),
+                     ("preferred", "power_law" if d > 0 else "linear")):
+            out[k].append(v)
+    n = len(out["preferred"])
+    out["share_power_law"] = sum(p == "power_law" for p in out["preferred"]) / n if n else None
+    return out
