@@ -8,6 +8,7 @@ import numpy as np
 from tokenscale import TokenscaleError
 from tokenscale.analysis import AnalysisOptions, analyze, write_analysis, write_summary
 from tokenscale.analysis.methods import format_table, method_table, whole_axis
+from tokenscale.analysis.alpha_gap import alpha_gap
 from tokenscale.analysis.hypothesis_b import hypothesis_b
 from tokenscale.config import validate_config
 from tokenscale.io import read_run_trajectories
@@ -38,6 +39,7 @@ def run_analysis(*, trajectories: list, fits, run: str, options: dict, analysis,
     extra = {"run": run, "config_sha256": meta["attrs"].get("config_sha256", "")}
     extra["methods"] = method_table(whole, whole_axis(axis, fit), fit, opts, res)  # paper vs default (#31)
     print(format_table(extra["methods"]))
+    extra["alpha_gap"] = alpha_gap(losses, fit, res, opts)  # alpha_fit vs beta - 1, effect by effect (#31)
     hyp_b, hyp_b_examples = hypothesis_b(losses, fit, opts)  # per-token sigmoid vs power law (analysis.hypothesis_b)
     write_analysis(res, analysis, extra={**extra, "hypothesis_b_examples": hyp_b_examples})
     write_summary(res, summary, extra={**extra, "hypothesis_b": hyp_b})
