@@ -37,7 +37,7 @@ SETTINGS = {  # the config default (A) and CPU-sized alternatives
     "A": dict(p=3, l_max=4, preset="dense-tiny", steps=3000, batch=64, lr=3e-3, warmup=0.05, clip=None, sched="constant"),
     "B": dict(p=3, l_max=4, preset="dense-tiny", steps=3000, batch=64, lr=1e-3, warmup=0.1, clip=0.5, sched="constant"),
     "tiny": dict(p=3, l_max=2, preset="dense-tiny", steps=200, batch=16, lr=3e-3, warmup=0.05, clip=None, sched="constant"),
-    "C": dict(p=5, l_max=3, preset="dense-tiny", steps=3000, batch=64, lr=1e-3, warmup=0.1, clip=0.5, sched="constant"),
+    "C": dict(p=3, l_max=4, preset="dense-tiny", steps=5000, batch=64, lr=2e-3, warmup=0.1, clip=1.0, sched="constant"),
 }
 
 
@@ -70,13 +70,40 @@ def _fits(losses: np.ndarray, steps: np.ndarray, data: Path, valid_ids: np.ndarr
     counts = np.bincount(rows[:, -1].astype(np.int64), minlength=meta["vocab_size"])
     w = fit_window("unigram", losses, steps, counts=counts, target_ids=valid_ids)
     k = w["start_index"]
+    return {"fit_start_step": float(steps[k]), "fit_start_note": w["note"], **tau_by_level(losses, steps, k, level)}
+
+
+def tau_by_level(losses: np.ndarray, steps: np.ndarray, k: int, level: np.ndarray) -> dict:
+    """Median τ (steps) per level of the fits from checkpoint k, over the rows the report selects
+    (tokenscale.analysis.instances.selected_rows with the config's analysis selection: τ inside the window)."""
+    import yaml
+
+    from tokenscale.analysis.instances import selected_rows
+    from tokenscale.analysis.options import AnalysisOptions
+    from tokenscale.config import validate_config
+
+    analysis = validate_config({"analysis": yaml.safe_load(open("config/config.yaml"))["analysis"]})["analysis"]
     f = fit_sigmoids(losses[:, k:], steps[k:], transform="log10", engine="auto", workers=1)
     tau = np.asarray(f.tau_orig)
-    ok = np.isfinite(tau) & (np.asarray(f.category) == 0)  # "learned": the drop lies inside the window
+    ok = selected_rows(f, AnalysisOptions.from_config(analysis).main)
     med = {int(L): (float(np.median(tau[ok & (level == L)])) if (ok & (level == L)).any() else None)
            for L in np.unique(level)}
-    return {"fit_start_step": float(steps[k]), "fit_start_note": w["note"], "median_tau": med,
-            "n_learned": {int(L): int((ok & (level == L)).sum()) for L in np.unique(level)}}
+    return {"median_tau": med, "n_learned": {int(L): int((ok & (level == L)).sum()) for L in np.unique(level)}}
+
+
+def retau(root: Path) -> None:
+    """Recompute τ and the verdicts of pilot.jsonl from the saved losses -> pilot-retau.jsonl."""
+    with open(root / "pilot.jsonl") as fh, open(root / "pilot-retau.jsonl", "w") as out:
+        for line in map(json.loads, fh):
+            for arm, r in line["arms"].items():
+                npz = root / f"{line['setting']}-{arm}-s{line['seed']}" / "valid_losses.npz"
+                if npz.exists():
+                    z = np.load(npz)
+                    k = int(np.searchsorted(z["steps"], r["fit_start_step"]))
+                    r.update(tau_by_level(z["losses"], z["steps"], k, z["level"]))
+            line["criteria"] = verdict(line["arms"]["uniform"], line["arms"]["power"])
+            line["pass"] = all(line["criteria"].values())
+            out.write(json.dumps(line) + "\n")
 
 
 def _shapes(curve: np.ndarray, steps: np.ndarray, start: float) -> dict:
@@ -101,6 +128,7 @@ def one(setting: str, arm: str, seed: int, root: Path) -> dict:
     losses = np.stack([scored_predictions(c, d / "data" / "valid_tokens.h5")[0] for c in ck], axis=1)  # (N, K)
     from tokenscale.io import read_token_set
     vt = read_token_set(d / "data" / "valid_tokens.h5", datasets=("input_ids",))
+    np.savez_compressed(d / "valid_losses.npz", losses=losses, steps=steps, level=vl)
     fits = _fits(losses, steps, d / "data", vt["input_ids"][:, -1].astype(np.int64), vl)
     ll = d / "data" / "levels_tokens.h5"
     lev = answer_levels(ll)
@@ -117,10 +145,11 @@ def one(setting: str, arm: str, seed: int, root: Path) -> dict:
 
 
 def verdict(uni: dict, pw: dict) -> dict:
-    L = sorted(uni["acc"])
-    taus = [uni["median_tau"][x] for x in L]
-    return {"above_baseline": all(uni["acc"][x] > uni["baseline"][x] for x in L),
-            "L1_ge_0.95": uni["acc"][1] >= 0.95,
+    acc, base, tau = ({int(k): v for k, v in uni[key].items()} for key in ("acc", "baseline", "median_tau"))
+    L = sorted(acc)
+    taus = [tau[x] for x in L]
+    return {"above_baseline": all(acc[x] > base[x] for x in L),
+            "L1_ge_0.95": acc[1] >= 0.95,
             "tau_rising": None not in taus and all(a < b for a, b in zip(taus, taus[1:])),
             "uniform_linear": uni["shape"]["fit_start"]["preferred"] == "linear",
             "power_powerlaw": pw["shape"]["fit_start"]["preferred"] == "power_law"}
@@ -132,8 +161,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--stop-after-fails", type=int, default=2)
     ap.add_argument("--out", default="/tmp/synth-pilot")
+    ap.add_argument("--retau", action="store_true", help="only recompute τ from the saved losses")
     a = ap.parse_args()
     root = Path(a.out)
+    if a.retau:
+        return retau(root)
     root.mkdir(parents=True, exist_ok=True)
     fails = 0
     for seed in a.seeds:
