@@ -124,16 +124,16 @@ def test_smoke_outputs_and_cross_checks(smoke):
 
 
 def test_smoke_reshape_experiment(smoke):
-    """§6: scores over the 40 candidates, the pool arms' weights, 2 arms x 2 seeds continued from t_smoke's state,
+    """§6: scores over the 1,700 candidates, the pool arms' weights, 2 arms x 2 seeds continued from t_smoke's state,
     the report's metrics (whatever their sign) and Fig. 6."""
     from tokenscale.reshaping.compute import read_scores
 
     d = smoke / "reshape" / "rs_smoke"
     sc = read_scores(d / "scores.csv")
-    assert sc["bucket"].size == 40 and np.bincount(sc["bucket"]).tolist() == [10] * 4
+    assert sc["bucket"].size == 1700 and np.bincount(sc["bucket"]).tolist() == [425] * 4
     assert np.all(np.diff([sc["score"][sc["bucket"] == b].mean() for b in range(4)]) >= 0)
     w = np.load(d / "weights-reshaped.npy")
-    assert (w > 0).sum() == 40 and set(np.flatnonzero(w)) == set(sc["sample_index"].tolist())
+    assert (w > 0).sum() == 1700 and set(np.flatnonzero(w)) == set(sc["sample_index"].tolist())
     r = json.loads((d / "report.json").read_text())
     assert r["metrics"]["n_seeds"] == {"reshaped": 2, "uniform": 2} and len(r["arm_steps"]) == 3
     assert r["arm_steps"][-1] == 90 and set(r["repeats"]) == {f"rs_smoke-{a}-s{s}" for a in ("reshaped", "uniform")
