@@ -36,6 +36,7 @@ from tokenscale.training.trainer import Trainer
 SETTINGS = {  # the config default (A) and CPU-sized alternatives
     "A": dict(p=3, l_max=4, preset="dense-tiny", steps=3000, batch=64, lr=3e-3, warmup=0.05, clip=None, sched="constant"),
     "B": dict(p=3, l_max=4, preset="dense-tiny", steps=3000, batch=64, lr=1e-3, warmup=0.1, clip=0.5, sched="constant"),
+    "D": dict(p=3, l_max=3, preset="dense-tiny", steps=3000, batch=64, lr=3e-3, warmup=0.05, clip=None, sched="constant"),
     "tiny": dict(p=3, l_max=2, preset="dense-tiny", steps=200, batch=16, lr=3e-3, warmup=0.05, clip=None, sched="constant"),
     "C": dict(p=3, l_max=4, preset="dense-tiny", steps=5000, batch=64, lr=2e-3, warmup=0.1, clip=1.0, sched="constant"),
 }
