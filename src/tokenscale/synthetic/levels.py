@@ -1,5 +1,7 @@
 """The synthetic-levels stage (paper Fig. 8): per-level answer loss and accuracy of a synthetic run's checkpoints
-on the dataset's balanced levels token set -> levels.csv (step, level, n, loss, accuracy)."""
+on the dataset's balanced levels token set -> levels.csv (step, level, n, loss, accuracy, n_unseen,
+accuracy_unseen: the same on the examples whose expression is not in the training rows, from the token set's
+``train_seen`` flags; empty cells for a token set prepared without them)."""
 
 from __future__ import annotations
 
