@@ -45,7 +45,8 @@ from tokenscale import TokenscaleError
 
 __all__ = ["BOS", "CHUNK", "DISTRIBUTIONS", "EQ", "OPS", "PAD", "SPLITS", "SyntheticSpec", "evaluate_prefix",
            "expression_hash", "generate", "level_baseline", "level_probs", "overlap", "prepare", "spec_of", "vocab",
-           "vocab_size", "write_tokenizer"]
+           "vocab_size", "write_tokenizer", "SEEN_ATTR", "seen_string", "parse_seen", "expression_count",
+           "expected_unseen", "read_levels_unseen"]
 
 PAD, BOS, EQ = 0, 1, 2
 OPS = ("+", "-", "*")
@@ -373,7 +374,9 @@ def prepare(entry: dict, out_dir) -> dict:
     """The data folder of one config ``synthetic`` entry: ``tokenizer/``, ``train_tokens.bin`` + ``.json`` (rows
     of ``seq_len + 1`` tokens, only the answer supervised), ``valid_tokens.h5`` (``valid_examples`` from the
     entry's own level distribution: the series' tokens, one per example), ``levels_tokens.h5`` (``level_examples``
-    per level: the per-level diagnosis) and ``overlap.json``; returns the train meta."""
+    per level: the per-level diagnosis) and ``overlap.json``; both token sets carry :data:`SEEN_ATTR`, whether each
+    example's expression occurs in the training rows (the unseen subset the per-level report scores apart);
+    returns the train meta."""
     import json
     from pathlib import Path
 
