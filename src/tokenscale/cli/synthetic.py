@@ -44,7 +44,7 @@ def _synthetic_levels(sub) -> None:
     p = command(sub, "synthetic-levels", run,
                 "per-level answer loss and accuracy of a synthetic run's checkpoints (paper Fig. 8)",
                 "Evaluates every checkpoint on the balanced validation set; writes levels.csv (step, level, n, loss, "
-                "accuracy).")
+                "accuracy, and n_unseen, accuracy_unseen over the expressions not in the training rows).")
     p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint folders step<N>/, any order")
     p.add_argument("--tokens", required=True, help="the dataset's levels_tokens.h5")
     p.add_argument("--device", default=None, help="torch device (default: CUDA when available, else CPU)")
