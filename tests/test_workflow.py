@@ -213,7 +213,7 @@ def test_rerun_is_incremental(smoke):
 # A changed value for every analysis option that leaves training alone: all but analysis.selection (the main
 # selection scores the reshape candidates, whose weights the reshape arms train on). `selections` gains one.
 ANALYSIS_CHANGES = {"n_bins": 6, "n_boot": 10, "seed": 1, "transient": "none", "dependency_sequences": 2,
-                    "forecast_cut": 0.5, "forecast_horizon": 2.0,
+                    "forecast_cut": 0.5, "forecast_horizon": 2.0, "svd_groups": 20,
                     "selections": {**schema_default("analysis.selections"), "strict": {"min_delta": 1.0}}}
 
 
