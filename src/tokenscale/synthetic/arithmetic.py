@@ -524,10 +524,14 @@ def _per_level_summary(levels, acc, tau_steps, valid, level_of_token, baseline: 
 
 
 def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectories, summary, overlap_json,
-                analysis: dict, out, figures) -> dict:
+                analysis: dict, out, figures, partner=None) -> dict:
     """report.json and Fig. 8–10 of one synthetic series: per-level loss/accuracy, the shape test on the
-    aggregate validation loss (step axis, the analysis' transient rule), the decomposition's headline numbers."""
+    aggregate validation loss (step axis, the analysis' transient rule), the decomposition's headline numbers,
+    and ``paper_criteria`` (:mod:`tokenscale.synthetic.criteria`: this arm's criteria; the pair's verdict when
+    ``partner``, the other arm's report.json, is given)."""
     import json
+
+    from tokenscale.synthetic.criteria import paper_criteria
 
     from tokenscale import atomic
     from tokenscale.analysis.numerics import jsonable
@@ -561,6 +565,7 @@ def make_report(entry: dict, *, run: str, levels_csv, val_loss, fits, trajectori
               "levels_unseen": _unseen_summary(levels, read_levels_unseen(levels_csv),
                                                {int(k): float(v) for k, v in ov.get("level_baseline", {}).items()})}
     report = jsonable(report)  # non-finite numbers -> null
+    report["paper_criteria"] = jsonable(paper_criteria(report, json.loads(open(partner).read()) if partner else None))
     atomic.write_json(out, report, allow_nan=False)
     plot_levels(steps, levels, loss, acc, figures, title=f"{run}: per-level answer loss and accuracy",
                 baseline=report["levels"]["level_baseline"])
