@@ -123,3 +123,17 @@ def test_bad_pairs_are_one_line_errors():
         paper_criteria(_uniform(), p)
     with pytest.raises(TokenscaleError, match="distribution 'zipf' is not an arm"):
         paper_criteria(_uniform(synthetic={"p": 3, "l_max": 4, "distribution": "zipf"}))
+
+
+def test_power_partner_pairs_the_same_task():
+    from tokenscale.synthetic.criteria import power_partner
+
+    mano = {"p": 3, "l_max": 4, "seq_len": 11, "seed": 0, "train_examples": 100, "valid_examples": 10,
+            "level_examples": 5, "distribution": "uniform"}
+    ds = {"mu": mano, "mp": {**mano, "distribution": "power", "exponent": 2}}
+    runs = {"syn_uniform": "mu", "syn_power": "mp", "t_moe": None}
+    assert power_partner("syn_uniform", runs, ds) == "syn_power"
+    assert power_partner("syn_power", runs, ds) is None and power_partner("t_moe", runs, ds) is None
+    assert power_partner("syn_uniform", {**runs, "syn_power2": "mp"}, ds) is None  # two matches: no single pair
+    ds["mp"]["seed"] = 1  # another task
+    assert power_partner("syn_uniform", runs, ds) is None

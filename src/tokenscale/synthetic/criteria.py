@@ -24,7 +24,7 @@ import math
 
 from tokenscale import TokenscaleError
 
-__all__ = ["ARM_CRITERIA", "L1_MIN", "README_SECTION", "arm_criteria", "arm_of", "paper_criteria"]
+__all__ = ["ARM_CRITERIA", "L1_MIN", "README_SECTION", "arm_criteria", "arm_of", "paper_criteria", "power_partner"]
 
 L1_MIN = 0.95
 README_SECTION = "README 'Seed pilot (issue #31)' (under 'The synthetic pair')"
@@ -92,6 +92,24 @@ def arm_criteria(report: dict) -> dict:
     return {"uniform_above_baseline": _above_baseline(levels, acc, base), "uniform_l1_accuracy": _l1(acc),
             "uniform_tau_rising": _tau_rising(levels, _by_level(lv.get("tau_by_level"))),
             "uniform_shape_linear": _shape(report.get("shape_test_fit_start"), "linear")}
+
+
+SAME_TASK = ("p", "l_max", "seq_len", "seed", "train_examples", "valid_examples", "level_examples")
+
+
+def power_partner(run: str, run_dataset: dict, datasets: dict) -> str | None:
+    """The L^-2 arm paired with a uniform arm ``run``: the one run whose dataset is a power arm of the same task
+    (``SAME_TASK`` keys equal). ``run_dataset``: run name -> its ``synthetic`` dataset name (or None);
+    ``datasets``: dataset name -> config entry. None for a power arm, a non-synthetic run, or no single match
+    (the uniform arm's report then holds its own four criteria). Torch-free: the workflow calls it to give the
+    uniform arm's report the power arm's report.json (``make_report(partner=...)``)."""
+    own = datasets.get(run_dataset.get(run))
+    if own is None or own.get("distribution", "uniform") != "uniform":
+        return None
+    found = [r for r, d in run_dataset.items() if r != run and d in datasets
+             and datasets[d].get("distribution") == "power"
+             and all(datasets[d].get(k) == own.get(k) for k in SAME_TASK)]
+    return found[0] if len(found) == 1 else None
 
 
 def _check_partner(report: dict, partner: dict) -> None:
