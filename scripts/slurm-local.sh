@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/slurm-local.sh -- a throw-away, one-node SLURM cluster for tests, CI and laptops.
+# scripts/slurm-local.sh -- a throw-away SLURM cluster (one node, or N nodes on this host) for tests, CI and laptops.
 #
 #   scripts/slurm-local.sh install   # apt-get install slurmctld slurmd slurm-client munge (if missing)
 #   scripts/slurm-local.sh start     # (re)write config, start munged + slurmctld + slurmd, wait for "idle"
@@ -18,7 +18,22 @@
 # GRES: gpu:<type>:<n> backed by character devices in the state dir, so that jobs which request
 # GPUs get CUDA_VISIBLE_DEVICES set by Slurm (there is no real GPU behind it).
 #
+# Two (or more) nodes on this host: TOKENSCALE_SLURM_NODES=2 scripts/slurm-local.sh start
+#   Slurm 22.05 built without --enable-multiple-slurmd refuses two slurmd sharing a host name, so each node
+#   is one network namespace (`ip netns`, names ts-<node>, entered with nsenter) with its own UTS host name (= the node name, via
+#   `unshare --uts`) and address <net>.<i> on a veth pair whose host end sits on a bridge (tsbr0) that holds
+#   <net>.254, where slurmctld (in the root namespace) listens. Node names (tsn1, tsn2, ...) resolve through
+#   lines this script adds to /etc/hosts (marked "# tokenscale-slurm <state dir>", removed by stop), so that a
+#   job's rendezvous host (the first of `scontrol show hostnames`) is reachable from every node, and a rank's
+#   gethostname() resolves to its node's address (gloo binds there). munge's socket and the spool/log/pid
+#   files are paths in the state dir, shared through the filesystem; jobs see the same filesystem as here.
+#   The node list is recorded in <state dir>/etc/nodes, so stop/status need no environment. Root only
+#   (netns, bridge, /etc/hosts); jobs in a namespace cannot reach the internet. The default (1 node) uses none
+#   of this: the node is this machine, named `hostname -s`, at 127.0.0.1.
+#
 # Tunables (environment):
+#   TOKENSCALE_SLURM_NODES      nodes (>1: network namespaces, see above)         [1]
+#   TOKENSCALE_SLURM_NET        first three octets of the nodes' /24 (N > 1)     [10.77.0]
 #   TOKENSCALE_SLURM_DIR        state dir                       [/tmp/tokenscale-slurm]
 #   TOKENSCALE_SLURM_GPUS       number of fake GPUs             [2]
 #   TOKENSCALE_SLURM_GPU_TYPE   GRES type (= gpu_model to ask)  [fake]
@@ -48,6 +63,10 @@ MIN_JOB_AGE="${TOKENSCALE_SLURM_MIN_JOB_AGE:-600}"
 WAIT_S="${TOKENSCALE_SLURM_WAIT:-60}"
 MEM_MB="${TOKENSCALE_SLURM_MEM_MB:-}"
 PARTITION="debug"
+NNODES="${TOKENSCALE_SLURM_NODES:-1}"
+NET="${TOKENSCALE_SLURM_NET:-10.77.0}"
+BRIDGE="tsbr0"
+NODE_PREFIX="tsn"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 BINARIES=(slurmctld slurmd slurmstepd sbatch squeue sinfo scontrol scancel srun munged munge)
 
@@ -64,9 +83,26 @@ RUN_CONF_LINK="/run/slurm/conf"
 # Marker put into the environment of every daemon we start; slurmstepd (forked by slurmd)
 # inherits it, so `stop` can find exactly our processes by PID without matching on names.
 OWNER_MARK="TOKENSCALE_SLURM_OWNER=$STATE_DIR"
+NODES_FILE="$STATE_DIR/etc/nodes"   # the node names of the running cluster, one a line (stop/status read it)
+HOSTS_MARK="# tokenscale-slurm $STATE_DIR"
 
 log() { printf '[slurm-local] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+case "$NNODES" in ''|*[!0-9]*) die "TOKENSCALE_SLURM_NODES: '$NNODES' is not a node count" ;; esac
+[ "$NNODES" -ge 1 ] && [ "$NNODES" -le 200 ] || die "TOKENSCALE_SLURM_NODES: $NNODES is not in 1..200"
+
+multi() { [ "$NNODES" -gt 1 ]; }
+# the node names of the cluster to start: this machine (1 node) or tsn1..tsnN (network namespaces)
+wanted_nodes() {
+    local i
+    if multi; then for ((i = 1; i <= NNODES; i++)); do echo "$NODE_PREFIX$i"; done; else hostname -s; fi
+}
+# the node names of the running (or last started) cluster
+cluster_nodes() { if [ -s "$NODES_FILE" ]; then cat "$NODES_FILE"; else hostname -s; fi; }
+netns_of() { echo "ts-$1"; }
+slurmd_pidfile() { if [ "$(cluster_nodes | wc -l)" -gt 1 ]; then echo "$RUN_DIR/slurmd-$1.pid"; else echo "$RUN_DIR/slurmd.pid"; fi; }
+must() { local out; out="$("$@" 2>&1)" || die "'$*' failed: ${out:-no output}"; }
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -191,16 +227,66 @@ cmd_stop() {
     fi
     rm -f "$RUN_DIR"/*.pid 2>/dev/null || true
     unlink_run_conf
+    net_down
     local rest
     rest="$(our_pids | tr '\n' ' ')"
     [ -z "${rest// /}" ] || die "processes still alive: $rest"
     log "stopped"
 }
 
+# --------------------------------------------------------------------- N nodes: namespaces + /etc/hosts
+# /etc/hosts is rewritten in place (it may be a bind mount that cannot be replaced by a rename).
+hosts_remove() {
+    [ -f /etc/hosts ] && grep -qF "$HOSTS_MARK" /etc/hosts || return 0
+    local keep
+    keep="$(awk -v m=" $HOSTS_MARK" 'substr($0, length($0) - length(m) + 1) != m' /etc/hosts)"
+    printf '%s\n' "$keep" >/etc/hosts
+}
+
+net_down() {  # every namespace/veth of the recorded and the wanted nodes, the bridge, the hosts lines
+    local n i=0
+    for n in $( { cluster_nodes; wanted_nodes; } | sort -u); do
+        case "$n" in "$NODE_PREFIX"[0-9]*) ;; *) continue ;; esac
+        ip netns list 2>/dev/null | grep -qw "$(netns_of "$n")" && ip netns del "$(netns_of "$n")" 2>/dev/null
+        ip link show "tsv${n#"$NODE_PREFIX"}" >/dev/null 2>&1 && ip link del "tsv${n#"$NODE_PREFIX"}" 2>/dev/null
+        i=$((i + 1))
+    done
+    ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE" 2>/dev/null
+    hosts_remove
+    return 0
+}
+
+net_up() {  # a bridge holding $NET.254 (slurmctld) and, per node, a namespace at $NET.<i> on a veth pair
+    command -v ip >/dev/null 2>&1 || die "TOKENSCALE_SLURM_NODES=$NNODES needs iproute2's ip (network namespaces)"
+    command -v unshare >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1 \
+        || die "TOKENSCALE_SLURM_NODES=$NNODES needs unshare and nsenter (util-linux)"
+    net_down
+    must ip link add "$BRIDGE" type bridge
+    must ip addr add "$NET.254/24" dev "$BRIDGE"
+    must ip link set "$BRIDGE" up
+    local n i=0 ns
+    for n in $(wanted_nodes); do
+        i=$((i + 1))
+        ns="$(netns_of "$n")"
+        must ip netns add "$ns"
+        must ip link add "tsv$i" type veth peer name eth0 netns "$ns"
+        must ip link set "tsv$i" master "$BRIDGE"
+        must ip link set "tsv$i" up
+        must ip -n "$ns" addr add "$NET.$i/24" dev eth0
+        must ip -n "$ns" link set eth0 up
+        must ip -n "$ns" link set lo up
+    done
+    hosts_remove
+    i=0
+    for n in $(wanted_nodes); do i=$((i + 1)); echo "$NET.$i $n $HOSTS_MARK"; done >>/etc/hosts
+    log "network: bridge $BRIDGE ($NET.254), $NNODES namespaces $(netns_of "${NODE_PREFIX}1")..$(netns_of "$NODE_PREFIX$NNODES")"
+}
+
 # -------------------------------------------------------------------------------------------- config
 write_config() {
-    local host node_line mem_cpus
+    local host node_line mem_cpus ctld_addr=127.0.0.1
     host="$(hostname -s)"
+    multi && ctld_addr="$NET.254"
     # real CPU topology + memory of this machine, e.g.
     # NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105
     node_line="$(slurmd -C 2>/dev/null | grep -m1 '^NodeName=' || true)"
@@ -215,6 +301,8 @@ write_config() {
     node_line="$(sed -E "s/ RealMemory=[0-9]+//" <<<"$node_line") RealMemory=$MEM_MB"
 
     mkdir -p "$STATE_DIR"/{etc,spool/ctld,spool/d,dev} "$RUN_DIR" "$LOG_DIR" "$MUNGE_DIR"
+    wanted_nodes >"$NODES_FILE"
+    if multi; then for n in $(wanted_nodes); do mkdir -p "$STATE_DIR/spool/d-$n"; done; fi
     chmod 0755 "$STATE_DIR" "$STATE_DIR"/{etc,spool,spool/ctld,spool/d,dev} "$RUN_DIR" "$LOG_DIR"
     chmod 0700 "$MUNGE_DIR"
 
@@ -230,15 +318,28 @@ write_config() {
         files+=("$dev")
     done
 
+    local n nodes=() node_defs=""
+    mapfile -t nodes < <(wanted_nodes)
     {
-        echo "# generated by scripts/slurm-local.sh -- one-node test cluster, do not edit"
-        for f in "${files[@]}"; do echo "NodeName=$host Name=gpu Type=$GPU_TYPE File=$f"; done
+        echo "# generated by scripts/slurm-local.sh -- test cluster, do not edit"
+        for n in "${nodes[@]}"; do
+            for f in "${files[@]}"; do echo "NodeName=$n Name=gpu Type=$GPU_TYPE File=$f"; done
+        done
     } >"$GRES_CONF"
+    if multi; then  # node i: namespace ts-tsn<i> at $NET.<i>; per-node slurmd pid/log/spool (%n = node name)
+        for ((i = 0; i < NNODES; i++)); do
+            node_defs+="NodeName=${nodes[$i]} NodeAddr=$NET.$((i + 1)) NodeHostname=${nodes[$i]} $node_line Gres=gpu:$GPU_TYPE:$NGPUS State=UNKNOWN"$'\n'
+        done
+    else
+        node_defs="NodeName=$host NodeAddr=127.0.0.1 $node_line Gres=gpu:$GPU_TYPE:$NGPUS State=UNKNOWN"$'\n'
+    fi
+    local dsuffix=""
+    multi && dsuffix="-%n"
 
     cat >"$CONF" <<EOF
-# generated by scripts/slurm-local.sh -- one-node test cluster, do not edit
+# generated by scripts/slurm-local.sh -- test cluster ($NNODES node(s)), do not edit
 ClusterName=tokenscale-local
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host($ctld_addr)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$D_PORT
 SlurmUser=root
@@ -247,11 +348,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MUNGE_SOCKET
 StateSaveLocation=$STATE_DIR/spool/ctld
-SlurmdSpoolDir=$STATE_DIR/spool/d
+SlurmdSpoolDir=$STATE_DIR/spool/d$dsuffix
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmdPidFile=$RUN_DIR/slurmd$dsuffix.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd$dsuffix.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # no cgroups, no systemd, no slurmdbd
@@ -279,8 +380,7 @@ SlurmctldTimeout=60
 InactiveLimit=0
 KillWait=5
 Waittime=0
-NodeName=$host NodeAddr=127.0.0.1 $node_line Gres=gpu:$GPU_TYPE:$NGPUS State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
+${node_defs}PartitionName=$PARTITION Nodes=$(IFS=,; echo "${nodes[*]}") Default=YES MaxTime=INFINITE State=UP
 EOF
     chmod 0644 "$CONF" "$GRES_CONF"
 
@@ -325,8 +425,9 @@ wait_for() {  # wait_for DESCRIPTION LOGFILE COMMAND...
     done
 }
 
-node_state() { SLURM_CONF="$CONF" sinfo -h -N -n "$(hostname -s)" -o %T 2>/dev/null | head -n1; }
-node_idle() { [ "$(node_state)" = "idle" ]; }
+node_state() { SLURM_CONF="$CONF" sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n1; }
+node_states() { local n; for n in $(cluster_nodes); do printf '%s=%s ' "$n" "$(node_state "$n")"; done; }
+node_idle() { local n; for n in $(cluster_nodes); do [ "$(node_state "$n")" = "idle" ] || return 1; done; }
 munge_ok() { munge -n --socket="$MUNGE_SOCKET" | unmunge --socket="$MUNGE_SOCKET"; }
 ctld_ok() { SLURM_CONF="$CONF" scontrol ping | grep -q 'is UP'; }
 
@@ -339,6 +440,8 @@ cmd_start() {
     # idempotent: stop whatever a previous start left behind, then start from a clean spool
     [ -n "$(our_pids)" ] && { log "stopping stale daemons first"; cmd_stop; }
     rm -rf "$STATE_DIR/spool" "$LOG_DIR"
+    net_down  # a namespace cluster's leftovers (its daemons may have died without a stop)
+    if multi; then net_up; fi
     write_config
     link_run_conf
 
@@ -356,33 +459,51 @@ cmd_start() {
     env "$OWNER_MARK" slurmctld -f "$CONF" -i </dev/null
     wait_for slurmctld "$LOG_DIR/slurmctld.log" ctld_ok || { cmd_stop || true; die "slurmctld did not come up"; }
 
-    log "starting slurmd"
-    env "$OWNER_MARK" slurmd -f "$CONF" </dev/null
-    wait_for "node idle" "$LOG_DIR/slurmd.log" node_idle || {
-        log "node state: $(node_state); reason: $(SLURM_CONF="$CONF" sinfo -h -R 2>/dev/null)"
+    local n dlog="$LOG_DIR/slurmd.log"
+    if multi; then
+        # one slurmd per namespace, its host name the node's (a rank's gethostname() resolves to its node)
+        for n in $(wanted_nodes); do
+            log "starting slurmd $n in network namespace $(netns_of "$n")"
+            # nsenter, not `ip netns exec`: the latter mounts a fresh /sys without /sys/fs/cgroup, and slurmd
+            # 22.05 will not start without its cgroup plugin's mount
+            env "$OWNER_MARK" nsenter --net="/run/netns/$(netns_of "$n")" unshare --uts \
+                sh -c 'hostname "$1" && exec slurmd -f "$2" -N "$1"' sh "$n" "$CONF" </dev/null \
+                || { cmd_stop || true; die "slurmd $n did not start (nsenter --net=/run/netns/$(netns_of "$n") unshare --uts slurmd -N $n): $(tail -n 3 "$LOG_DIR/slurmd-$n.log" 2>/dev/null | tr '\n' ' ')"; }
+        done
+        dlog="$LOG_DIR/slurmd-${NODE_PREFIX}1.log"
+    else
+        log "starting slurmd"
+        env "$OWNER_MARK" slurmd -f "$CONF" </dev/null
+    fi
+    wait_for "nodes idle" "$dlog" node_idle || {
+        log "node states: $(node_states); reason: $(SLURM_CONF="$CONF" sinfo -h -R 2>/dev/null)"
         cmd_stop || true
-        die "node did not become idle"
+        die "the nodes did not become idle"
     }
-    log "cluster up in $((SECONDS - t0)) s (node $(hostname -s): $(nproc) CPUs, gpu:$GPU_TYPE:$NGPUS, partition $PARTITION)"
+    log "cluster up in $((SECONDS - t0)) s ($NNODES node(s) $(cluster_nodes | tr '\n' ' ')each $(nproc) CPUs, gpu:$GPU_TYPE:$NGPUS, partition $PARTITION)"
     echo "export SLURM_CONF=$CONF"
 }
 
 cmd_status() {
-    local pids rc=0 name f pid
-    for name in munged slurmctld slurmd; do
+    local pids rc=0 name f pid n
+    for name in munged slurmctld $(cluster_nodes | sed 's/^/slurmd:/'); do
         f="$RUN_DIR/$name.pid"
+        case "$name" in slurmd:*) f="$(slurmd_pidfile "${name#slurmd:}")" ;; esac
         pid="$( [ -f "$f" ] && tr -dc '0-9' <"$f" || true)"
+        [ "$name" = "slurmd:$(hostname -s)" ] && [ "$(cluster_nodes | wc -l)" -eq 1 ] && name=slurmd
         if [ -n "$pid" ] && alive "$pid"; then
-            log "$name running (PID $pid)"
+            log "${name/:/ } running (PID $pid)"
         else
-            log "$name NOT running"; rc=1
+            log "${name/:/ } NOT running"; rc=1
         fi
     done
     pids="$(our_pids | tr '\n' ' ')"
     log "all PIDs owned by $STATE_DIR: ${pids:-none}"
     if [ -f "$CONF" ] && SLURM_CONF="$CONF" timeout 5 sinfo >/dev/null 2>&1; then
         SLURM_CONF="$CONF" timeout 5 sinfo -N -o '%N %P %T %c %m %G' || true
-        case "$(node_state)" in idle|mixed|allocated|completing) ;; *) rc=1 ;; esac
+        for n in $(cluster_nodes); do
+            case "$(node_state "$n")" in idle|mixed|allocated|completing) ;; *) rc=1 ;; esac
+        done
     else
         log "sinfo cannot reach the controller"; rc=1
     fi

@@ -186,11 +186,26 @@ def test_two_nodes_on_localhost_form_one_world(tmp_path, data_dir):
     assert summary["steps"] == 8 and len(summary["checkpoints"]) == 2
 
 
-def test_expert_parallelism_above_one_is_refused_at_config_time():
+def test_expert_parallelism_is_a_positive_integer_at_config_time():
+    """EP > 1 is validated per run at DAG build (tests/test_expert_parallel.py); the schema wants an integer >= 1."""
     import tokenscale.studies  # noqa: F401  (registers the study sections)
     from tokenscale.config import validate_config
 
-    with pytest.raises(TokenscaleError, match=r"resources.train\[0\].expert_parallel must be one of \[None, 1\], got 2"):
-        validate_config({"resources": {"train": [{"runs": "t*", "expert_parallel": 2}]}})
-    cfg = validate_config({"resources": {"train": [{"runs": "t*", "expert_parallel": 1}]}})
-    assert cfg["resources"]["train"][0]["expert_parallel"] == 1
+    with pytest.raises(TokenscaleError, match=r"resources.train\[0\].expert_parallel: 0 is less than the minimum of 1"):
+        validate_config({"resources": {"train": [{"runs": "t*", "expert_parallel": 0}]}})
+    cfg = validate_config({"resources": {"train": [{"runs": "t*", "expert_parallel": 2}]}})
+    assert cfg["resources"]["train"][0]["expert_parallel"] == 2
+
+
+@pytest.mark.parametrize("env, threads, want", [
+    ({}, 8, 8),                                                          # one process
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"}, 8, 2),                # one node, 4 ranks (as before)
+    ({"WORLD_SIZE": "4"}, 8, 2),                                         # no LOCAL_WORLD_SIZE: the world is one node
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, 8, 8),                # 2 nodes x 1 rank: the node's 8 threads
+    ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}, 32, 4),              # 2 nodes x 8 ranks, 32 cores per node
+    ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}, 4, 1),               # fewer threads than ranks: at least 1
+])
+def test_threads_are_split_over_the_ranks_of_a_node_not_the_world(env, threads, want):
+    from tokenscale.training.trainer import threads_per_rank
+
+    assert threads_per_rank(threads, env) == want
