@@ -15,7 +15,8 @@ The pair is two arms on the same task (p, levels 1..l_max), one with uniform lev
 A level missing from the report (no examples in the levels table, no baseline) fails the criteria that need it.
 A criterion is known from the arm it is about; one arm's report knows its own (4 for uniform, 1 for L^-2) and the
 pair's verdict needs the other arm's report (``partner``). ``shows_paper_result`` is true only when all five are
-known and hold: one arm alone never claims it. No thresholds are tuned: they are the paper's statements.
+known and hold: one arm alone never claims it. The thresholds are issue #31's reading of the paper's statements,
+the ones scripts/synthetic-seeds.py checks; none is tuned to a run.
 """
 
 from __future__ import annotations
