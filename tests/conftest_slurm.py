@@ -77,13 +77,16 @@ def state_dir() -> Path:
     return Path(os.environ.get("TOKENSCALE_SLURM_DIR", "/tmp/tokenscale-slurm"))
 
 
-def run_script(action: str, timeout: int = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run scripts/slurm-local.sh ACTION under timeout -k; returns the CompletedProcess."""
+def run_script(action: str, timeout: int = SCRIPT_TIMEOUT, nodes: int | None = None) -> subprocess.CompletedProcess:
+    """Run scripts/slurm-local.sh ACTION under timeout -k (``nodes``: its TOKENSCALE_SLURM_NODES for a start)."""
+    env = {**os.environ, "TOKENSCALE_SLURM_DIR": str(state_dir())}
+    if nodes is not None:
+        env["TOKENSCALE_SLURM_NODES"] = str(nodes)
     return subprocess.run(
         ["timeout", "-k", "10", str(timeout), "bash", str(SCRIPT), action],
         capture_output=True,
         text=True,
-        env={**os.environ, "TOKENSCALE_SLURM_DIR": str(state_dir())},
+        env=env,
     )
 
 
@@ -260,7 +263,7 @@ def workflow_threads(configfiles) -> int:
 
 
 def local_cluster_profile(dest: Path, *, threads: int, train_gpus: int = 1, base: Path = SLURM_PROFILE,
-                          train_resources: dict | None = None) -> Path:
+                          train_resources: dict | None = None, max_nodes: int = 1) -> Path:
     """Write an overlay profile that fits profiles/slurm's GPU jobs onto the local node.
 
     Only `set-resources` and `set-threads` are replaced (a later --profile replaces whole top-level
@@ -268,7 +271,8 @@ def local_cluster_profile(dest: Path, *, threads: int, train_gpus: int = 1, base
     partition/account placeholders -- comes unchanged from profiles/slurm.  GPU rules ask for the
     local GRES type, `train` for `train_gpus` GPUs; every GPU rule gets `threads` CPUs (the same
     thread count as a local run, so results are bit-comparable). ``train_resources`` replace or add
-    keys of `train` (e.g. a partition with a short time limit, the segment signal).
+    keys of `train` (e.g. a partition with a short time limit, the segment signal). ``max_nodes``: the nodes
+    the site file's partition offers (2 on the two-node cluster, TOKENSCALE_SLURM_NODES=2).
     """
     prof = yaml.safe_load((base / "config.yaml").read_text())
     set_res = {}
@@ -292,7 +296,7 @@ def local_cluster_profile(dest: Path, *, threads: int, train_gpus: int = 1, base
     if prof.get("slurm-partition-config"):  # the site's partitions -> the local node's one partition
         site = dest / "partitions.yaml"
         site.write_text(yaml.safe_dump({"partitions": {LOCAL_PARTITION: {
-            "max_gpu": LOCAL_GPUS, "available_gpu_models": [LOCAL_GPU_TYPE], "max_nodes": 1, "max_runtime": 2880,
+            "max_gpu": LOCAL_GPUS, "available_gpu_models": [LOCAL_GPU_TYPE], "max_nodes": max_nodes, "max_runtime": 2880,
             "max_mem_mb": 20000}}}))  # the run's default train request (16 GB, 24 h) fits; slurm-local.sh sets no limit
         overlay["slurm-partition-config"] = str(site)
         overlay["config"] = {**(prof.get("config") or {}), "site": str(site)}
@@ -321,6 +325,7 @@ def run_workflow_slurm(
     env: dict | None = None,
     timeout: int = SNAKEMAKE_TIMEOUT,
     background: bool = False,
+    max_nodes: int = 1,
 ):
     """snakemake --profile profiles/slurm (+ local-node overlay) on the local SLURM cluster."""
     workdir = Path(workdir)
@@ -328,7 +333,7 @@ def run_workflow_slurm(
     cfgs = _as_list(configfiles)
     overlay = local_cluster_profile(workdir.parent / f".{workdir.name}-profile-gpu{train_gpus}",
                                     threads=workflow_threads(cfgs), train_gpus=train_gpus, base=profile,
-                                    train_resources=train_resources)
+                                    train_resources=train_resources, max_nodes=max_nodes)
     cmd = [
         *_snakemake_base(workdir, cfgs, snakefile),
         "--profile", profile,
