@@ -34,6 +34,7 @@ import yaml
 from tokenscale import TokenscaleError
 from tokenscale.config import fill_defaults, load_schema, run_configs
 from tokenscale.synthetic.arithmetic import vocab_size
+from tokenscale.training.expert_parallel import check as check_expert_parallel
 from tokenscale.training.model import model_flops_per_token, resolve_arch
 from tokenscale.training.throughput import GPU_PEAKS, table_peak
 
@@ -257,9 +258,19 @@ def train_request(run, section: dict, threads: int) -> dict:
     if run.micro_batch_size and (run.batch_size // world) % run.micro_batch_size:
         raise TokenscaleError(f"{where}: micro_batch_size {run.micro_batch_size} does not divide the per-rank "
                               f"batch {run.batch_size // world} ({world} ranks)")
+    ep = entry.get("expert_parallel") or 1
+    arch = resolve_arch(run.model, run.seq_len)
+    check_expert_parallel(ep, world=world, num_experts=arch.get("num_experts") if arch["family"] == "moe" else None,
+                          engine=run.engine, where=where)
     return {"match": entry["runs"], "nodes": nodes, "gpus_per_node": gpus, "ranks_per_node": ranks, "world": world,
             "cpus_per_node": gpus * entry["cpus_per_gpu"] if gpus else threads, "cpus_per_gpu": entry["cpus_per_gpu"],
             "mem_mb": entry["mem_mb"], "time_min": entry["time_min"]}
+
+
+def expert_parallel_of(cfg: dict, run_name: str) -> int:
+    """``resources.train[].expert_parallel`` of the first entry matching ``run_name`` (1 when none or null)."""
+    entry = next((e for e in resources_section(cfg)["train"] if fnmatch.fnmatchcase(run_name, e["runs"])), None)
+    return (entry or {}).get("expert_parallel") or 1
 
 
 def stage_request(cfg: dict, stage: str, site: dict | None, threads: int) -> dict:

@@ -60,10 +60,12 @@ def _train(args) -> int:
             RunLock(out).check()  # a held folder stops here in one line, before any rank starts
         return run_plan(plan, label=f" for {run.name}")
     from tokenscale.training.trainer import Trainer
+    from tokenscale.plan import expert_parallel_of
 
     data = Path(args.data) if args.data else Path(cfg["results"]) / "data"
     trainer = Trainer(run, data, out, threads=args.threads or run.threads or cfg["threads"],
-                      sampler_weights=args.sampler_weights, init_from=args.init_from, progress=not args.quiet)
+                      sampler_weights=args.sampler_weights, init_from=args.init_from, progress=not args.quiet,
+                      expert_parallel=expert_parallel_of(cfg, run.name))
     try:
         s = trainer.train()
     except SystemExit as e:  # the segment ended (lock released, state saved): run the job again

@@ -76,6 +76,8 @@ from tokenscale.io import checkpoint_val_loss_rows, write_val_loss_csv
 from tokenscale.config import RunConfig, lr_lambda
 from tokenscale.data import TrainTokens, load_tokenizer
 from tokenscale.evaluation.evaluate import load_token_set, mean_loss
+from tokenscale.training import expert_parallel
+from tokenscale.training.expert_parallel import check as check_expert_parallel
 from tokenscale.training.loss import linear_cross_entropy
 from tokenscale.training.model import build_model, model_stats, resolve_arch
 from tokenscale.training.runlock import RunLock
@@ -211,10 +213,15 @@ def _set_rng_state(s: dict) -> None:
 
 class Trainer:
     def __init__(self, run: RunConfig, data_dir: str | Path, run_dir: str | Path, *, threads: int | None = None,
-                 sampler_weights: str | Path | None = None, init_from: str | Path | None = None, progress: bool = True):
+                 sampler_weights: str | Path | None = None, init_from: str | Path | None = None, progress: bool = True,
+                 expert_parallel: int = 1):
         self.run, self.data_dir, self.run_dir = run, Path(data_dir), Path(run_dir)
         self.dist = dist_from_env()
         self.progress = progress and self.dist.main
+        self.ep = expert_parallel  # MoE expert parallelism (tokenscale.training.expert_parallel)
+        arch = resolve_arch(run.model, run.seq_len)
+        check_expert_parallel(self.ep, world=self.dist.world, engine=run.engine, where=f"run {run.name}",
+                              num_experts=arch["num_experts"] if arch["family"] == "moe" else None)
         if run.engine == "plain" and self.dist.world > 1:
             raise TokenscaleError(f"run {run.name}: engine 'plain' is single-process; use engine: deepspeed for nproc > 1")
         if threads:
@@ -306,6 +313,15 @@ class Trainer:
         if not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             deepspeed.init_distributed(dist_backend=backend)
+        if self.ep > 1:  # AutoEP replaces the MoE blocks; the optimizer is built over its parameters
+            ds["expert_parallel"] = expert_parallel.ds_section(self.ep, self.device.type)
+            lam = lr_lambda(self.run.schedule, self.total)
+            params, opt, sched = expert_parallel.optimizer_factories(
+                self.opt, lambda o: torch.optim.lr_scheduler.LambdaLR(o, lam))
+            with expert_parallel.recorder_registry_compat():
+                self.engine, self.opt, _, self.sched = deepspeed.initialize(
+                    model=self.model, model_parameters=params, optimizer=opt, lr_scheduler=sched, config=ds)
+            return
         self.engine, self.opt, _, self.sched = deepspeed.initialize(
             model=self.model, optimizer=self.opt, lr_scheduler=self.sched, config=ds
         )
@@ -340,6 +356,8 @@ class Trainer:
         key = {**self.run.branch_key(), "sampler": self.sampler.state()}
         if self.engine is not None:
             key["world"] = self.dist.world  # DeepSpeed's optimizer state is partitioned over the ranks
+            if self.ep > 1:  # and the experts over the expert-parallel groups
+                key["expert_parallel"] = self.ep
         return json.loads(json.dumps(key))
 
     def _save_state(self, step: int, dest: Path | None = None):
@@ -349,7 +367,7 @@ class Trainer:
         meta = {"step": step, "run": self.run.name, "run_hash": self.run.hash, "position": step * self.run.batch_size,
                 "sampler": self.sampler.state(), "engine": self.run.engine, "world": self.dist.world,
                 "schedule": self.run.schedule, "total_steps": self.total, "branch_key": self._branch_key(),
-                "segments": self.history}
+                "segments": self.history, "expert_parallel": self.ep}
         if self.dist.main:
             with atomic_output(dest, is_dir=True) as tmp:
                 self._write_state(tmp, step, dest)
@@ -412,6 +430,9 @@ class Trainer:
                 if meta["engine"] != self.run.engine:
                     raise TokenscaleError(f"run {self.run.name}: state in {d} is from engine {meta['engine']!r}, "
                                           f"not {self.run.engine!r}")
+                if meta.get("expert_parallel", 1) != self.ep:
+                    raise TokenscaleError(f"run {self.run.name}: state in {d} was written with expert_parallel="
+                                          f"{meta.get('expert_parallel', 1)}, not {self.ep}; restore that setting")
                 return d, int(meta["step"])
         snaps = self._own_snapshots()
         return (self.snapshot_dir(snaps[-1]), snaps[-1]) if snaps else (None, 0)
@@ -558,9 +579,14 @@ class Trainer:
         return mean_loss(self.model, self.valid_ids, device=self.device)
 
     def _save_checkpoint(self, step: int, val_loss: float | None):
+        """A dense HF checkpoint written by rank 0; with expert parallelism every rank calls it (the experts are
+        gathered: tokenscale.training.expert_parallel)."""
+        model = self.model if self.ep == 1 else expert_parallel.dense_model(self.model, self.dist.main)
+        if not self.dist.main:
+            return
         final = self.checkpoint_dir(step)
         with atomic_output(final, is_dir=True) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / "tokenscale.json", {
                 "run": self.run.name, "step": step, "tokens_seen": step * self.run.batch_size * self.run.seq_len,
@@ -782,14 +808,15 @@ class Trainer:
         if done in self.ckpt_steps:
             model.eval()
             val = None
-            if self.dist.main and self.run.in_loop_validation:
+            every = self.ep > 1  # expert parallelism: the forward pass and the checkpoint need every rank
+            if (self.dist.main or every) and self.run.in_loop_validation:
                 t = time.time()
                 val = self._val_loss()
                 self.seconds["validation"] += time.time() - t
-            if self.dist.main:
+            if self.dist.main or every:
                 t = time.time()
                 self._save_checkpoint(done, val)
-                if val is not None:
+                if val is not None and self.dist.main:
                     self._write_val_csv()
                 self.seconds["checkpoints"] += time.time() - t
             model.train()
