@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="run name from the config's runs list")
     p.add_argument("--data", help="prepared data folder (default: <results>/data)")
     p.add_argument("--out", help="run folder (default: <results>/runs/<run>)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads in total (split over ranks)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads per node, split over that node's ranks")
     p.add_argument("--nproc", type=positive_int, help="ranks on this node (default: max(--gpus, the run's nproc))")
     p.add_argument("--gpus", type=int, default=0,
                    help="GPUs per node granted to this job (the workflow passes resources.gpus_per_node)")
