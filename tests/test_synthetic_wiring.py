@@ -182,3 +182,25 @@ def test_expression_count_and_expected_unseen():
     assert sy.expected_unseen(3, 1, 0) == 1.0
     assert sy.expected_unseen(3, 1, 27) == pytest.approx((26 / 27) ** 27)
     assert sy.expected_unseen(3, 1, 48000) < 1e-300
+
+
+def test_uniform_arm_report_reads_its_power_partner(tmp_path):
+    """The workflow gives the uniform arm's synthetic_report the L^-2 arm's report.json (--partner: the pair's
+    verdict); the power arm gets none (no cycle)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "1", "--configfile",
+                        "config/smoke.yaml", "--config", f"results={tmp_path}"], cwd=repo, capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cmds = {m.group(1): line for line in (p.stdout + p.stderr).splitlines()
+            if (m := re.search(r"tokenscale synthetic-report .*--run (\S+) ", line))}
+    assert set(cmds) == {"syn_smoke_uniform", "syn_smoke_power"}
+    assert f"--partner {tmp_path}/series/syn_smoke_power/synthetic/report.json " in cmds["syn_smoke_uniform"]
+    assert "--partner" not in cmds["syn_smoke_power"]

@@ -162,6 +162,8 @@ def test_smoke_synthetic_pair(smoke, run, dist):
     sh = r["shape_test"]
     assert sh["preferred"] in ("linear", "power_law") and sh["linear"]["k"] == 2 and sh["power_law"]["k"] == 3
     assert r["svd_energy"]["svd_energy1"] is None or 0 < r["svd_energy"]["svd_energy1"] <= 1
+    pc = r["paper_criteria"]  # the uniform arm reads its L^-2 partner's report: the pair's verdict, 5 criteria
+    assert (pc["scope"], pc["n_criteria"]) == (("pair", 5) if dist == "uniform" else ("arm", 1))
     for name in ("fig08_levels", "fig09_level_trajectories", "fig10_params_vs_tau"):
         assert (smoke / "series" / run / "synthetic" / "figures" / f"{name}.png").stat().st_size > 10_000
 

@@ -1,7 +1,16 @@
 # Controllable synthetic data (paper App. A.3): per `synthetic` dataset its data folder (generated, no download);
 # a run with `synthetic: <name>` trains on it (rule train), its checkpoints are evaluated on the dataset's
 # validation answers and fitted like any T series; per such series the per-level loss and accuracy (balanced
-# validation set), the shape test and Fig. 8-10.
+# validation set), the shape test and Fig. 8-10. A uniform arm whose L^-2 arm (same task) is also a series reads
+# that arm's report.json, so its own report holds the pair's verdict (paper_criteria); the power arm reads none.
+
+from tokenscale.synthetic.criteria import power_partner
+
+SYNTHETIC_PARTNER = {  # uniform arm series -> the report.json of its L^-2 arm
+    s: f"{RESULTS}/series/{p}/synthetic/report.json"
+    for s in SYNTHETIC_SERIES
+    if (p := power_partner(s, {r: RUNS[r].synthetic for r in SYNTHETIC_SERIES}, SYNTHETIC))
+}
 
 
 rule synthetic_data:
@@ -53,7 +62,10 @@ rule synthetic_levels:
 
 rule synthetic_report:
     input:
-        unpack(synthetic_report_inputs),
+        unpack(
+            lambda w: synthetic_report_inputs(w)
+            | ({"partner": SYNTHETIC_PARTNER[w.series]} if w.series in SYNTHETIC_PARTNER else {})
+        ),
     output:
         report=f"{RESULTS}/series/{{series}}/synthetic/report.json",
         figures=report(
@@ -73,8 +85,11 @@ rule synthetic_report:
     params:
         entry=lambda w: json.dumps(SYNTHETIC[RUNS[w.series].synthetic], sort_keys=True),
         analysis=analysis_slice(CFG["analysis"], "synthetic-report"),
+        partner=lambda w: (
+            f"--partner {shlex.quote(SYNTHETIC_PARTNER[w.series])}" if w.series in SYNTHETIC_PARTNER else ""
+        ),
     shell:
         "tokenscale synthetic-report --entry {params.entry:q} --run {wildcards.series:q} --levels {input.levels:q} "
         "--val-loss {input.val_loss:q} --fits {input.fits:q} --trajectories {input.trajectories:q} "
-        "--summary {input.summary:q} --overlap {input.overlap:q} --options {params.analysis:q} "
+        "--summary {input.summary:q} --overlap {input.overlap:q} --options {params.analysis:q} {params.partner} "
         "--out {output.report:q} --figures {output.figures:q} > {log:q} 2>&1"

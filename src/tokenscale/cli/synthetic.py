@@ -61,7 +61,7 @@ def _synthetic_report(sub) -> None:
         analysis = validate_config({"analysis": args.options})["analysis"]
         r = make_report(entry, run=args.run, levels_csv=args.levels, val_loss=args.val_loss, fits=args.fits,
                         trajectories=args.trajectories, summary=args.summary, overlap_json=args.overlap,
-                        analysis=analysis, out=args.out, figures=args.figures)
+                        analysis=analysis, out=args.out, figures=args.figures, partner=args.partner)
         sh = r["shape_test"]
         print(f"synthetic-report: {args.run}: {r['levels']['n_levels_above_half']} levels above 50% accuracy; shape "
               f"test delta AIC (linear - power) {sh['delta_aic']} -> {args.out}", file=sys.stderr)
@@ -80,5 +80,7 @@ def _synthetic_report(sub) -> None:
     p.add_argument("--summary", required=True, help="the series' analysis summary.json")
     p.add_argument("--overlap", required=True, help="the dataset's overlap.json")
     p.add_argument("--options", type=json_object, default={}, help="JSON of the config's analysis section")
+    p.add_argument("--partner", default=None,
+                   help="the L^-2 arm's report.json: this uniform arm's report then holds the pair's verdict")
     p.add_argument("--out", required=True, help="output report.json")
     p.add_argument("--figures", required=True, help="output folder for Fig. 8-10")
