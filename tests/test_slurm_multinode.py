@@ -14,9 +14,9 @@ threads split over its ranks: 1 of 1 per node under SLURM, 2 over 2 on one node)
 2 fp32 gradients (x + y is commutative, so the order of arrival cannot change a bit) and all-gathers copies.
 Only the transport differs (TCP between namespaces vs loopback), and a transport moves bytes, not values.
 
-The plain engine is single-process (trainer: "engine 'plain' is single-process"): a 2-node plain run has no
-one-node 2-rank counterpart to equal, so its test checks that the job fails with that one line on its ranks,
-fast, and writes no checkpoint.
+The plain engine is single-process: a 2-node plain run has no one-node 2-rank counterpart to equal, so its
+test checks that the workflow refuses it at DAG build (plan.check_requests) with one line naming the run,
+submits nothing and writes no checkpoint.
 
 The cluster: a running cluster with >= 2 nodes is reused; a running one-node cluster (e.g. test_slurm.py's) is
 restarted with two nodes and restarted with one afterwards; else two nodes are started here and stopped after.
@@ -121,10 +121,12 @@ def _run_entry(name: str, engine: str) -> dict:
     return entry
 
 
-def _config(dest: Path) -> Path:
-    """smoke.yaml's runs plus t_2n_ds / t_2n_plain (24 steps, nproc 1), each asking for 2 CPU nodes."""
+def _config(dest: Path, engine: str = "deepspeed") -> Path:
+    """smoke.yaml's runs plus t_2n_ds (or t_2n_plain; 24 steps, nproc 1) asking for 2 CPU nodes.
+
+    The plain run gets its own config: the workflow refuses it at DAG build, which would stop every target."""
     smoke = yaml.safe_load(SMOKE_CONFIG.read_text())
-    runs = smoke["runs"] + [_run_entry("t_2n_ds", "deepspeed"), _run_entry("t_2n_plain", "plain")]
+    runs = smoke["runs"] + [_run_entry("t_2n_ds" if engine == "deepspeed" else "t_2n_plain", engine)]
     train = [{"runs": "t_2n_*", "nodes": NODES, "gpus_per_node": 0, "mem_mb": 2000, "time_min": 30}]
     dest.write_text(yaml.safe_dump({"runs": runs, "sweeps": [], "resources": {"train": train}}, sort_keys=False))
     return dest
@@ -136,8 +138,9 @@ def workdir(tmp_path_factory):
     return root, _config(root / "runs.yaml")
 
 
-def _slurm_train(cluster, workdir, run: str):
-    root, extra = workdir
+def _slurm_train(cluster, workdir, run: str, extra: Path | None = None):
+    root, default_extra = workdir
+    extra = extra or default_extra
     sdir = root / "slurm"
     target = f"results/runs/{run}/train.json"
     t0 = time.monotonic()
@@ -206,12 +209,15 @@ def test_two_nodes_one_rank_each_equals_two_ranks_on_one_node_deepspeed(two_node
 
 
 def test_plain_engine_on_two_nodes_fails_in_one_line(two_nodes, workdir):
-    """engine plain is single-process: each node's rank refuses in one line; the job fails, no checkpoint."""
+    """engine plain is single-process: the DAG build refuses a 2-node plain run in one line; nothing is submitted."""
     run = "t_2n_plain"
-    sdir, res, log, seconds = _slurm_train(two_nodes, workdir, run)
+    extra = _config(workdir[0] / "runs-plain.yaml", engine="plain")
+    sdir, res, log, seconds = _slurm_train(two_nodes, workdir, run, extra=extra)
     assert res.returncode != 0, str(res)
-    assert "--nnodes=2" in log, log[-3000:]
-    assert f"run {run}: engine 'plain' is single-process; use engine: deepspeed for nproc > 1" in log, log[-3000:]
+    line = (f"run {run} (resources.train 't_2n_*'): engine 'plain' is single-process but asks for "
+            f"{NODES} nodes x 1 ranks = {NODES} ranks")
+    assert line in res.output, str(res)
+    assert not res.sbatch_calls("train"), str(res)
     assert not (sdir / f"results/runs/{run}/train.json").exists()
     assert not list((sdir / f"results/runs/{run}").glob("checkpoints/step*"))
     print(f"2-node plain run refused in {seconds:.1f}s")

@@ -74,7 +74,7 @@ def test_tolerance_rules_first_match_wins_and_nan_none():
 def test_compare_reports_exactly_the_numbers_that_moved(tmp_path, capsys):
     ref_tree = make_tree(tmp_path / "a")
     ref_path = tmp_path / "ref.json"
-    assert main(["verify", "--results", str(ref_tree), "--reference", str(ref_path), "--write"]) == 0
+    assert main(["verify", "--results", str(ref_tree), "--reference", str(ref_path), "--write", "--every-file"]) == 0
     tol = tmp_path / "tol.yaml"
     tol.write_text(TOLERANCES)
     same = make_tree(tmp_path / "b", alpha=0.8301)  # within 1%
@@ -157,7 +157,7 @@ def test_exit_zero_html_lists_failures_first_and_missing_summaries_as_rows(tmp_p
     """The workflow's verify rule: exit 0 whatever moved; the HTML page puts FAIL and missing rows first, marks
     a provenance mismatch, and a summary the tree lacks becomes missing rows rather than an error."""
     ref_path = tmp_path / "ref.json"
-    assert main(["verify", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path), "--write"]) == 0
+    assert main(["verify", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path), "--write", "--every-file"]) == 0
     ref = json.loads(ref_path.read_text())
     ref["numbers"]["series/gone/analysis/summary.json"] = {"power_law.alpha": 1.0}
     ref_path.write_text(json.dumps(ref))
@@ -192,7 +192,7 @@ def test_differences_report_widens_a_rewritten_reference(tmp_path):
     """verify --differences on another machine's tree writes what moved; --write --spread takes it, so the same
     tree then passes a rule it failed."""
     ref_path, diff = tmp_path / "ref.json", tmp_path / "diff.json"
-    assert main(["verify", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path), "--write"]) == 0
+    assert main(["verify", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path), "--write", "--every-file"]) == 0
     tol = tmp_path / "tol.yaml"
     tol.write_text(TOLERANCES)
     moved = make_tree(tmp_path / "isa", alpha=0.90)
@@ -202,7 +202,7 @@ def test_differences_report_widens_a_rewritten_reference(tmp_path):
     assert d["series/t/analysis/summary.json:power_law.alpha"]["abs"] == pytest.approx(0.07)
     assert d["series/t/analysis/summary.json:power_law.E"]["abs"] == 0.0
     wide = tmp_path / "wide.json"
-    assert main(["verify", "--results", str(tmp_path / "a"), "--reference", str(wide), "--write", "--spread",
+    assert main(["verify", "--results", str(tmp_path / "a"), "--reference", str(wide), "--write", "--every-file", "--spread",
                  str(ref_path), str(diff)]) == 0
     assert json.loads(wide.read_text())["spread"] == {"series/t/analysis/summary.json": {"power_law.alpha":
                                                                                           pytest.approx(0.14)}}
@@ -253,7 +253,7 @@ def test_seed_values_in_the_reference_admit_a_chaotic_number(tmp_path):
     --write --seeds and read back by verify."""
     trees = [make_tree(tmp_path / f"s{k}", alpha=a) for k, a in enumerate((0.83, 0.70, 0.96, 0.78, 0.88))]
     ref_path = tmp_path / "ref.json"
-    assert main(["verify", "--write", "--results", str(trees[0]), "--reference", str(ref_path),
+    assert main(["verify", "--write", "--every-file", "--results", str(trees[0]), "--reference", str(ref_path),
                  "--seeds", *map(str, trees[1:])]) == 0
     ref = json.loads(ref_path.read_text())
     assert ref["seeds"]["n"] == 5
@@ -271,7 +271,7 @@ def test_seed_values_in_the_reference_admit_a_chaotic_number(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "provenance.json").write_text((trees[0] / "provenance.json").read_text())
-    assert main(["verify", "--write", "--results", str(trees[0]), "--reference", str(ref_path),
+    assert main(["verify", "--write", "--every-file", "--results", str(trees[0]), "--reference", str(ref_path),
                  "--seeds", str(empty)]) == 2
 
 
@@ -355,13 +355,37 @@ def test_a_reference_from_another_machine_is_checked_as_results(tmp_path, capsys
     """--results may be a reference JSON (a reproduction written elsewhere): its numbers are compared, its provenance
     shown; one that moved beyond every allowance fails like a tree would."""
     ref_path, other = tmp_path / "ref.json", tmp_path / "other.json"
-    assert main(["verify", "--write", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path)]) == 0
+    assert main(["verify", "--write", "--every-file", "--results", str(make_tree(tmp_path / "a")), "--reference", str(ref_path)]) == 0
     tol = tmp_path / "tol.yaml"
     tol.write_text(TOLERANCES)
-    assert main(["verify", "--write", "--results", str(make_tree(tmp_path / "b", alpha=0.8301)), "--reference",
+    assert main(["verify", "--write", "--every-file", "--results", str(make_tree(tmp_path / "b", alpha=0.8301)), "--reference",
                  str(other)]) == 0
     args = ["verify", "--reference", str(ref_path), "--tolerances", str(tol), "--results", str(other)]
     assert main(args) == 0 and "verify: 8 numbers: 8 pass" in capsys.readouterr().out
-    assert main(["verify", "--write", "--results", str(make_tree(tmp_path / "c", alpha=0.9)), "--reference",
+    assert main(["verify", "--write", "--every-file", "--results", str(make_tree(tmp_path / "c", alpha=0.9)), "--reference",
                  str(other)]) == 0
     assert main(args) == 1 and "7 pass, 1 FAIL" in capsys.readouterr().out
+
+
+def test_write_reference_keeps_only_the_configs_own_runs_and_series(tmp_path):
+    """A tree holds files an earlier config left (a D budget since dropped): `verify --write --config` writes only
+    the runs, series, reshape experiments and seed groups the config makes, so a fresh tree of it can pass."""
+    from tokenscale.reproduction.stage import config_names
+    from tokenscale.workflow import workflow_config
+
+    names = config_names(workflow_config("config/smoke.yaml"))
+    assert {"t_smoke"} <= names["runs"] and {"t_smoke"} <= names["series"] and names["reshape"]
+    tree = make_tree(tmp_path / "a")
+    for run in ("t_smoke", "d_old-budget"):
+        (tree / f"runs/{run}").mkdir(parents=True)
+        (tree / f"runs/{run}/val_loss.csv").write_text("step,tokens_seen,val_loss\n1,10,8.3\n")
+    (tree / "series/t_smoke/analysis").mkdir(parents=True)
+    (tree / "series/t_smoke/analysis/summary.json").write_text(json.dumps(SUMMARY))
+    ref_path = tmp_path / "ref.json"
+    assert main(["verify", "--write", "--results", str(tree), "--reference", str(ref_path),
+                 "--config", "config/smoke.yaml"]) == 0
+    files = set(json.loads(ref_path.read_text())["numbers"])
+    assert files == {"runs/t_smoke/val_loss.csv", "series/t_smoke/analysis/summary.json"}
+    assert main(["verify", "--write", "--every-file", "--results", str(tree), "--reference", str(ref_path),
+                 "--config", "config/smoke.yaml"]) == 0
+    assert {"runs/d_old-budget/val_loss.csv", "runs/t/val_loss.csv"} <= set(json.loads(ref_path.read_text())["numbers"])

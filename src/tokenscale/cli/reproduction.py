@@ -38,7 +38,7 @@ def _run_verify(args) -> int:
 
     if args.write:
         ref = write_reference(results=args.results, config=args.config, spread=args.spread, seeds=args.seeds,
-                              reference=args.reference)
+                              reference=args.reference, every_file=args.every_file)
         n = sum(len(v) for v in ref["numbers"].values())
         print(f"verify: wrote {n} numbers from {len(ref['numbers'])} files of {Path(args.results)} to {args.reference}")
         return 0
@@ -63,6 +63,9 @@ def _verify(sub) -> None:
                         "from)")
     p.add_argument("--write", action="store_true", help="write --reference from --results instead of comparing")
     p.add_argument("--config", default="config/config.yaml", help="with --write: the config the results came from")
+    p.add_argument("--every-file", action="store_true",
+                   help="with --write: take every run, series, reshape and seeds folder in --results, not only those "
+                        "--config makes (by default files an earlier config left in the tree are skipped)")
     p.add_argument("--spread", nargs="*", default=[],
                    help="with --write: determinism reports (scripts/determinism.py's JSON) whose measured differences "
                         "widen each number's tolerance to twice the largest difference seen, or earlier references "

@@ -19,11 +19,27 @@ def write_provenance(*, config_sha256: str, repo, lock, manifest, out) -> dict:
     return prov
 
 
-def write_reference(*, results, config, spread: list, seeds: list, reference) -> dict:
-    """Write a reference (``reference``) from a results tree; ``spread``: determinism reports or earlier references
-    (JSON files), ``seeds``: results trees of the same config under other training seeds. Returns it."""
+def config_names(cfg: dict) -> dict[str, set[str]]:
+    """Per results folder, the names a validated config makes: ``runs``, ``series``, ``reshape`` experiments and
+    ``seeds`` groups (what the workflow's default target writes there)."""
+    from tokenscale.config import run_configs
+    from tokenscale.series import build_workflow, seed_groups
+
+    return {"runs": set(run_configs(cfg)), "series": set(build_workflow(cfg).series),
+            "reshape": {ex["name"] for ex in cfg["reshape"]}, "seeds": set(seed_groups(cfg))}
+
+
+def write_reference(*, results, config, spread: list, seeds: list, reference, every_file: bool = False) -> dict:
+    """Write a reference (``reference``) from a results tree of the config file ``config`` (as the Snakefile reads
+    it: over config/config.yaml unless standalone); ``spread``: determinism reports or earlier references (JSON
+    files), ``seeds``: results trees of the same config under other training seeds. Only the numbers of the
+    config's own runs, series, reshape experiments and seed groups are written (a tree may hold files an earlier
+    config left) unless ``every_file``. Returns it."""
+    from tokenscale.workflow import workflow_config
+
+    names = None if every_file else config_names(workflow_config(config))
     spreads = [json.loads(Path(f).read_text()) for f in spread]
-    ref = verify.write_reference(Path(results), config, spreads, [Path(t) for t in seeds])
+    ref = verify.write_reference(Path(results), config, spreads, [Path(t) for t in seeds], names)
     atomic.write_json(reference, ref)
     return ref
 

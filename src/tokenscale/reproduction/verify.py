@@ -124,11 +124,17 @@ def file_numbers(path: Path, keys: tuple[str, ...]) -> dict[str, float | None]:
             if _is_number(v) and any(fnmatch.fnmatchcase(k, g) for g in keys)}
 
 
-def headline_numbers(results: Path) -> dict[str, dict[str, float | None]]:
-    """``{file: {key: value}}`` of every headline number in a results tree."""
+def headline_numbers(results: Path, names: dict[str, set[str]] | None = None) -> dict[str, dict[str, float | None]]:
+    """``{file: {key: value}}`` of every headline number in a results tree.
+
+    ``names``: per top folder (``runs``, ``series``, ``reshape``, ``seeds``) the names the config makes; a file
+    under another name (left in the tree by an earlier config) is skipped. ``None`` keeps every file."""
     out = {}
     for pattern, keys in HEADLINE.items():
         for path in sorted(results.glob(pattern)):
+            top, name = path.relative_to(results).parts[:2]
+            if names is not None and name not in names.get(top, ()):
+                continue
             nums = file_numbers(path, keys)
             if nums:
                 out[path.relative_to(results).as_posix()] = nums
@@ -174,15 +180,19 @@ def read_provenance(results: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- references
-def write_reference(results: Path, config: str, spreads: list[dict] = (), seed_trees: list[Path] = ()) -> dict:
+def write_reference(results: Path, config: str, spreads: list[dict] = (), seed_trees: list[Path] = (),
+                    names: dict[str, set[str]] | None = None) -> dict:
     """A reference from a results tree: its provenance, every headline number, and per number the measured spread
     (``SPREAD_FACTOR`` × the largest absolute difference any ``spreads`` comparison saw: a determinism report's
     ``variants.*.numbers``, see tokenscale.reproduction.determinism), which widens that number's tolerance beyond its rule. A
     ``spreads`` entry that is itself a reference contributes the spread it holds (measurements accumulate).
 
     ``seed_trees``: results trees of the same config under other training seeds (``seed_offset`` 1..K−1); each
-    number's values over ``results`` and them go into ``seeds`` (see :class:`SeedInterval`)."""
-    numbers = headline_numbers(results)
+    number's values over ``results`` and them go into ``seeds`` (see :class:`SeedInterval`).
+
+    ``names``: the run, series, reshape and seed-group names of ``config`` (:func:`headline_numbers`), so that
+    files an earlier config left in the tree do not enter the reference."""
+    numbers = headline_numbers(results, names)
     spread: dict[str, dict[str, float]] = {}
     for file, key, width in (m for report in spreads for m in _measured_spread(report)):
         if key in numbers.get(file, {}):
@@ -190,7 +200,7 @@ def write_reference(results: Path, config: str, spreads: list[dict] = (), seed_t
     ref = {"format": REFERENCE_FORMAT, "config": config, "provenance": read_provenance(results),
            "numbers": numbers, "spread": spread}
     if seed_trees:
-        ref["seeds"] = seed_values(numbers, [headline_numbers(Path(t)) for t in seed_trees])
+        ref["seeds"] = seed_values(numbers, [headline_numbers(Path(t), names) for t in seed_trees])
     return ref
 
 
