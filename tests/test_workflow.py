@@ -442,3 +442,28 @@ def test_verify_smoke_against_committed_reference(smoke):
                         "reference/smoke.json", "--failed-only"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
     assert " 0 FAIL, 0 missing" in p.stdout
+
+
+def test_chain_heads_and_their_jobs_go_first(tmp_path):
+    """The scheduler starts the longest chains first: the trunk / reshape reference's training, the evaluation of
+    the sources made of its checkpoints (the candidates'), the candidates' fits and scores and the reshape arms
+    get priority 10 (workflow/rules/common.smk: chain_priority); an M run, a seed twin and its evaluation keep 0."""
+    p = smk("-n", "--forceall", results=tmp_path / "r", timeout=300)
+    jobs, cur = {}, None
+    for ln in p.stdout.splitlines():
+        if re.match(r"(local)?(rule|checkpoint) \w+:", ln):
+            cur = {"rule": ln.split()[-1].rstrip(":"), "priority": 0, "wc": ""}
+            jobs[len(jobs)] = cur
+        elif cur is not None and ln.strip().startswith("wildcards:"):
+            cur["wc"] = ln.split("wildcards:", 1)[1].strip()
+        elif cur is not None and ln.strip().startswith("priority:"):
+            cur["priority"] = int(ln.split(":", 1)[1])
+    prio = {(j["rule"], j["wc"]): j["priority"] for j in jobs.values()}
+    first = [("train", "run=t_smoke"), ("reshape_scores", "exp=rs_smoke"), ("fit_table", "series=rs_smoke-candidates")]
+    assert all(prio[k] == 10 for k in first), {k: prio.get(k) for k in first}
+    cand = [k for k in prio if k[0] == "evaluate_checkpoint" and "tokens=rs_smoke," in k[1]]
+    arms = [k for k in prio if k[0] == "train" and "run=rs_smoke-" in k[1]]
+    assert cand and arms and all(prio[k] == 10 for k in cand + arms), {k: prio[k] for k in cand + arms}
+    later = [k for k in prio if k[0] == "train" and ("run=m_smoke" in k[1] or k[1] == "run=t_smoke_s1")]
+    later += [k for k in prio if k[0] == "evaluate_checkpoint" and "source=t_smoke_s1," in k[1]]
+    assert len(later) >= 3 and all(prio[k] == 0 for k in later), {k: prio[k] for k in later}

@@ -243,6 +243,33 @@ def reshape_arms_json(wildcards):
     return json.dumps({"arms": out}, sort_keys=True)
 
 
+# The longest chains of the DAG start at runs that others continue from: a sweep's trunk (its decays branch from its
+# snapshots) and a reshape experiment's reference (its candidates are scored on its checkpoints, its arms continue
+# from its state). Their jobs, the candidates' evaluation and fits and the arms go first (README: "Demo timing"), and
+# so do the synthetic runs' chains: the greedy scheduler otherwise ranks jobs by input size, which leaves a chain
+# with no large input (synthetic data, its run, levels, report) to the end, on one core.
+HEAD_RUNS = {RUNS[r].spec["branch"]["from"] for r in RUNS if RUNS[r].spec.get("branch")}
+HEAD_RUNS |= {ex["reference"] for ex in CFG["reshape"]} | {r for r in RUNS if RUNS[r].reshape is not None}
+HEAD_RUNS |= {r for r in RUNS if RUNS[r].synthetic}
+CHAIN_SERIES = {f"{ex['name']}-candidates" for ex in CFG["reshape"]}
+HEAD_READY = {f"{RESULTS}/runs/{r}/train.json" for r in HEAD_RUNS}
+CHAIN_PRIORITY = 10
+
+
+def chain_priority(wildcards):
+    """Scheduler priority of a job: CHAIN_PRIORITY on a chain that starts at a HEAD_RUNS run (its training, the
+    evaluation of a source made of its checkpoints, e.g. the candidates' `t_moe.from230`), else 0."""
+    w = dict(wildcards.items())
+    source = SOURCES.get(w.get("source"))
+    on_chain = (
+        w.get("run") in HEAD_RUNS
+        or w.get("series") in CHAIN_SERIES | HEAD_RUNS
+        or "syn" in w
+        or (source is not None and not HEAD_READY.isdisjoint(source.ready))
+    )
+    return CHAIN_PRIORITY if on_chain else 0
+
+
 def train_trunk(wildcards):
     """A decay branch starts from its trunk's snapshot: the trunk's train.json (written once it has finished)."""
     branch = RUNS[wildcards.run].spec.get("branch")
@@ -353,7 +380,9 @@ def series_eval_dirs(wildcards):
 # dependency length at the series' last member: a run's final checkpoint; a frontier's largest budget or model
 # (its members come from its manifest). Continuation series (reshape arms) are compared in their experiment's
 # report instead.
-ANALYZED = [s for s, v in SERIES.items() if v.kind != "continuation"]
+# A reshape experiment's candidates series is scored (reshape_scores) from its fits, not analyzed as a series of
+# its own: its p(tau), pulse and power law describe training samples between two reference checkpoints.
+ANALYZED = [s for s, v in SERIES.items() if v.kind not in ("continuation", "candidates")]
 ALIGNED = [s for s in ANALYZED if SERIES[s].token_set == VALID_TOKENS]
 
 

@@ -17,6 +17,7 @@ rule prepare_corpus:
         manifest=f"{DATA}/corpus/manifest.json",
     log:
         f"{RESULTS}/logs/prepare_corpus.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/tokenscale.yaml"
     resources:
@@ -39,6 +40,7 @@ rule train_tokenizer:
         f"{RESULTS}/logs/train_tokenizer.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_tokenizer.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/tokenscale.yaml"
     resources:
@@ -93,6 +95,7 @@ rule tokenize:
         f"{RESULTS}/logs/tokenize.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenize.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/tokenscale.yaml"
     resources:

@@ -38,6 +38,7 @@ rule evaluate_checkpoint:
         f"{RESULTS}/logs/evaluate/{{tokens}}/{{source}}/block-{{block}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{tokens}}/{{source}}/block-{{block}}.tsv"
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     threads: source_threads
@@ -87,6 +88,7 @@ rule assemble_shard:
         f"{RESULTS}/logs/assemble/{{series}}/shard-{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/assemble/{{series}}/shard-{{shard}}.tsv"
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     resources:

@@ -9,6 +9,7 @@ rule fit_window:
         window=f"{RESULTS}/series/{{series}}/fit-window.json",
     log:
         f"{RESULTS}/logs/fit/{{series}}/window.log",
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     resources:
@@ -33,6 +34,7 @@ rule fit_shard:
         f"{RESULTS}/logs/fit/{{series}}/shard-{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fit/{{series}}/shard-{{shard}}.tsv"
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     threads: CFG["threads"]
@@ -59,6 +61,7 @@ rule fit_table:
         table=f"{RESULTS}/series/{{series}}/fits.h5",
     log:
         f"{RESULTS}/logs/fit/{{series}}/table.log",
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     resources:

@@ -13,6 +13,7 @@ rule reshape_candidates:
         tokens=f"{RESULTS}/reshape/{{exp}}/candidates.h5",
     log:
         f"{RESULTS}/logs/reshape/{{exp}}-candidates.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/tokenscale.yaml"
     resources:
@@ -39,6 +40,7 @@ rule reshape_scores:
         uniform=f"{RESULTS}/reshape/{{exp}}/weights-uniform.npy",
     log:
         f"{RESULTS}/logs/reshape/{{exp}}-scores.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/tokenscale.yaml"
     resources:

@@ -25,6 +25,7 @@ rule synthetic_data:
         f"{RESULTS}/logs/synthetic/{{syn}}-data.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthetic/{{syn}}-data.tsv"
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     resources:
@@ -47,6 +48,7 @@ rule synthetic_levels:
         f"{RESULTS}/logs/synthetic/{{run}}-levels.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthetic/{{run}}-levels.tsv"
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     threads: CFG["threads"]
@@ -77,6 +79,7 @@ rule synthetic_report:
         ),
     log:
         f"{RESULTS}/logs/synthetic/{{series}}-report.log",
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     resources:

@@ -17,6 +17,7 @@ rule train:
         f"{RESULTS}/logs/train/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+    priority: chain_priority
     conda:
         "../../envs/tokenscale.yaml"
     threads: lambda w: run_threads(w.run)
