@@ -212,7 +212,7 @@ def test_plain_engine_on_two_nodes_fails_in_one_line(two_nodes, workdir):
     """engine plain is single-process: the DAG build refuses a 2-node plain run in one line; nothing is submitted."""
     run = "t_2n_plain"
     extra = _config(workdir[0] / "runs-plain.yaml", engine="plain")
-    sdir, res, log, seconds = _slurm_train(two_nodes, workdir, run, extra=extra)
+    sdir, res, _, seconds = _slurm_train(two_nodes, workdir, run, extra=extra)
     assert res.returncode != 0, str(res)
     line = (f"run {run} (resources.train 't_2n_*'): engine 'plain' is single-process but asks for "
             f"{NODES} nodes x 1 ranks = {NODES} ranks")

@@ -251,7 +251,7 @@ def reshape_arms_json(wildcards):
 HEAD_RUNS = {RUNS[r].spec["branch"]["from"] for r in RUNS if RUNS[r].spec.get("branch")}
 HEAD_RUNS |= {ex["reference"] for ex in CFG["reshape"]} | {r for r in RUNS if RUNS[r].reshape is not None}
 HEAD_RUNS |= {r for r in RUNS if RUNS[r].synthetic}
-CHAIN_SERIES = {f"{ex['name']}-candidates" for ex in CFG["reshape"]}
+CHAIN_SERIES = {f"{ex['name']}-candidates" for ex in CFG["reshape"]} | HEAD_RUNS  # a run's series has its name
 HEAD_READY = {f"{RESULTS}/runs/{r}/train.json" for r in HEAD_RUNS}
 CHAIN_PRIORITY = 10
 
@@ -263,7 +263,7 @@ def chain_priority(wildcards):
     source = SOURCES.get(w.get("source"))
     on_chain = (
         w.get("run") in HEAD_RUNS
-        or w.get("series") in CHAIN_SERIES | HEAD_RUNS
+        or w.get("series") in CHAIN_SERIES
         or "syn" in w
         or (source is not None and not HEAD_READY.isdisjoint(source.ready))
     )
