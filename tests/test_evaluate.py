@@ -383,3 +383,42 @@ def test_cli_eval_folder_manifest_and_corrupt_numbers(tmp_path):
     (block / "MANIFEST.json").unlink()
     for evals in ([block], [block / "step00000001.h5", f]):
         one_error_line(assemble(*evals), str(block), "no MANIFEST.json", "did not finish")
+
+
+def test_cli_evaluate_blocks_writes_each_sources_block_in_one_process(tmp_path):
+    """`evaluate --blocks` (a bundle of sources, eval.sources_per_job) writes each source's block folder with its
+    manifest, the same eval files as one job per source; bad --blocks or both forms given are one line."""
+    from conftest import run_cli
+
+    ts = tmp_path / "ts.h5"
+    make_token_set(ts, S=3, T=8)
+    runs = {"a": ["step1", "step10"], "b": ["step5"]}
+    for seed, (run, names) in enumerate(runs.items()):
+        for i, name in enumerate(names):
+            save_ckpt(tiny_model(10 * seed + i), tmp_path / run / name, complete=False)
+    bundle = tmp_path / "evals" / "front+0" / "block-000"
+    blocks = [{"checkpoints": [str(tmp_path / r / n) for n in names], "out_dir": str(bundle / r),
+               "watch_cache": str(tmp_path / "evals" / r / "watch-cache")} for r, names in runs.items()]
+    p = run_cli("evaluate", "--blocks", json.dumps(blocks), "--tokens", ts, "--device", "cpu", "--batch-size", 2)
+    assert "block 2/2: 1 checkpoints" in p.stderr
+    assert sorted(x.name for x in (bundle / "a").iterdir()) == ["MANIFEST.json", "step00000001.h5", "step00000010.h5"]
+    assert sorted(json.loads((bundle / "b" / "MANIFEST.json").read_text())["files"]) == ["step00000005.h5"]
+    for run, names in runs.items():
+        alone = tmp_path / "alone" / run
+        run_cli("evaluate", "--checkpoint", *[tmp_path / run / n for n in names], "--tokens", ts, "--out-dir", alone,
+                "--device", "cpu", "--batch-size", 2)
+        for f in sorted(alone.glob("step*.h5")):
+            np.testing.assert_array_equal(tio.read_eval_losses(bundle / run / f.name)[0], tio.read_eval_losses(f)[0])
+    assert [r[0] for r in tio.val_loss_rows([bundle / "a"])] == [1, 10]  # a bundled source's folder reads as a block
+
+    def one_error_line(*args, needle):
+        p = run_cli("evaluate", *args, "--tokens", ts, "--device", "cpu", check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr
+
+    one_error_line("--blocks", "[]", needle="--blocks is not a JSON list of")
+    one_error_line("--blocks", '[{"out_dir": "x"}]', needle="--blocks is not a JSON list of")
+    one_error_line(needle="give either --checkpoint (with --out or --out-dir) or --blocks")
+    one_error_line("--blocks", json.dumps(blocks), "--checkpoint", str(tmp_path / "a" / "step1"),
+                   needle="give either --checkpoint")
+    one_error_line("--blocks", json.dumps(blocks), "--out-dir", str(tmp_path / "x"), needle="drop --out/--out-dir")

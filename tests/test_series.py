@@ -53,6 +53,55 @@ def test_eval_blocks_partition_a_source():
     assert [series.block_of(src, s, 2) for s in src.steps] == [0, 0, 1, 1, 2]
 
 
+def _bundle_wf(n_frontier: int = 7):
+    """A frontier series over ``n_frontier`` one-block runs (one of which a second series also uses) and one run of
+    three blocks, on the validation token set; a run series on another token set."""
+    src = lambda name, steps: series.Source(name, tuple((s, f"{name}/step{s}") for s in steps), (f"{name}/train.json",))
+    wf = series.Workflow()
+    runs = [src(f"d{i}", (1, 8)) for i in range(n_frontier)] + [src("long", (1, 2, 4, 8, 16))]
+    wf.add(sources=runs, token_sets=[series.TokenSet("valid", "v.h5"), series.TokenSet("syn", "s.h5")])
+    frontier = series.Series("front", "frontier", "valid", None, tuple(r.name for r in runs), resolver="m:f")
+    wf.add(series=[frontier, series.Series("d0", "run", "valid", (("d0", 1), ("d0", 8)), ("d0",)),
+                   series.Series("d1s", "run", "syn", (("d1", 8),), ("d1",))])
+    return wf
+
+
+def test_bundles_split_a_series_one_block_sources_evenly():
+    wf = _bundle_wf()
+    # d0 is shared with its own series and `long` has 3 blocks of 2: neither is bundled; d1..d6 -> 2 bundles of 3
+    b = series.bundle_sources(wf, 2, 4)
+    assert b == {("valid", f"d{i}"): f"front+{(i - 1) // 3}" for i in range(1, 7)}
+    assert series.bundle_sources(wf, 2, 1) == {}  # one source per job: today's layout
+    assert series.bundle_sources(wf, 2, 6) == {("valid", f"d{i}"): "front+0" for i in range(1, 7)}
+    assert set(series.bundle_sources(_bundle_wf(8), 2, 3).values()) == {"front+0", "front+1", "front+2"}  # 7 -> 3,2,2
+    sizes = [len(g) for g in series._split_even(list(range(7)), 3)]
+    assert sizes == [2, 3, 2] and sum(sizes) == 7
+    with pytest.raises(TokenscaleError, match="eval.sources_per_job: 0 is not >= 1"):
+        series.bundle_sources(wf, 2, 0)
+
+
+def test_eval_plan_says_where_every_file_is():
+    ev = series.eval_plan(_bundle_wf(), 2, 4)
+    job = ev.job_of("valid", "d2", 8)
+    assert (job.name, job.block, job.bundled) == ("front+0", 0, True)
+    assert job.parts == (("d1", (1, 8)), ("d2", (1, 8)), ("d3", (1, 8)))
+    assert ev.block_dir("valid", "d2", 8) == "valid/front+0/block-000/d2"
+    assert ev.job("valid", "front+0", 0) is job
+    # unbundled: the source's own folder, one job per block; a source bundled on one token set is alone on another
+    assert ev.block_dir("valid", "long", 4) == "valid/long/block-001"
+    assert ev.source_blocks("valid", "long") == [f"valid/long/block-{b:03d}" for b in range(3)]
+    assert ev.block_dir("valid", "d0", 1) == "valid/d0/block-000" and not ev.job_of("valid", "d0", 1).bundled
+    assert ev.block_dir("syn", "d1", 8) == "syn/d1/block-000"
+    with pytest.raises(TokenscaleError, match="evaluation job valid/front\\+5/block-000 does not exist"):
+        ev.job("valid", "front+5", 0)
+    with pytest.raises(TokenscaleError, match="evaluation job valid/d1/block-000 does not exist"):
+        ev.job("valid", "d1", 0)  # d1 is evaluated in its bundle, not on its own
+    with pytest.raises(TokenscaleError, match="source long: evaluation block 3 does not exist \\(3 blocks\\)"):
+        ev.job("valid", "long", 3)
+    with pytest.raises(TokenscaleError, match="source d1: no checkpoint at step 2"):
+        ev.job_of("valid", "d1", 2)
+
+
 def test_external_series_discovers_steps_and_names_clash(tmp_path):
     folder = tmp_path / "pythia"
     for name in ("step1000", "step00000010", "checkpoint-100", "notes"):

@@ -467,3 +467,18 @@ def test_chain_heads_and_their_jobs_go_first(tmp_path):
     later = [k for k in prio if k[0] == "train" and ("run=m_smoke" in k[1] or k[1] == "run=t_smoke_s1")]
     later += [k for k in prio if k[0] == "evaluate_checkpoint" and "source=t_smoke_s1," in k[1]]
     assert len(later) >= 3 and all(prio[k] == 0 for k in later), {k: prio[k] for k in later}
+
+
+def test_sweep_runs_are_evaluated_a_few_to_a_job(tmp_path):
+    """eval.sources_per_job: 5 bundles the D and M sweeps' runs (one block each, used by their frontier alone) into
+    one evaluation job per 5; each run's val_loss and the frontier read its block folder inside the bundle's."""
+    p = smk("-n", "--forceall", "-p", results=tmp_path / "r", timeout=300)
+    ev = re.findall(r"wildcards: tokens=(\w+), source=([\w.+-]+), block=(\d+)", p.stdout)
+    names = {s for _, s, _ in ev}
+    assert {"d_smoke+0", "m_smoke+0"} <= names, names
+    assert not any(s.startswith(("d_smoke-", "m_smoke-")) for s in names), names
+    assert "t_smoke" in names and "t_smoke_s1" in names  # runs with series of their own are evaluated alone
+    val_loss = dict(re.findall(r"tokenscale val-loss --evals (\S+) --out \S+/runs/(d_smoke-[\w.-]+)/val_loss.csv",
+                               p.stdout))
+    assert len(val_loss) >= 2, p.stdout[-3000:]
+    assert all(f.endswith(f"/evals/valid/d_smoke+0/block-000/{run}") for f, run in val_loss.items()), val_loss

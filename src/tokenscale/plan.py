@@ -344,24 +344,25 @@ def read_profile(profile: str | Path) -> dict:
 
 
 def eval_jobs(cfg: dict) -> dict[str, int]:
-    """Evaluation jobs (blocks of eval.checkpoints_per_job checkpoints) per source, as the workflow builds them:
-    the blocks its series' members fall in, and every block of a run whose val_loss.csv comes from evaluations.
-    Members of deferred series (frontiers) are known only after training and are the runs' final checkpoints,
-    evaluated for the runs' own series already."""
-    from tokenscale.series import VALID_TOKENS, block_of, build_workflow, eval_blocks
+    """Evaluation jobs (blocks of eval.checkpoints_per_job checkpoints) per source, or per bundle of sources
+    (eval.sources_per_job), as the workflow builds them: the blocks its series' members fall in, and every block of
+    a run whose val_loss.csv comes from evaluations. Members of deferred series (frontiers) are known only after
+    training and are the runs' final checkpoints, evaluated for the runs' val_loss.csv already."""
+    from tokenscale.series import VALID_TOKENS, build_workflow, eval_blocks, eval_plan
 
     wf, per_job = build_workflow(cfg), cfg["eval"]["checkpoints_per_job"]
-    blocks = set()
+    ev = eval_plan(wf, per_job, cfg["eval"]["sources_per_job"])
+    jobs = set()
     for s in wf.series.values():
         for src, step in s.members or ():
-            blocks.add((s.token_set, src, block_of(wf.sources[src], step, per_job)))
+            jobs.add(ev.job_of(s.token_set, src, step))
     for name, run in run_configs(cfg).items():
         if not run.in_loop_validation:
-            n = len(eval_blocks(wf.sources[name], per_job))
-            blocks |= {(run.synthetic or VALID_TOKENS, name, b) for b in range(n)}
+            tokens = run.synthetic or VALID_TOKENS
+            jobs |= {ev.job_of(tokens, name, steps[0]) for steps in eval_blocks(wf.sources[name], per_job)}
     out: dict[str, int] = {}
-    for _, src, _ in blocks:
-        out[src] = out.get(src, 0) + 1
+    for job in jobs:
+        out[job.name] = out.get(job.name, 0) + 1
     return out
 
 

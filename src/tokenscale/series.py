@@ -13,7 +13,9 @@ build the DAG):
 
 Each (token set, source, checkpoint) is evaluated once, whichever series use it: evaluation files live under
 ``evals/{token set}/{source}/`` in blocks of ``eval.checkpoints_per_job`` of the source's checkpoints, and a
-series reads the files of its members from there.
+series reads the files of its members from there. With ``eval.sources_per_job`` > 1, the one-block sources that
+only one series uses are evaluated a few to a job (:func:`bundle_sources`): ``evals/{token set}/<series>+<k>/``
+then holds each source's block folder (:class:`EvalPlan` says where every file is).
 
 Each kind of series is one builder in :data:`BUILDERS` (config -> series). ``run`` and ``external`` are built in;
 a study registers its kinds with :func:`register_builder` from its ``spec`` module (:mod:`tokenscale.studies` lists
@@ -56,7 +58,7 @@ from tokenscale.atomic import write_json
 from tokenscale.config import config_hash, registered_sections, run_configs
 
 __all__ = ["Source", "TokenSet", "Series", "Workflow", "BUILDERS", "register_builder", "build_workflow", "discover_checkpoints",
-           "step_from_name", "eval_blocks", "block_of", "resolve", "resolve_manifest", "series_spec",
+           "step_from_name", "eval_blocks", "block_of", "EvalJob", "EvalPlan", "eval_plan", "bundle_sources", "resolve", "resolve_manifest", "series_spec",
            "parse_series_spec", "read_manifest", "read_manifest_data", "write_manifest", "seed_groups", "SEED_FREE_KEYS"]
 
 _STEP_DIR = re.compile(r"^(?:step|checkpoint-|global_step)0*(\d+)$")
@@ -264,6 +266,105 @@ def block_of(source: Source, step: int, per_job: int) -> int:
         if step in steps:
             return b
     raise TokenscaleError(f"source {source.name}: no checkpoint at step {step}")
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One evaluation job (one process) on token set ``tokens``: ``parts`` are the (source, steps) it evaluates in
+    turn. ``name`` is its folder under ``evals/{tokens}/``: the source's name, or ``<series>+<k>`` for a bundle of
+    sources (``+`` is in no source name). A bundle writes each source's block folder inside its own."""
+
+    tokens: str
+    name: str
+    block: int
+    parts: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def bundled(self) -> bool:
+        return len(self.parts) > 1 or self.parts[0][0] != self.name
+
+
+def _split_even(items: list, size: int) -> list[list]:
+    """``items`` in ceil(n / size) consecutive groups whose sizes differ by at most one."""
+    k = -(-len(items) // size)
+    cuts = [round(i * len(items) / k) for i in range(k + 1)]
+    return [items[cuts[i] : cuts[i + 1]] for i in range(k)]
+
+
+def bundle_sources(wf: Workflow, per_job: int, sources_per_job: int) -> dict[tuple[str, str], str]:
+    """Which (token set, source) pairs share an evaluation job: the bundle name of each bundled pair.
+
+    A source is bundled only when one job evaluates all its checkpoints (one block) and exactly one series uses it
+    on that token set; such sources of one series, in its order, form ceil(n / ``sources_per_job``) bundles of
+    near-equal size, ``<series>+<k>`` (a series with one such source bundles nothing). Each source's job then
+    becomes ready with the last of its bundle's sources: bundling saves the ~5 s of Python, torch and transformers
+    start-up per job (README: "Demo timing") and costs that wait."""
+    if sources_per_job < 1:
+        raise TokenscaleError(f"eval.sources_per_job: {sources_per_job} is not >= 1")
+    users: dict[tuple[str, str], list[str]] = {}
+    for s in wf.series.values():
+        for src in dict.fromkeys(s.sources):
+            users.setdefault((s.token_set, src), []).append(s.name)
+    out: dict[tuple[str, str], str] = {}
+    if sources_per_job == 1:
+        return out
+    for s in wf.series.values():
+        alone = [src for src in dict.fromkeys(s.sources)
+                 if users[(s.token_set, src)] == [s.name] and len(eval_blocks(wf.sources[src], per_job)) == 1]
+        if len(alone) < 2:
+            continue
+        for k, group in enumerate(_split_even(alone, sources_per_job)):
+            for src in group:
+                out[(s.token_set, src)] = f"{s.name}+{k}"
+    return out
+
+
+@dataclass
+class EvalPlan:
+    """Every evaluation job of a workflow, and where each (token set, source, step) is evaluated: the job's folder
+    ``{tokens}/{name}/block-{block:03d}`` under ``evals/``, and the block folder inside it that holds the source's
+    ``step<N>.h5`` files and manifest (the job's folder itself, or its ``{source}`` subfolder in a bundle)."""
+
+    per_job: int
+    sources: dict[str, Source]
+    bundles: dict[tuple[str, str], str]
+    jobs: dict[tuple[str, str, int], EvalJob] = field(default_factory=dict)
+
+    def job_of(self, tokens: str, source: str, step: int) -> EvalJob:
+        block = block_of(self.sources[source], step, self.per_job)
+        name = self.bundles.get((tokens, source), source)
+        return self.job(tokens, name, block if name == source else 0)
+
+    def job(self, tokens: str, name: str, block: int) -> EvalJob:
+        if (tokens, name, block) in self.jobs:
+            return self.jobs[(tokens, name, block)]
+        if name in self.sources and (tokens, name) not in self.bundles:
+            steps = eval_blocks(self.sources[name], self.per_job)
+            if 0 <= block < len(steps):
+                return self.jobs.setdefault((tokens, name, block), EvalJob(tokens, name, block, ((name, tuple(steps[block])),)))
+            raise TokenscaleError(f"source {name}: evaluation block {block} does not exist ({len(steps)} blocks)")
+        parts = tuple((src, tuple(self.sources[src].steps)) for (t, src), b in self.bundles.items()
+                      if t == tokens and b == name)
+        if not parts or block != 0:
+            raise TokenscaleError(f"evaluation job {tokens}/{name}/block-{block:03d} does not exist")
+        return self.jobs.setdefault((tokens, name, 0), EvalJob(tokens, name, 0, parts))
+
+    def job_dir(self, job: EvalJob) -> str:
+        return f"{job.tokens}/{job.name}/block-{job.block:03d}"
+
+    def block_dir(self, tokens: str, source: str, step: int) -> str:
+        """The block folder (relative to ``evals/``) holding ``step<step>.h5`` of ``source`` on ``tokens``."""
+        job = self.job_of(tokens, source, step)
+        return f"{self.job_dir(job)}/{source}" if job.bundled else self.job_dir(job)
+
+    def source_blocks(self, tokens: str, source: str) -> list[str]:
+        """Every block folder of ``source`` on ``tokens`` (relative to ``evals/``), in step order."""
+        return [self.block_dir(tokens, source, steps[0]) for steps in eval_blocks(self.sources[source], self.per_job)]
+
+
+def eval_plan(wf: Workflow, per_job: int, sources_per_job: int = 1) -> EvalPlan:
+    """The evaluation jobs of ``wf`` with ``eval.checkpoints_per_job`` and ``eval.sources_per_job``."""
+    return EvalPlan(per_job, wf.sources, bundle_sources(wf, per_job, sources_per_job))
 
 
 # ------------------------------------------------------------------------------------------------ manifests

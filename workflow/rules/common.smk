@@ -12,9 +12,9 @@ from tokenscale.analysis.options import analysis_slice
 from tokenscale.config import run_configs
 from tokenscale.series import (
     VALID_TOKENS,
-    block_of,
     build_workflow,
     eval_blocks,
+    eval_plan,
     read_manifest,
     read_manifest_data,
     seed_groups,
@@ -31,10 +31,11 @@ EXTERNAL = {e["name"]: e for e in CFG["external"]}
 try:
     WF = build_workflow(CFG)
     SEED_GROUPS = seed_groups(CFG)  # T runs that differ only by seed: group name -> runs (Fig. 2)
+    PER_JOB = CFG["eval"]["checkpoints_per_job"]
+    EVAL = eval_plan(WF, PER_JOB, CFG["eval"]["sources_per_job"])  # evaluation jobs, and where each file is
 except TokenscaleError as e:
     raise WorkflowError(str(e)) from None
 SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
-PER_JOB = CFG["eval"]["checkpoints_per_job"]
 REPO_DIR = str(Path(workflow.current_basedir).parents[1])  # this file is workflow/rules/common.smk
 LOCK_FILE = f"{REPO_DIR}/requirements/cpu.lock"
 CONFIG_SHA256 = workflow_config_hash(CFG)
@@ -110,7 +111,7 @@ for _i, _path in enumerate(CORPORA):
 wildcard_constraints:
     run="[A-Za-z0-9][A-Za-z0-9_.-]*",
     series="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    source="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    source="[A-Za-z0-9][A-Za-z0-9_.+-]*",
     tokens="[A-Za-z0-9][A-Za-z0-9_.-]*",
     block="[0-9]+",
     shard="[0-9]+",
@@ -130,8 +131,9 @@ def run_threads(run):
 
 
 def source_threads(wildcards):
-    """CPU threads of an evaluation job: the run's whose checkpoints it reads, else the top-level count."""
-    return run_threads(wildcards.source) if wildcards.source in RUNS else CFG["threads"]
+    """CPU threads of an evaluation job: the most of the runs' whose checkpoints it reads (the top-level count for
+    an external folder)."""
+    return max(run_threads(src) if src in RUNS else CFG["threads"] for src, _ in eval_job(wildcards).parts)
 
 
 def run_spec(run):
@@ -260,12 +262,11 @@ def chain_priority(wildcards):
     """Scheduler priority of a job: CHAIN_PRIORITY on a chain that starts at a HEAD_RUNS run (its training, the
     evaluation of a source made of its checkpoints, e.g. the candidates' `t_moe.from230`), else 0."""
     w = dict(wildcards.items())
-    source = SOURCES.get(w.get("source"))
     on_chain = (
         w.get("run") in HEAD_RUNS
         or w.get("series") in CHAIN_SERIES
         or "syn" in w
-        or (source is not None and not HEAD_READY.isdisjoint(source.ready))
+        or ("block" in w and not HEAD_READY.isdisjoint(source_ready(wildcards)))
     )
     return CHAIN_PRIORITY if on_chain else 0
 
@@ -276,46 +277,66 @@ def train_trunk(wildcards):
     return [f"{RESULTS}/runs/{branch['from']}/train.json"] if branch else []
 
 
+def val_loss_tokens(run):
+    return RUNS[run].synthetic or VALID_TOKENS  # a synthetic run: its answers' mean loss
+
+
 def val_loss_inputs(wildcards):
-    """What a run's val_loss.csv is computed from: its checkpoints (in-loop validation), or the evaluation block
-    folders of its checkpoints on the validation token set."""
+    """What a run's val_loss.csv is computed from: its checkpoints (in-loop validation), or the evaluation jobs
+    of its checkpoints on the validation token set."""
     run = wildcards.run
     if RUNS[run].in_loop_validation:
         return {"summary": f"{RESULTS}/runs/{run}/train.json"}
-    blocks = eval_blocks(SOURCES[run], PER_JOB)
-    tokens = RUNS[run].synthetic or VALID_TOKENS  # a synthetic run: its answers' mean loss
-    return {"evals": [eval_block_dir(tokens, run, b) for b in range(len(blocks))]}
+    tokens = val_loss_tokens(run)
+    steps = [b[0] for b in eval_blocks(SOURCES[run], PER_JOB)]
+    return {"evals": sorted({eval_job_dir(EVAL.job_of(tokens, run, s)) for s in steps})}
 
 
 def val_loss_source(wildcards, input):
-    """The `tokenscale val-loss` source option (quoted)."""
+    """The `tokenscale val-loss` source option (quoted): the run's block folders (inside a bundle's folder when
+    its evaluation is bundled), or its run folder."""
     if "evals" in input.keys():
-        quoted = " ".join(shlex.quote(str(p)) for p in input.evals)
-        return f"--evals {quoted}"
+        folders = EVAL.source_blocks(val_loss_tokens(wildcards.run), wildcards.run)
+        return "--evals " + " ".join(shlex.quote(f"{RESULTS}/evals/{f}") for f in folders)
     return f"--run-dir {shlex.quote(str(Path(input.summary).parent))}"
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def eval_job(wildcards):
+    """The evaluation job {tokens}/{source}/block-{block}: {source} is a source, or a bundle of sources."""
+    try:
+        return EVAL.job(wildcards.tokens, wildcards.source, int(wildcards.block))
+    except TokenscaleError as e:
+        raise WorkflowError(str(e)) from None
+
+
 def source_ready(wildcards):
-    """Files that exist once the source's checkpoints can be read (a run's train.json; none for a folder)."""
-    return list(SOURCES[wildcards.source].ready)
+    """Files that exist once the job's checkpoints can be read (its runs' train.json; none for a folder)."""
+    return sorted({f for src, _ in eval_job(wildcards).parts for f in SOURCES[src].ready})
 
 
 def token_set_file(wildcards):
     return TOKEN_SETS[wildcards.tokens].path
 
 
-def block_checkpoints(wildcards):
-    """Checkpoint folders evaluated by one job: block {block} of source {source}."""
-    blocks = eval_blocks(SOURCES[wildcards.source], PER_JOB)
-    b = int(wildcards.block)
-    if b >= len(blocks):
-        raise WorkflowError(f"source {wildcards.source}: evaluation block {b} does not exist ({len(blocks)} blocks)")
-    return [SOURCES[wildcards.source].checkpoint(s) for s in blocks[b]]
+def eval_blocks_json(wildcards, output):
+    """--blocks of `tokenscale evaluate`: each source's checkpoints, its block folder (the job's folder, or its
+    subfolder in a bundle) and its watch cache (evals/{tokens}/{source}/watch-cache, written by tokenscale watch)."""
+    job = eval_job(wildcards)
+    return json.dumps(
+        [
+            {
+                "checkpoints": [SOURCES[src].checkpoint(s) for s in steps],
+                "out_dir": f"{output.evals}/{src}" if job.bundled else output.evals,
+                "watch_cache": f"{RESULTS}/evals/{job.tokens}/{src}/watch-cache",
+            }
+            for src, steps in job.parts
+        ]
+    )
 
 
-def eval_block_dir(tokens, source, block):
-    return f"{RESULTS}/evals/{tokens}/{source}/block-{block:03d}"
+def eval_job_dir(job):
+    return f"{RESULTS}/evals/{EVAL.job_dir(job)}"
 
 
 # ---------------------------------------------------------------------------------------------- series
@@ -367,13 +388,15 @@ def series_evals(wildcards):
     """The eval files of a series' members, in member order (each inside its evaluation block folder)."""
     tokens = SERIES[wildcards.series].token_set
     return [
-        f"{eval_block_dir(tokens, src, block_of(SOURCES[src], step, PER_JOB))}/step{step:08d}.h5"
+        f"{RESULTS}/evals/{EVAL.block_dir(tokens, src, step)}/step{step:08d}.h5"
         for src, step in members(wildcards.series)
     ]
 
 
 def series_eval_dirs(wildcards):
-    return sorted({str(Path(f).parent) for f in series_evals(wildcards)})
+    """The evaluation jobs' folders that hold a series' eval files."""
+    tokens = SERIES[wildcards.series].token_set
+    return sorted({eval_job_dir(EVAL.job_of(tokens, src, step)) for src, step in members(wildcards.series)})
 
 
 # App. A.2 alignment: series on the validation token set (frequencies are counted with its tokenizer), with the

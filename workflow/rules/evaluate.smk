@@ -29,6 +29,8 @@ rule external_token_set:
 rule evaluate_checkpoint:
     # One job evaluates eval.checkpoints_per_job checkpoints of a source (1 on a cluster = one job per checkpoint)
     # and writes one atomic eval file per checkpoint into its block folder; a killed job's folder is removed.
+    # {source} may be a bundle `<series>+<k>` of one-block sources (eval.sources_per_job): one process evaluates
+    # them in turn, each into its own block folder inside the job's.
     input:
         ready=source_ready,
         tokens=token_set_file,
@@ -50,11 +52,11 @@ rule evaluate_checkpoint:
         mem_mb=STAGE_REQUESTS["evaluate"]["mem_mb"],
         runtime=STAGE_REQUESTS["evaluate"]["time_min"],
     params:
-        checkpoints=block_checkpoints,
+        blocks=eval_blocks_json,
         batch_size=CFG["eval"]["batch_size"],
         device=CFG["eval"]["device"],
     shell:
-        "tokenscale evaluate --checkpoint {params.checkpoints:q} --tokens {input.tokens:q} --out-dir {output.evals:q} "
+        "tokenscale evaluate --blocks {params.blocks:q} --tokens {input.tokens:q} "
         "--batch-size {params.batch_size:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
 
 

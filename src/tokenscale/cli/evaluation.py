@@ -21,15 +21,26 @@ def _evaluate(sub) -> None:
     def run(args) -> int:
         from tokenscale.evaluation.stage import run_evaluate
 
+        if bool(args.checkpoint) == bool(args.blocks):
+            raise TokenscaleError("evaluate: give either --checkpoint (with --out or --out-dir) or --blocks")
         set_threads(args.threads)
+        if args.blocks:
+            from tokenscale.evaluation.stage import parse_blocks, run_evaluate_blocks
+
+            if args.out or args.out_dir:
+                raise TokenscaleError("evaluate: --blocks names its own folders; drop --out/--out-dir")
+            run_evaluate_blocks(parse_blocks(args.blocks), tokens=args.tokens, batch_size=args.batch_size,
+                                device=device(args.device))
+            return 0
         run_evaluate(checkpoints=args.checkpoint, tokens=args.tokens, out=args.out, out_dir=args.out_dir,
                      batch_size=args.batch_size, device=device(args.device))
         return 0
 
     p = command(sub, "evaluate", run, "per-token loss of a token set under checkpoints -> eval HDF5 files",
                 "One eval file per checkpoint, each written atomically (docs/trajectories.md).")
-    p.add_argument("--checkpoint", required=True, nargs="+",
-                   help="HF checkpoint folder(s) (own runs need the COMPLETE marker)")
+    p.add_argument("--checkpoint", nargs="+", help="HF checkpoint folder(s) (own runs need the COMPLETE marker)")
+    p.add_argument("--blocks", help="several block folders in one process: JSON list of {\"checkpoints\": [...], "
+                   "\"out_dir\": ..., \"watch_cache\": ...} (the workflow's bundles of sources, eval.sources_per_job)")
     p.add_argument("--tokens", required=True, help="token set HDF5 (docs/formats.md)")
     p.add_argument("--out", help="output eval HDF5 for a single checkpoint (written atomically)")
     p.add_argument("--out-dir", help="folder for one step<N>.h5 per checkpoint (each written atomically)")

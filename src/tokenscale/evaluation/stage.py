@@ -11,6 +11,7 @@ running the model (same bytes as the cache, same losses as a fresh evaluation)."
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 import time
@@ -57,9 +58,10 @@ def block_outputs(checkpoints: list, out_dir) -> list[Path]:
 
 
 def run_evaluate(*, checkpoints: list, tokens, out=None, out_dir=None, batch_size: int, device: str,
-                 log=_stderr) -> list[Path]:
+                 cache=None, log=_stderr) -> list[Path]:
     """Evaluate every checkpoint on ``tokens``; exactly one of ``out`` (one checkpoint) and ``out_dir`` (a block
-    folder). ``log`` gets one line per checkpoint (and one for the manifest). Returns the eval files."""
+    folder, whose watch cache is ``cache``, by default its sibling ``watch-cache/``). ``log`` gets one line per
+    checkpoint (and one for the manifest). Returns the eval files."""
     from tokenscale.evaluation.evaluate import evaluate_checkpoint  # torch
 
     if (out is None) == (out_dir is None):
@@ -67,7 +69,9 @@ def run_evaluate(*, checkpoints: list, tokens, out=None, out_dir=None, batch_siz
     if out is not None and len(checkpoints) != 1:
         raise TokenscaleError(f"evaluate: --out takes one checkpoint, got {len(checkpoints)}; use --out-dir")
     outs = [Path(out)] if out is not None else block_outputs(checkpoints, out_dir)
-    cache = Path(out_dir).parent / WATCH_CACHE if out_dir is not None else None
+    if out_dir is not None and cache is None:
+        cache = Path(out_dir).parent / WATCH_CACHE
+    cache = Path(cache) if out_dir is not None else None
     ts_sha = sha256_file(tokens) if cache is not None and cache.is_dir() else ""
     for i, (ckpt, path) in enumerate(zip(checkpoints, outs), 1):
         t0 = time.time()
@@ -79,6 +83,30 @@ def run_evaluate(*, checkpoints: list, tokens, out=None, out_dir=None, batch_siz
     if out_dir is not None:
         m = write_eval_manifest(out_dir, outs, checkpoints=checkpoints)
         log(f"evaluate: {len(outs)} eval files -> {m}")
+    return outs
+
+
+def parse_blocks(text: str) -> list[dict]:
+    """``--blocks``: a JSON list of {"checkpoints": [folder, ...], "out_dir": folder, "watch_cache": folder (optional)},
+    one block folder each (a bundle of sources evaluated by one job)."""
+    try:
+        blocks = json.loads(text)
+        if not isinstance(blocks, list) or not blocks:
+            raise ValueError("not a non-empty list")
+        return [{"checkpoints": [str(c) for c in b["checkpoints"]], "out_dir": str(b["out_dir"]),
+                 "cache": b.get("watch_cache")} for b in blocks]
+    except (ValueError, KeyError, TypeError) as e:
+        raise TokenscaleError(f"--blocks is not a JSON list of {{\"checkpoints\": [...], \"out_dir\": ...}}: {e}") from None
+
+
+def run_evaluate_blocks(blocks: list[dict], *, tokens, batch_size: int, device: str, log=_stderr) -> list[Path]:
+    """Evaluate several block folders in one process (torch, the model code and the token set are loaded once):
+    each as :func:`run_evaluate` with ``out_dir`` (its manifest written when its last checkpoint is done)."""
+    outs = []
+    for i, b in enumerate(blocks, 1):
+        log(f"evaluate: block {i}/{len(blocks)}: {len(b['checkpoints'])} checkpoints -> {b['out_dir']}")
+        outs += run_evaluate(checkpoints=b["checkpoints"], tokens=tokens, out_dir=b["out_dir"], cache=b.get("cache"),
+                             batch_size=batch_size, device=device, log=log)
     return outs
 
 
