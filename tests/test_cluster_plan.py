@@ -110,19 +110,18 @@ def test_paper_fits_the_site_and_too_many_gpus_is_one_line():
         check_requests(bad, read_site(SITE))
 
 
-def test_plain_engine_with_several_ranks_is_refused_at_dag_build():
-    """engine plain is single-process: nodes x ranks per node > 1 stops the DAG build in one line (not the job)."""
+def test_plain_engine_runs_on_several_ranks_that_divide_its_batch():
+    """engine plain is data-parallel: 2 nodes x 1 rank or 1 node x 2 ranks is a world of 2 (trainer
+    average_gradients); a world that does not divide the batch stops the DAG build in one line, as for DeepSpeed."""
     cfg = workflow_config("config/smoke.yaml")
     two_nodes = {**cfg, "resources": {"train": [{"runs": "t_smoke", "nodes": 2}]}}
-    with pytest.raises(TokenscaleError, match=r"^run t_smoke \(resources.train 't_smoke'\): engine 'plain' is "
-                                              r"single-process but asks for 2 nodes x 1 ranks = 2 ranks; use engine: "
-                                              r"deepspeed, or 1 node x 1 rank$"):
-        check_requests(two_nodes, None)
+    assert check_requests(two_nodes, None)["t_smoke"]["world"] == 2
     two_ranks = {**cfg, "runs": [{**r, "nproc": 2} if r["name"] == "t_smoke_s1" else r for r in cfg["runs"]]}
-    with pytest.raises(TokenscaleError, match=r"^run t_smoke_s1 .*1 nodes x 2 ranks = 2 ranks; use engine: deepspeed"):
-        check_requests(two_ranks, None)
-    ds = {**two_nodes, "runs": [{**r, "engine": "deepspeed"} if r["name"] == "t_smoke" else r for r in cfg["runs"]]}
-    assert check_requests(ds, None)["t_smoke"]["world"] == 2
+    assert check_requests(two_ranks, None)["t_smoke_s1"]["ranks_per_node"] == 2
+    three = {**cfg, "resources": {"train": [{"runs": "t_smoke", "nodes": 3}]}}
+    with pytest.raises(TokenscaleError, match=r"^run t_smoke \(resources.train 't_smoke'\): 3 nodes x 1 ranks = 3 "
+                                              r"ranks do not divide batch_size 16$"):
+        check_requests(three, None)
     assert all(r["world"] == 1 for r in check_requests(cfg, None).values())  # smoke: every run one rank
 
 

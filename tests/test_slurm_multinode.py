@@ -3,20 +3,17 @@ TOKENSCALE_SLURM_NODES=2: one slurmd per network namespace, nodes tsn1 and tsn2)
 
 Run:  pytest -m slurm tests/test_slurm_multinode.py -rA      (root; ~2-3 min on 2 cores)
 
-A smoke-sized DeepSpeed run (CPU, gloo, ZeRO-1) trains through ``snakemake --profile profiles/slurm`` as
-2 nodes x 1 rank: the batch shell's ``srun`` starts one task per node, whose torchrun agents meet in a c10d
+A smoke-sized run trains through ``snakemake --profile profiles/slurm`` as 2 nodes x 1 rank, once with DeepSpeed
+(CPU, gloo, ZeRO-1) and once with the plain engine (data parallelism, trainer.average_gradients): the batch shell's ``srun`` starts one task per node, whose torchrun agents meet in a c10d
 rendezvous at the first node (tokenscale.training.launch). Its checkpoints are compared with the same run trained
 as 2 ranks on one node (``tokenscale train --nproc 2``, torchrun --standalone, outside SLURM) on the same data.
 
 **Tolerance: none -- bit-identical.** Both worlds have 2 ranks; each rank draws the same rows of each batch
 (the sampler's rank slice depends on rank and world only), runs the same kernels on 1 thread (the node's
-threads split over its ranks: 1 of 1 per node under SLURM, 2 over 2 on one node), and ZeRO-1 over gloo reduces
-2 fp32 gradients (x + y is commutative, so the order of arrival cannot change a bit) and all-gathers copies.
-Only the transport differs (TCP between namespaces vs loopback), and a transport moves bytes, not values.
-
-The plain engine is single-process: a 2-node plain run has no one-node 2-rank counterpart to equal, so its
-test checks that the workflow refuses it at DAG build (plan.check_requests) with one line naming the run,
-submits nothing and writes no checkpoint.
+threads split over its ranks: 1 of 1 per node under SLURM, 2 over 2 on one node), and ZeRO-1 (or the plain
+engine's one all-reduce per step) over gloo sums 2 fp32 gradients (x + y is commutative, so the order of arrival
+cannot change a bit). Only the transport differs (TCP between namespaces vs loopback), and a transport moves bytes,
+not values.
 
 The cluster: a running cluster with >= 2 nodes is reused; a running one-node cluster (e.g. test_slurm.py's) is
 restarted with two nodes and restarted with one afterwards; else two nodes are started here and stopped after.
@@ -121,12 +118,13 @@ def _run_entry(name: str, engine: str) -> dict:
     return entry
 
 
-def _config(dest: Path, engine: str = "deepspeed") -> Path:
-    """smoke.yaml's runs plus t_2n_ds (or t_2n_plain; 24 steps, nproc 1) asking for 2 CPU nodes.
+RUNS = {"deepspeed": "t_2n_ds", "plain": "t_2n_plain"}
 
-    The plain run gets its own config: the workflow refuses it at DAG build, which would stop every target."""
+
+def _config(dest: Path) -> Path:
+    """smoke.yaml's runs plus t_2n_ds and t_2n_plain (24 steps, nproc 1 each) asking for 2 CPU nodes."""
     smoke = yaml.safe_load(SMOKE_CONFIG.read_text())
-    runs = smoke["runs"] + [_run_entry("t_2n_ds" if engine == "deepspeed" else "t_2n_plain", engine)]
+    runs = smoke["runs"] + [_run_entry(run, engine) for engine, run in RUNS.items()]
     train = [{"runs": "t_2n_*", "nodes": NODES, "gpus_per_node": 0, "mem_mb": 2000, "time_min": 30}]
     dest.write_text(yaml.safe_dump({"runs": runs, "sweeps": [], "resources": {"train": train}}, sort_keys=False))
     return dest
@@ -138,9 +136,8 @@ def workdir(tmp_path_factory):
     return root, _config(root / "runs.yaml")
 
 
-def _slurm_train(cluster, workdir, run: str, extra: Path | None = None):
-    root, default_extra = workdir
-    extra = extra or default_extra
+def _slurm_train(cluster, workdir, run: str):
+    root, extra = workdir
     sdir = root / "slurm"
     target = f"results/runs/{run}/train.json"
     t0 = time.monotonic()
@@ -150,9 +147,9 @@ def _slurm_train(cluster, workdir, run: str, extra: Path | None = None):
     return sdir, res, (log.read_text() if log.exists() else ""), time.monotonic() - t0
 
 
-def _reference_train(sdir: Path, dest: Path, run: str) -> float:
+def _reference_train(sdir: Path, dest: Path, run: str, engine: str) -> float:
     """The same run as 2 ranks on one node, outside SLURM, on the SLURM run's prepared data."""
-    spec = json.dumps({"data": {"seq_len": 32}, "runs": [_run_entry(run, "deepspeed")], "threads": 1})
+    spec = json.dumps({"data": {"seq_len": 32}, "runs": [_run_entry(run, engine)], "threads": 1})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_"))}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     cmd = ["timeout", "-k", "10", "600", sys.executable, "-m", "tokenscale.cli", "train", "--spec", spec, "--run", run,
@@ -177,8 +174,9 @@ def _tensors_equal(a: Path, b: Path) -> list[str]:
             for k in sorted(ta) if ta[k].dtype != tb[k].dtype or ta[k].tobytes() != tb[k].tobytes()]
 
 
-def test_two_nodes_one_rank_each_equals_two_ranks_on_one_node_deepspeed(two_nodes, workdir):
-    run = "t_2n_ds"
+@pytest.mark.parametrize("engine", ["deepspeed", "plain"])
+def test_two_nodes_one_rank_each_equals_two_ranks_on_one_node(two_nodes, workdir, engine):
+    run = RUNS[engine]
     sdir, res, log, slurm_s = _slurm_train(two_nodes, workdir, run)
     assert res.returncode == 0, str(res) + "\n--- train log:\n" + log[-4000:]
     # the job held 2 nodes; its batch shell ran srun (one task per node); each task's torchrun joined a c10d
@@ -188,13 +186,13 @@ def test_two_nodes_one_rank_each_equals_two_ranks_on_one_node_deepspeed(two_node
     assert "--nodes=2 --ntasks=2 --ntasks-per-node=1" in log and "--nnodes=2" in log, log[-3000:]
     assert "--rdzv_endpoint=tsn1:" in log and "--standalone" not in log, log[-3000:]
     summary = json.loads((sdir / f"results/runs/{run}/train.json").read_text())
-    assert summary["world"] == 2 and summary["engine"] == "deepspeed" and summary["steps"] == STEPS, summary
+    assert summary["world"] == 2 and summary["engine"] == engine and summary["steps"] == STEPS, summary
     jobid = next((sdir / f".snakemake/slurm_logs/rule_train/{run}").glob("*.log")).stem
     info = scontrol_job(two_nodes, jobid)
     assert "NumNodes=2" in info and re.search(r"\bNodeList=tsn\[1-2\]", info), info
 
     ref = workdir[0] / "reference" / run
-    ref_s = _reference_train(sdir, ref, run)
+    ref_s = _reference_train(sdir, ref, run, engine)
     ref_summary = json.loads((ref / "train.json").read_text())
     assert ref_summary["world"] == 2 and ref_summary["checkpoints"] == summary["checkpoints"], ref_summary
     cks = sorted(p.name for p in (ref / "checkpoints").iterdir())
@@ -204,20 +202,6 @@ def test_two_nodes_one_rank_each_equals_two_ranks_on_one_node_deepspeed(two_node
                              ref / "checkpoints" / ck / "model.safetensors")
         assert not bad, f"{ck}: 2 nodes x 1 rank differs from 1 node x 2 ranks: {bad[:10]}"
     assert read_losses(sdir / f"results/runs/{run}") == read_losses(ref)  # the loss curves too, bit for bit
-    print(f"2 nodes x 1 rank through SLURM (data prep + train): {slurm_s:.1f}s; 1 node x 2 ranks: {ref_s:.1f}s; "
+    print(f"{engine}: 2 nodes x 1 rank through SLURM (data prep + train): {slurm_s:.1f}s; 1 node x 2 ranks: {ref_s:.1f}s; "
           f"{len(cks)} checkpoints bit-identical; cluster {two_nodes.timings}")
 
-
-def test_plain_engine_on_two_nodes_fails_in_one_line(two_nodes, workdir):
-    """engine plain is single-process: the DAG build refuses a 2-node plain run in one line; nothing is submitted."""
-    run = "t_2n_plain"
-    extra = _config(workdir[0] / "runs-plain.yaml", engine="plain")
-    sdir, res, _, seconds = _slurm_train(two_nodes, workdir, run, extra=extra)
-    assert res.returncode != 0, str(res)
-    line = (f"run {run} (resources.train 't_2n_*'): engine 'plain' is single-process but asks for "
-            f"{NODES} nodes x 1 ranks = {NODES} ranks")
-    assert line in res.output, str(res)
-    assert not res.sbatch_calls("train"), str(res)
-    assert not (sdir / f"results/runs/{run}/train.json").exists()
-    assert not list((sdir / f"results/runs/{run}").glob("checkpoints/step*"))
-    print(f"2-node plain run refused in {seconds:.1f}s")

@@ -300,8 +300,8 @@ def site_fit(req: dict, site: dict | None) -> str | None:
 
 
 def check_requests(cfg: dict, site: dict | None) -> dict:
-    """Every training run's request (by run name), checked against its run and the site (engine plain is one
-    rank: nodes x ranks per node must be 1); the first problem is one line."""
+    """Every training run's request (by run name), checked against its run and the site; the first problem is one
+    line."""
     section = resources_section(cfg)
     out = {}
     for name, run in run_configs(cfg).items():
@@ -309,10 +309,6 @@ def check_requests(cfg: dict, site: dict | None) -> dict:
         bad = site_fit(req, site)
         if bad:
             raise TokenscaleError(f"run {name} (resources.train {req['match']!r}) {bad}")
-        if run.engine == "plain" and req["world"] > 1:
-            raise TokenscaleError(f"run {name} (resources.train {req['match']!r}): engine 'plain' is single-process "
-                                  f"but asks for {req['nodes']} nodes x {req['ranks_per_node']} ranks = {req['world']} "
-                                  f"ranks; use engine: deepspeed, or 1 node x 1 rank")
         out[name] = req
     for stage in ("evaluate", "fit"):
         bad = site_fit(stage_request(cfg, stage, site, cfg["threads"]), site)

@@ -1,5 +1,10 @@
 """Training: one linear loop, two engines (plain PyTorch, DeepSpeed), dense atomic checkpoints, resumable.
 
+Both engines run on several ranks (nodes x ranks per node, one world; tokenscale.training.launch): DeepSpeed with
+its ZeRO stage and optional expert parallelism, plain PyTorch as data parallelism (each rank a contiguous share of
+the global batch, gradients averaged by one all-reduce per step: :func:`average_gradients`; the state is replicated
+and rank 0 writes it).
+
 Run folder layout (``results/runs/{run}/``)::
 
     checkpoints/step{step:08d}/   HF model + tokenizer + tokenscale.json, COMPLETE written last (atomic rename)
@@ -120,6 +125,35 @@ class Dist:
         return (float(t[0].item() / self.world), *(bool(v > 0) for v in t[1:].tolist()))
 
 
+def init_process_group(device: torch.device) -> None:
+    """The process group of a plain multi-rank run (RANK, WORLD_SIZE, MASTER_ADDR/PORT from the launcher): NCCL on
+    GPUs, gloo on CPUs."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
+
+
+def average_gradients(params: list, world: int) -> None:
+    """Data parallelism for the plain engine: every rank's gradients become their mean over the ranks (one
+    all-reduce of one flat buffer, so every rank then takes the same optimizer step from the same weights).
+
+    A parameter that got no gradient on any rank (an MoE expert no token was routed to) keeps ``grad = None``, as
+    in a one-rank run, so AdamW skips it (no weight decay, no moment update); one that got a gradient on some
+    ranks only counts zeros for the others."""
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [has.to(grads[0].device)])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+    for p, any_rank in zip(params, flat[offset:].tolist()):
+        if any_rank == 0:
+            p.grad = None
+
+
 def dist_from_env() -> Dist:
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -222,8 +256,6 @@ class Trainer:
         arch = resolve_arch(run.model, run.seq_len)
         check_expert_parallel(self.ep, world=self.dist.world, engine=run.engine, where=f"run {run.name}",
                               num_experts=arch["num_experts"] if arch["family"] == "moe" else None)
-        if run.engine == "plain" and self.dist.world > 1:
-            raise TokenscaleError(f"run {run.name}: engine 'plain' is single-process; use engine: deepspeed for nproc > 1")
         if threads:
             torch.set_num_threads(threads_per_rank(threads))
         self.device = pick_device(run.device, self.dist)
@@ -277,6 +309,8 @@ class Trainer:
         self.engine = None
         if run.engine == "deepspeed":
             self._init_deepspeed()
+        elif self.dist.world > 1:
+            init_process_group(self.device)
         valid = self.data_dir / "valid_tokens.h5"
         self.valid_ids = torch.as_tensor(load_token_set(valid)["input_ids"], dtype=torch.long)
         self.tokenizer = load_tokenizer(self.data_dir / "tokenizer")
@@ -753,6 +787,8 @@ class Trainer:
             ce_sum += ce.item()
         lr = self.opt.param_groups[0]["lr"]
         if self.engine is None:
+            if self.dist.world > 1:
+                average_gradients(list(self.model.parameters()), self.dist.world)
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip or float("inf")).item()
             self.opt.step()
             self.sched.step()
