@@ -90,6 +90,8 @@ def test_eval_plan_says_where_every_file_is():
     # unbundled: the source's own folder, one job per block; a source bundled on one token set is alone on another
     assert ev.block_dir("valid", "long", 4) == "valid/long/block-001"
     assert ev.source_blocks("valid", "long") == [f"valid/long/block-{b:03d}" for b in range(3)]
+    assert [j.block for j in ev.source_jobs("valid", "long")] == [0, 1, 2]
+    assert ev.source_jobs("valid", "d2") == [job]  # a bundled source: its bundle, once
     assert ev.block_dir("valid", "d0", 1) == "valid/d0/block-000" and not ev.job_of("valid", "d0", 1).bundled
     assert ev.block_dir("syn", "d1", 8) == "syn/d1/block-000"
     with pytest.raises(TokenscaleError, match="evaluation job valid/front\\+5/block-000 does not exist"):

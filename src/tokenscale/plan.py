@@ -344,7 +344,7 @@ def eval_jobs(cfg: dict) -> dict[str, int]:
     (eval.sources_per_job), as the workflow builds them: the blocks its series' members fall in, and every block of
     a run whose val_loss.csv comes from evaluations. Members of deferred series (frontiers) are known only after
     training and are the runs' final checkpoints, evaluated for the runs' val_loss.csv already."""
-    from tokenscale.series import VALID_TOKENS, build_workflow, eval_blocks, eval_plan
+    from tokenscale.series import VALID_TOKENS, build_workflow, eval_plan
 
     wf, per_job = build_workflow(cfg), cfg["eval"]["checkpoints_per_job"]
     ev = eval_plan(wf, per_job, cfg["eval"]["sources_per_job"])
@@ -355,7 +355,7 @@ def eval_jobs(cfg: dict) -> dict[str, int]:
     for name, run in run_configs(cfg).items():
         if not run.in_loop_validation:
             tokens = run.synthetic or VALID_TOKENS
-            jobs |= {ev.job_of(tokens, name, steps[0]) for steps in eval_blocks(wf.sources[name], per_job)}
+            jobs |= set(ev.source_jobs(tokens, name))
     out: dict[str, int] = {}
     for job in jobs:
         out[job.name] = out.get(job.name, 0) + 1

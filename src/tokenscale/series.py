@@ -357,6 +357,11 @@ class EvalPlan:
         job = self.job_of(tokens, source, step)
         return f"{self.job_dir(job)}/{source}" if job.bundled else self.job_dir(job)
 
+    def source_jobs(self, tokens: str, source: str) -> list[EvalJob]:
+        """The jobs that evaluate every checkpoint of ``source`` on ``tokens`` (one per block; a bundle once)."""
+        jobs = [self.job_of(tokens, source, steps[0]) for steps in eval_blocks(self.sources[source], self.per_job)]
+        return list(dict.fromkeys(jobs))
+
     def source_blocks(self, tokens: str, source: str) -> list[str]:
         """Every block folder of ``source`` on ``tokens`` (relative to ``evals/``), in step order."""
         return [self.block_dir(tokens, source, steps[0]) for steps in eval_blocks(self.sources[source], self.per_job)]

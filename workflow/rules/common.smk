@@ -13,7 +13,6 @@ from tokenscale.config import run_configs
 from tokenscale.series import (
     VALID_TOKENS,
     build_workflow,
-    eval_blocks,
     eval_plan,
     read_manifest,
     read_manifest_data,
@@ -31,8 +30,8 @@ EXTERNAL = {e["name"]: e for e in CFG["external"]}
 try:
     WF = build_workflow(CFG)
     SEED_GROUPS = seed_groups(CFG)  # T runs that differ only by seed: group name -> runs (Fig. 2)
-    PER_JOB = CFG["eval"]["checkpoints_per_job"]
-    EVAL = eval_plan(WF, PER_JOB, CFG["eval"]["sources_per_job"])  # evaluation jobs, and where each file is
+    # evaluation jobs, and where each file is
+    EVAL = eval_plan(WF, CFG["eval"]["checkpoints_per_job"], CFG["eval"]["sources_per_job"])
 except TokenscaleError as e:
     raise WorkflowError(str(e)) from None
 SERIES, SOURCES, TOKEN_SETS = WF.series, WF.sources, WF.token_sets
@@ -287,9 +286,7 @@ def val_loss_inputs(wildcards):
     run = wildcards.run
     if RUNS[run].in_loop_validation:
         return {"summary": f"{RESULTS}/runs/{run}/train.json"}
-    tokens = val_loss_tokens(run)
-    steps = [b[0] for b in eval_blocks(SOURCES[run], PER_JOB)]
-    return {"evals": sorted({eval_job_dir(EVAL.job_of(tokens, run, s)) for s in steps})}
+    return {"evals": sorted(eval_job_dir(job) for job in EVAL.source_jobs(val_loss_tokens(run), run))}
 
 
 def val_loss_source(wildcards, input):

@@ -69,9 +69,10 @@ def run_evaluate(*, checkpoints: list, tokens, out=None, out_dir=None, batch_siz
     if out is not None and len(checkpoints) != 1:
         raise TokenscaleError(f"evaluate: --out takes one checkpoint, got {len(checkpoints)}; use --out-dir")
     outs = [Path(out)] if out is not None else block_outputs(checkpoints, out_dir)
-    if out_dir is not None and cache is None:
-        cache = Path(out_dir).parent / WATCH_CACHE
-    cache = Path(cache) if out_dir is not None else None
+    if out_dir is None:
+        cache = None
+    else:
+        cache = Path(out_dir).parent / WATCH_CACHE if cache is None else Path(cache)
     ts_sha = sha256_file(tokens) if cache is not None and cache.is_dir() else ""
     for i, (ckpt, path) in enumerate(zip(checkpoints, outs), 1):
         t0 = time.time()

@@ -147,7 +147,7 @@ def average_gradients(params: list, world: int) -> None:
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset:offset + n].view_as(p)  # views into this step's buffer (freed with the grads)
         offset += n
     for p, any_rank in zip(params, flat[offset:].tolist()):
         if any_rank == 0:
