@@ -36,6 +36,7 @@ from conftest_slurm import (  # noqa: E402  (fixtures are used by name)
     REPO,
     SLURM_PROFILE,
     SMOKE_CONFIG,
+    SNAKEMAKE_TIMEOUT,
     STATUS_INIT_SECONDS,
     TINY_WORKFLOW,
     _run,
@@ -167,9 +168,14 @@ def smoke_pair(slurm_cluster, tmp_path_factory):
     sdir, ldir = root / "slurm", root / "local"
     # the local reference runs in the background while the SLURM run mostly waits on the scheduler
     configs = [SMOKE_CONFIG, REPO / "tests" / "data" / "no_sweeps.yaml"]  # the T run; test_workflow runs the sweeps
-    local = run_workflow_local(ldir, configs, background=True)
+    # 111 jobs on 2 cores, next to the local run. The SLURM plugin (2.8) lengthens its status-check
+    # interval by 10 s after every check that sees no job end (up to 180 s), so after a long train job the
+    # next step of the chain can wait tens of seconds to be seen. CI's run of 008ec96 was at 108 of 111 jobs when the
+    # 600 s limit killed it. Twice the default limit keeps a slower machine green; a hung run still ends.
+    limit = 2 * SNAKEMAKE_TIMEOUT
+    local = run_workflow_local(ldir, configs, background=True, timeout=limit)
     # --verbose: the plugin logs its sbatch calls and status commands at debug level
-    rs = run_workflow_slurm(sdir, configs, ["--verbose"])
+    rs = run_workflow_slurm(sdir, configs, ["--verbose"], timeout=limit)
     rl = local.wait()
     return sdir, ldir, rs, rl
 
