@@ -69,6 +69,9 @@ def save_figure(fig: Figure, outdir: Path, name: str) -> str:
     for ext, kw in (("png", {"dpi": 150}), ("svg", {})):
         with atomic_output(outdir / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, **kw)
+        # the layout (constrained/tight) is solved by the first save; the SVG keeps it instead of solving it
+        # again (half of a figure's time went to the layout engine, 14.7 of 29.7 s for fig01-fig13)
+        fig.set_layout_engine("none")
     return str(png)
 
 
