@@ -248,7 +248,6 @@ def test_validation_windows_deterministic_and_seeded(tmp_path, planted_tok):
 def test_validation_windows_second_pass_and_too_few_tokens(tmp_path, planted_tok):
     """With fewer documents than sequences, documents give further non-overlapping windows after each gave one."""
     docs = [{"id": i, "domain": "a", "source": f"x#{i}", "text": " ".join(WORDS * 3) + f" {i}"} for i in range(3)]
-    eos = planted_tok.convert_tokens_to_ids(EOS)
     windows = sum((len(e) + 1) // 17 for e in _encode_docs(planted_tok, docs))
     ts = _token_set(tmp_path / "v.h5", docs, planted_tok, windows)
     assert sorted(ts["doc_id"][:3, 0]) == [0, 1, 2]  # first pass: one window per document
