@@ -168,7 +168,7 @@ def smoke_pair(slurm_cluster, tmp_path_factory):
     sdir, ldir = root / "slurm", root / "local"
     # the local reference runs in the background while the SLURM run mostly waits on the scheduler
     configs = [SMOKE_CONFIG, REPO / "tests" / "data" / "no_sweeps.yaml"]  # the T run; test_workflow runs the sweeps
-    # 93 jobs on 2 cores (111 before smoke's one fit shard), next to the local run. The SLURM plugin (2.8) lengthens its status-check
+    # 111 jobs on 2 cores, next to the local run. The SLURM plugin (2.8) lengthens its status-check
     # interval by 10 s after every check that sees no job end (up to 180 s), so after a long train job the
     # next step of the chain can wait tens of seconds to be seen. CI's run of 008ec96 was at 108 of 111 jobs when the
     # 600 s limit killed it. Twice the default limit keeps a slower machine green; a hung run still ends.
