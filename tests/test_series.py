@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -78,6 +79,43 @@ def test_bundles_split_a_series_one_block_sources_evenly():
     assert sizes == [2, 3, 2] and sum(sizes) == 7
     with pytest.raises(TokenscaleError, match="eval.sources_per_job: 0 is not >= 1"):
         series.bundle_sources(wf, 2, 0)
+
+
+def test_a_bundle_group_pools_its_series_sources():
+    """A reshape experiment's arms (one continuation series each, on one token set) share bundles `<group>+<k>`;
+    the reference run they all continue from is shared, so it is evaluated on its own."""
+    src = lambda name: series.Source(name, ((1, f"{name}/step1"), (8, f"{name}/step8")), (f"{name}/train.json",))
+    wf = series.Workflow()
+    arms = [f"rs-{a}-s{k}" for a in ("uniform", "reshaped") for k in range(3)]
+    wf.add(sources=[src("ref")] + [src(a) for a in arms], token_sets=[series.TokenSet("valid", "v.h5")])
+    wf.add(series=[series.Series(a, "continuation", "valid", (("ref", 1), (a, 8)), ("ref", a), bundle="rs")
+                   for a in arms])
+    assert series.bundle_sources(wf, 0, 5) == {("valid", a): f"rs+{int(i >= 3)}" for i, a in enumerate(arms)}
+    assert series.bundle_sources(wf, 0, 1) == {}
+    ev = series.eval_plan(wf, 0, 5)
+    assert ev.job_of("valid", "rs-reshaped-s0", 8).parts == tuple((a, (1, 8)) for a in arms[3:])
+    assert ev.block_dir("valid", "ref", 1) == "valid/ref/block-000"
+    # without the group each arm is a series with one bundleable source: nothing is bundled
+    solo = series.Workflow()
+    solo.add(sources=list(wf.sources.values()), token_sets=list(wf.token_sets.values()),
+             series=[dataclasses.replace(s, bundle="") for s in wf.series.values()])
+    assert series.bundle_sources(solo, 0, 5) == {}
+
+
+def test_a_bundle_group_named_like_another_series_is_an_error():
+    wf = _bundle_wf()
+    wf.add(series=[series.Series("x", "continuation", "valid", (("long", 1),), ("long",), bundle="d0")])
+    with pytest.raises(TokenscaleError, match="series x: bundle group 'd0' is also a series outside the group"):
+        series.bundle_sources(wf, 2, 4)
+    wf = _bundle_wf()
+    wf.add(series=[series.Series("y", "run", "syn", (("long", 1),), ("long",), bundle="front")])
+    with pytest.raises(TokenscaleError, match="series y: bundle group 'front' is also a series outside the group"):
+        series.bundle_sources(wf, 2, 4)
+    wf = _bundle_wf()
+    wf.add(series=[series.Series("g1", "run", "valid", (("long", 1),), ("long",), bundle="g"),
+                   series.Series("g2", "run", "syn", (("long", 2),), ("long",), bundle="g")])
+    with pytest.raises(TokenscaleError, match="series g2: bundle group 'g' spans token sets 'valid' and 'syn'"):
+        series.bundle_sources(wf, 2, 4)
 
 
 def test_eval_plan_says_where_every_file_is():
@@ -174,7 +212,7 @@ def test_new_kinds_get_every_downstream_rule_each_checkpoint_evaluated_once_no_t
     jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", p.stdout, re.M)
     arms = [f"rs_smoke-{a}-s{s}" for a in ("reshaped", "uniform") for s in (0, 1)]
     assert sorted(w for r, w in jobs if r == "evaluate_checkpoint") == sorted(
-        [f"tokens=valid, source={run}, block=000" for run in ("t_smoke", "t_smoke_s1", *arms)]
+        [f"tokens=valid, source={run}, block=000" for run in ("t_smoke", "t_smoke_s1", "rs_smoke+0")]  # arms: 1 job
         + ["tokens=rs_smoke, source=t_smoke.from6, block=000"]  # reshape candidates: the reference from step 6
         + [f"tokens=mano_smoke_{d}, source=syn_smoke_{d}, block=000" for d in ("uniform", "power")])  # synthetic
     for name in ("t_smoke", "toy1", "best3"):

@@ -14,7 +14,7 @@ build the DAG):
 Each (token set, source, checkpoint) is evaluated once, whichever series use it: evaluation files live under
 ``evals/{token set}/{source}/`` in blocks of ``eval.checkpoints_per_job`` of the source's checkpoints, and a
 series reads the files of its members from there. With ``eval.sources_per_job`` > 1, the one-block sources that
-only one series uses are evaluated a few to a job (:func:`bundle_sources`): ``evals/{token set}/<series>+<k>/``
+only one series uses are evaluated a few to a job (:func:`bundle_sources`): ``evals/{token set}/<group>+<k>/``
 then holds each source's block folder (:class:`EvalPlan` says where every file is).
 
 Each kind of series is one builder in :data:`BUILDERS` (config -> series). ``run`` and ``external`` are built in;
@@ -142,6 +142,7 @@ class Series:
     resolver: str = ""  # deferred: "package.module:function" choosing the members
     axis: str = ""  # the fit axis in the trajectory shards ("" = the config's fit.axis)
     options: str = ""  # JSON for the resolver (e.g. a frontier's sweep axis and run groups)
+    bundle: str = ""  # the group whose one-block sources share evaluation jobs ("" = this series alone)
 
     @property
     def deferred(self) -> bool:
@@ -271,7 +272,7 @@ def block_of(source: Source, step: int, per_job: int) -> int:
 @dataclass(frozen=True)
 class EvalJob:
     """One evaluation job (one process) on token set ``tokens``: ``parts`` are the (source, steps) it evaluates in
-    turn. ``name`` is its folder under ``evals/{tokens}/``: the source's name, or ``<series>+<k>`` for a bundle of
+    turn. ``name`` is its folder under ``evals/{tokens}/``: the source's name, or ``<group>+<k>`` for a bundle of
     sources (``+`` is in no source name). A bundle writes each source's block folder inside its own."""
 
     tokens: str
@@ -295,8 +296,9 @@ def bundle_sources(wf: Workflow, per_job: int, sources_per_job: int) -> dict[tup
     """Which (token set, source) pairs share an evaluation job: the bundle name of each bundled pair.
 
     A source is bundled only when one job evaluates all its checkpoints (one block) and exactly one series uses it
-    on that token set; such sources of one series, in its order, form ceil(n / ``sources_per_job``) bundles of
-    near-equal size, ``<series>+<k>`` (a series with one such source bundles nothing). Each source's job then
+    on that token set. The series of one bundle group (``Series.bundle``, by default each series alone; a reshape
+    experiment's arms form one) pool such sources, in series order, into ceil(n / ``sources_per_job``) bundles of
+    near-equal size, ``<group>+<k>`` (a group with one such source bundles nothing). Each source's job then
     becomes ready with the last of its bundle's sources: bundling saves the ~5 s of Python, torch and transformers
     start-up per job (README: "Demo timing") and costs that wait."""
     if sources_per_job < 1:
@@ -308,15 +310,29 @@ def bundle_sources(wf: Workflow, per_job: int, sources_per_job: int) -> dict[tup
     out: dict[tuple[str, str], str] = {}
     if sources_per_job == 1:
         return out
-    for s in wf.series.values():
-        alone = [src for src in dict.fromkeys(s.sources)
-                 if users[(s.token_set, src)] == [s.name] and len(eval_blocks(wf.sources[src], per_job)) == 1]
+    for group, (token_set, alone) in _bundle_groups(wf, per_job, users).items():
         if len(alone) < 2:
             continue
-        for k, group in enumerate(_split_even(alone, sources_per_job)):
-            for src in group:
-                out[(s.token_set, src)] = f"{s.name}+{k}"
+        for k, part in enumerate(_split_even(alone, sources_per_job)):
+            for src in part:
+                out[(token_set, src)] = f"{group}+{k}"
     return out
+
+
+def _bundle_groups(wf: Workflow, per_job: int, users: dict) -> dict[str, tuple[str, list[str]]]:
+    """Each bundle group's token set and its bundleable sources (used by one series, one block), in series order."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for s in wf.series.values():
+        group = s.bundle or s.name
+        if s.bundle in wf.series and wf.series[s.bundle].bundle != s.bundle:
+            raise TokenscaleError(f"series {s.name}: bundle group {s.bundle!r} is also a series outside the group")
+        token_set, alone = groups.setdefault(group, (s.token_set, []))
+        if token_set != s.token_set:
+            raise TokenscaleError(f"series {s.name}: bundle group {group!r} spans token sets {token_set!r} and "
+                                  f"{s.token_set!r}")
+        alone += [src for src in dict.fromkeys(s.sources)
+                  if users[(s.token_set, src)] == [s.name] and len(eval_blocks(wf.sources[src], per_job)) == 1]
+    return groups
 
 
 @dataclass

@@ -184,14 +184,17 @@ def candidate_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
 
 def continuation_series(cfg: dict, wf: Workflow) -> Iterator[Series]:
     """Each reshape arm's validation-token trajectories: the reference's checkpoints up to the window start (the
-    state the arm continues from), then the arm's checkpoints over the window; named like the arm's run."""
+    state the arm continues from), then the arm's checkpoints over the window; named like the arm's run. The arms
+    form the bundle group named like the experiment."""
     for name, run in run_configs(cfg).items():
         if run.reshape is None:
             continue
         ref, s_a = run.branch["from"], run.branch["step"]
         head = tuple((ref, s) for s in wf.sources[ref].steps if s <= s_a)
         tail = tuple((name, s) for s in wf.sources[name].steps)
-        yield Series(name, "continuation", VALID_TOKENS, head + tail, (ref, name), run.hash)
+        # the experiment's arms are evaluated a few to a job (eval.sources_per_job), like a sweep's runs
+        yield Series(name, "continuation", VALID_TOKENS, head + tail, (ref, name), run.hash,
+                     bundle=run.reshape["experiment"])
 
 
 def register() -> None:
