@@ -210,7 +210,6 @@ def test_new_kinds_get_every_downstream_rule_each_checkpoint_evaluated_once_no_t
                  "tests/data/no_sweeps.yaml", "--config", f"results={tmp_path}", "--", "all")
     assert p.returncode == 0, p.stderr[-3000:]
     jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", p.stdout, re.M)
-    arms = [f"rs_smoke-{a}-s{s}" for a in ("reshaped", "uniform") for s in (0, 1)]
     assert sorted(w for r, w in jobs if r == "evaluate_checkpoint") == sorted(
         [f"tokens=valid, source={run}, block=000" for run in ("t_smoke", "t_smoke_s1", "rs_smoke+0")]  # arms: 1 job
         + ["tokens=rs_smoke, source=t_smoke.from6, block=000"]  # reshape candidates: the reference from step 6
