@@ -18,7 +18,7 @@ demo: $(STAMP)  ## run the default DAG (data -> tokenizer -> training -> evaluat
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
-smoke: $(STAMP)  ## the same DAG on config/smoke.yaml (about 3.5 minutes on 2 cores)
+smoke: $(STAMP)  ## the same DAG on config/smoke.yaml (2.5-3.5 minutes on 2 cores, README: Demo timing)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
 
 test: $(STAMP)  ## the test suite (includes an end-to-end smoke workflow run)
