@@ -29,8 +29,8 @@ rule external_token_set:
 rule evaluate_checkpoint:
     # One job evaluates eval.checkpoints_per_job checkpoints of a source (1 on a cluster = one job per checkpoint)
     # and writes one atomic eval file per checkpoint into its block folder; a killed job's folder is removed.
-    # {source} may be a bundle `<group>+<k>` (a series, or a reshape experiment's arms) of one-block sources (eval.sources_per_job): one process evaluates
-    # them in turn, each into its own block folder inside the job's.
+    # {source} may be a bundle `<group>+<k>` (a series, or a reshape experiment's arms) of one-block sources
+    # (eval.sources_per_job): one process evaluates them in turn, each into its own block folder inside the job's.
     input:
         ready=source_ready,
         tokens=token_set_file,
